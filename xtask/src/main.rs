@@ -1,0 +1,161 @@
+//! `cargo xtask`: the project's automation. Run `cargo xtask help`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod bench;
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+/// Every task, with its one-line help.
+const TASKS: &[(&str, &str)] = &[
+    (
+        "test",
+        "run the whole test suite (the README's test command; what .ci/run runs)",
+    ),
+    (
+        "fuzz TARGET [--minutes N]",
+        "run one cargo-fuzz target (nightly) for N minutes (default 5)",
+    ),
+    ("fuzz-list", "list the fuzz targets"),
+    (
+        "bench read",
+        "sequential read of 1 GiB sparse, stream and flat images vs qemu-img and dd",
+    ),
+    ("doc", "build the docs with warnings denied"),
+    ("help", "this list"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("fuzz-list") => fuzz_list(),
+        Some("bench") => bench::run_bench(&args[1..]),
+        Some("doc") => doc(),
+        Some("help") | None => {
+            help();
+            Ok(())
+        }
+        Some(other) => {
+            help();
+            Err(format!("unknown task `{other}`"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn help() {
+    println!("cargo xtask <task>\n");
+    for (name, what) in TASKS {
+        println!("  {name:<28} {what}");
+    }
+}
+
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub(crate) fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub(crate) fn run(mut c: Command) -> Result {
+    eprintln!("xtask: running {c:?}");
+    let status = c.status().map_err(|e| format!("{c:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{c:?} failed: {status}"))
+    }
+}
+
+fn test() -> Result {
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--locked"]);
+    run(c)?;
+    // The fuzz crate is its own workspace; building its targets on stable
+    // keeps them from rotting without needing nightly in CI.
+    let mut c = cargo();
+    c.env("RUSTFLAGS", "--cfg fuzzing");
+    c.args(["build", "--manifest-path", "fuzz/Cargo.toml", "--bins"]);
+    run(c)
+}
+
+fn fuzz_targets() -> Result<Vec<String>> {
+    let dir = root().join("fuzz/fuzz_targets");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn fuzz_list() -> Result {
+    for t in fuzz_targets()? {
+        println!("{t}");
+    }
+    Ok(())
+}
+
+fn fuzz(args: &[String]) -> Result {
+    let target = args
+        .first()
+        .ok_or("usage: cargo xtask fuzz TARGET [--minutes N]")?;
+    if !fuzz_targets()?.contains(target) {
+        return Err(format!(
+            "no fuzz target `{target}` (see `cargo xtask fuzz-list`)"
+        ));
+    }
+    let mut minutes = 5u64;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--minutes" => {
+                minutes = it
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .ok_or("--minutes needs a whole number")?
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    let corpus = root().join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+    let mut c = Command::new("cargo");
+    c.current_dir(root().join("fuzz"));
+    c.env_remove("CARGO").env_remove("RUSTUP_TOOLCHAIN");
+    c.args(["+nightly", "fuzz", "run", target]);
+    c.arg(&corpus);
+    c.arg("--");
+    c.arg(format!("-max_total_time={}", minutes * 60));
+    c.arg("-rss_limit_mb=2048");
+    c.arg("-timeout=10");
+    run(c)
+}
+
+fn doc() -> Result {
+    let mut c = cargo();
+    c.env("RUSTDOCFLAGS", "-D warnings");
+    c.args(["doc", "--workspace", "--no-deps"]);
+    run(c)
+}
