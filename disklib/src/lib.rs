@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+pub mod check;
 mod error;
 pub mod local;
 

@@ -227,7 +227,20 @@ fn open_file(path: &Path, nofollow: bool) -> Result<(File, u64)> {
     if nofollow {
         o.custom_flags(libc::O_NOFOLLOW);
     }
-    let file = o.open(path).map_err(|e| Error::io(path, e))?;
+    let file = o.open(path).map_err(|e| {
+        if nofollow && e.raw_os_error() == Some(libc::ELOOP) {
+            // O_NOFOLLOW met a symlink: following it could lead anywhere.
+            Error::PathEscape {
+                descriptor: path.to_path_buf(),
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }
+        } else {
+            Error::io(path, e)
+        }
+    })?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::io(
@@ -408,18 +421,29 @@ fn open_link(path: &Path, opts: &OpenOptions) -> Result<Link> {
                         });
                     }
                     let bytes = ext.read_vec(off, dlen.min(len - off))?;
-                    let d = Descriptor::parse(&bytes).map_err(|e| Error::format(path, e))?;
-                    if d.extents.len() != 1 || d.extents[0].kind != ExtentType::Sparse {
-                        return Err(Error::format(
-                            path,
-                            vmdk_format::Error::BadExtent {
-                                index: 0,
-                                reason:
-                                    "an embedded descriptor must name exactly one SPARSE extent",
-                            },
-                        ));
+                    if bytes.iter().all(|&b| b == 0) {
+                        // An extent of a split disk: the descriptor area is
+                        // reserved but empty. Describe the extent alone.
+                        synthesized_descriptor(
+                            CreateType::MonolithicSparse,
+                            ExtentType::Sparse,
+                            h.capacity,
+                            &file_name,
+                        )
+                    } else {
+                        let d = Descriptor::parse(&bytes).map_err(|e| Error::format(path, e))?;
+                        if d.extents.len() != 1 || d.extents[0].kind != ExtentType::Sparse {
+                            return Err(Error::format(
+                                path,
+                                vmdk_format::Error::BadExtent {
+                                    index: 0,
+                                    reason:
+                                        "an embedded descriptor must name exactly one SPARSE extent",
+                                },
+                            ));
+                        }
+                        d
                     }
-                    d
                 }
                 None => synthesized_descriptor(
                     if h.is_compressed() {

@@ -1,14 +1,51 @@
-//! `vdisk check`.
+//! `vdisk check`: exit 0 when consistent, 2 when corruption was found, 1
+//! for usage or I/O errors.
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use disklib::check::check_disk;
 use disklib::local::OpenOptions;
+use serde_json::json;
 
 pub(crate) fn run(
-    _disk: &Path,
-    _opts: &OpenOptions,
-    _json: bool,
+    disk: &Path,
+    opts: &OpenOptions,
+    as_json: bool,
 ) -> Result<ExitCode, crate::AnyError> {
-    Err("check: not yet available".into())
+    let report = check_disk(disk, opts)?;
+    if as_json {
+        let findings: Vec<_> = report
+            .findings
+            .iter()
+            .map(|f| json!({"file": f.file.display().to_string(), "kind": format!("{:?}", f.finding.kind), "detail": f.finding.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"consistent": report.is_consistent(), "findings": findings})
+            )?
+        );
+    } else if report.is_consistent() {
+        println!("{}: no errors found", disk.display());
+    } else {
+        for f in &report.findings {
+            println!(
+                "{}: {:?}: {}",
+                f.file.display(),
+                f.finding.kind,
+                f.finding.detail
+            );
+        }
+        println!(
+            "{}: {} problem(s) found",
+            disk.display(),
+            report.findings.len()
+        );
+    }
+    Ok(if report.is_consistent() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -346,9 +346,15 @@ pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
             continue;
         }
         let _ = text_end;
-        return SIGNATURES
-            .iter()
-            .any(|s| trimmed.eq_ignore_ascii_case(s.as_bytes()));
+        // A prefix match, so that a descriptor with bad line endings is
+        // still recognised and then refused with a precise error.
+        return SIGNATURES.iter().any(|s| {
+            trimmed.len() >= s.len()
+                && trimmed[..s.len()].eq_ignore_ascii_case(s.as_bytes())
+                && trimmed[s.len()..]
+                    .first()
+                    .is_none_or(|b| b.is_ascii_whitespace())
+        });
     }
 }
 
@@ -393,10 +399,7 @@ fn encode_1252(s: &str) -> Option<Vec<u8>> {
         let cp = c as u32;
         let byte = match cp {
             0..=0x7F | 0xA0..=0xFF => cp as u8,
-            _ => {
-                let b = (0x80u8..=0x9F).find(|&b| decode_1252(&[b]).chars().next() == Some(c))?;
-                b
-            }
+            _ => (0x80u8..=0x9F).find(|&b| decode_1252(&[b]).starts_with(c))?,
         };
         out.push(byte);
     }

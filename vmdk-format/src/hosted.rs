@@ -205,7 +205,7 @@ impl SparseExtentHeader {
             ));
         }
         let grain = raw.grain_size.get();
-        if grain < 8 || grain > MAX_GRAIN_SECTORS || !grain.is_power_of_two() {
+        if !(8..=MAX_GRAIN_SECTORS).contains(&grain) || !grain.is_power_of_two() {
             return Err(invalid(
                 "grainSize",
                 grain,
