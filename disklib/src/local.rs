@@ -610,6 +610,23 @@ impl LocalDisk {
         &self.links
     }
 
+    /// A read size that suits this disk for sequential reading: large
+    /// enough to inflate compressed grains on several threads, small
+    /// enough elsewhere for the buffer to stay in the CPU cache.
+    pub fn preferred_read_size(&self) -> usize {
+        let compressed = self.links.iter().any(|l| {
+            l.layout
+                .extents()
+                .iter()
+                .any(|e| matches!(&e.backing, Backing::Sparse(s) if s.is_compressed()))
+        });
+        if compressed {
+            8 << 20
+        } else {
+            1 << 20
+        }
+    }
+
     /// Capacity in bytes (the child's).
     pub fn capacity(&self) -> u64 {
         self.links[0].capacity()

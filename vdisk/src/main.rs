@@ -163,11 +163,9 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     }
 }
 
-const CAT_CHUNK: usize = 8 << 20;
-
 fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
     let cap = d.capacity();
-    let mut buf = vec![0u8; CAT_CHUNK.min(cap as usize).max(1)];
+    let mut buf = vec![0u8; d.preferred_read_size().min(cap as usize).max(1)];
     let mut off = 0u64;
     while off < cap {
         let n = ((cap - off) as usize).min(buf.len());

@@ -150,6 +150,8 @@ fn fuzz(args: &[String]) -> Result {
     c.arg(format!("-max_total_time={}", minutes * 60));
     c.arg("-rss_limit_mb=2048");
     c.arg("-timeout=10");
+    // Seeds are whole tiny images, larger than libFuzzer's 4 KiB default.
+    c.arg("-max_len=131072");
     run(c)
 }
 
