@@ -53,6 +53,28 @@ impl<K: Hash + Eq + Clone, V> Cache<K, V> {
         self.shard(key).map.get(key).map(|(v, _)| Arc::clone(v))
     }
 
+    /// Inserts or replaces.
+    pub(crate) fn replace(&self, key: K, value: Arc<V>, size: usize) {
+        {
+            let mut s = self.shard(&key);
+            if let Some(slot) = s.map.get_mut(&key) {
+                slot.0 = value;
+                return;
+            }
+        }
+        self.insert(key, value, size);
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        for sh in &self.shards {
+            let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
+            s.map.clear();
+            s.order.clear();
+            s.bytes = 0;
+        }
+    }
+
     pub(crate) fn insert(&self, key: K, value: Arc<V>, size: usize) {
         let budget = self.shard_budget;
         let mut s = self.shard(&key);

@@ -87,6 +87,47 @@ pub enum Error {
         /// Extent index.
         extent: usize,
     },
+    /// The file system is full (or the file size limit was reached);
+    /// nothing that was already written is lost.
+    #[error("{path}: disk full")]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// The disk (or this part of it) cannot be written.
+    #[error("{path}: read-only: {reason}")]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The embedded descriptor area cannot hold the new descriptor.
+    #[error(
+        "{path}: the embedded descriptor area ({capacity} bytes) is too small for {needed} bytes"
+    )]
+    DescriptorFull {
+        /// The file.
+        path: PathBuf,
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        capacity: usize,
+    },
+    /// The operation is not supported for this disk.
+    #[error("{path}: not supported: {what}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What.
+        what: String,
+    },
+    /// A file that would be created exists already.
+    #[error("{0}: already exists")]
+    AlreadyExists(PathBuf),
+    /// An argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// A request lies outside the disk.
     #[error("range {offset}+{len} is outside the disk's {capacity} bytes")]
     OutOfRange {
@@ -97,6 +138,18 @@ pub enum Error {
         /// Capacity in bytes.
         capacity: u64,
     },
+}
+
+/// More variants, for writing.
+impl Error {
+    pub(crate) fn disk_full_or_io(path: &std::path::Path, e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => Error::DiskFull {
+                path: path.to_path_buf(),
+            },
+            _ => Error::io(path, e),
+        }
+    }
 }
 
 impl Error {

@@ -20,7 +20,11 @@
 
 mod cache;
 pub mod check;
+pub mod convert;
+pub mod create;
 mod error;
 pub mod local;
+mod stream;
+mod write;
 
 pub use error::{Error, Result};

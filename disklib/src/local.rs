@@ -49,6 +49,8 @@ pub struct OpenOptions {
     pub grain_cache_bytes: usize,
     /// Threads used to inflate compressed grains of one large read.
     pub inflate_threads: usize,
+    /// Open the disk (its top link; parents stay read-only) for writing.
+    pub writable: bool,
 }
 
 impl Default for OpenOptions {
@@ -62,6 +64,7 @@ impl Default for OpenOptions {
             inflate_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(8),
+            writable: false,
         }
     }
 }
@@ -69,9 +72,9 @@ impl Default for OpenOptions {
 /// One opened extent file.
 #[derive(Debug)]
 pub struct ExtentFile {
-    path: PathBuf,
-    file: File,
-    len: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    pub(crate) len: u64,
 }
 
 impl ExtentFile {
@@ -120,12 +123,12 @@ impl ExtentFile {
 /// files and its read mapping.
 #[derive(Debug)]
 pub struct Link {
-    path: PathBuf,
-    descriptor: Descriptor,
-    embedded: bool,
-    files: Vec<Option<Arc<ExtentFile>>>,
-    layout: Layout,
-    identity: (u64, u64),
+    pub(crate) path: PathBuf,
+    pub(crate) descriptor: Descriptor,
+    pub(crate) embedded: bool,
+    pub(crate) files: Vec<Option<Arc<ExtentFile>>>,
+    pub(crate) layout: Layout,
+    pub(crate) identity: (u64, u64),
 }
 
 impl Link {
@@ -153,7 +156,7 @@ impl Link {
     pub fn capacity(&self) -> u64 {
         self.layout.capacity()
     }
-    fn file(&self, extent: usize) -> Result<&ExtentFile> {
+    pub(crate) fn file(&self, extent: usize) -> Result<&ExtentFile> {
         self.files
             .get(extent)
             .and_then(|f| f.as_deref())
@@ -197,10 +200,11 @@ pub struct MapEntry {
 /// An opened local disk with its whole chain. `Send + Sync`: many
 /// threads may read one handle at once.
 pub struct LocalDisk {
-    links: Vec<Link>,
-    tables: Cache<(usize, TableKey), GrainTable>,
-    grains: Cache<(usize, usize, u64), Vec<u8>>,
-    inflate_threads: usize,
+    pub(crate) links: Vec<Link>,
+    pub(crate) tables: Cache<(usize, TableKey), GrainTable>,
+    pub(crate) grains: Cache<(usize, usize, u64), Vec<u8>>,
+    pub(crate) inflate_threads: usize,
+    pub(crate) writer: Option<std::sync::Mutex<crate::write::WriteState>>,
 }
 
 impl std::fmt::Debug for LocalDisk {
@@ -221,9 +225,9 @@ struct GrainJob {
     grain_len: u64,
 }
 
-fn open_file(path: &Path, nofollow: bool) -> Result<(File, u64)> {
+pub(crate) fn open_file(path: &Path, nofollow: bool, writable: bool) -> Result<(File, u64)> {
     let mut o = std::fs::OpenOptions::new();
-    o.read(true);
+    o.read(true).write(writable);
     if nofollow {
         o.custom_flags(libc::O_NOFOLLOW);
     }
@@ -390,8 +394,8 @@ fn synthesized_descriptor(
     }
 }
 
-fn open_link(path: &Path, opts: &OpenOptions) -> Result<Link> {
-    let (file, len) = open_file(path, false)?;
+fn open_link(path: &Path, opts: &OpenOptions, writable: bool) -> Result<Link> {
+    let (file, len) = open_file(path, false, writable)?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     let identity = (meta.dev(), meta.ino());
     let head = read_prefix(&file, path, len, 2048)?;
@@ -509,7 +513,7 @@ fn open_link(path: &Path, opts: &OpenOptions) -> Result<Link> {
             continue;
         };
         let epath = resolve(path, name, opts.allow_outside_paths)?;
-        let (efile, elen) = open_file(&epath, !opts.allow_outside_paths)?;
+        let (efile, elen) = open_file(&epath, !opts.allow_outside_paths, writable)?;
         if !opts.allow_outside_paths {
             confirm_inside(path, &epath, name)?;
         }
@@ -552,7 +556,7 @@ impl LocalDisk {
     /// Opens a disk (descriptor file or monolithic file) and its parents.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
         let path = path.as_ref();
-        let mut links = vec![open_link(path, opts)?];
+        let mut links = vec![open_link(path, opts, opts.writable)?];
         let mut seen = HashSet::new();
         seen.insert(links[0].identity);
         loop {
@@ -582,7 +586,7 @@ impl LocalDisk {
             if !opts.allow_outside_paths {
                 confirm_inside(&child.path, &ppath, &hint)?;
             }
-            let parent = open_link(&ppath, opts)?;
+            let parent = open_link(&ppath, opts, false)?;
             if !seen.insert(parent.identity) {
                 return Err(Error::ChainLoop(ppath));
             }
@@ -597,12 +601,19 @@ impl LocalDisk {
             }
             links.push(parent);
         }
-        Ok(Self {
+        let mut disk = Self {
             links,
             tables: Cache::new(opts.table_cache_bytes),
             grains: Cache::new(opts.grain_cache_bytes),
             inflate_threads: opts.inflate_threads.max(1),
-        })
+            writer: None,
+        };
+        if opts.writable {
+            disk.writer = Some(std::sync::Mutex::new(crate::write::WriteState::begin(
+                &disk,
+            )?));
+        }
+        Ok(disk)
     }
 
     /// The chain, child first.
@@ -650,7 +661,7 @@ impl LocalDisk {
         self.read_link(0, offset, buf)
     }
 
-    fn load_table(&self, li: usize, req: TableRequest) -> Result<()> {
+    pub(crate) fn load_table(&self, li: usize, req: TableRequest) -> Result<()> {
         let link = &self.links[li];
         let bytes = link
             .file(req.key.extent)?
@@ -664,7 +675,12 @@ impl LocalDisk {
         Ok(())
     }
 
-    fn next_step(&self, li: usize, offset: u64, len: u64) -> Result<vmdk_format::layout::Segment> {
+    pub(crate) fn next_step(
+        &self,
+        li: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<vmdk_format::layout::Segment> {
         let link = &self.links[li];
         loop {
             let step = link
@@ -722,7 +738,7 @@ impl LocalDisk {
         Ok(())
     }
 
-    fn read_parent(&self, li: usize, offset: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_parent(&self, li: usize, offset: u64, out: &mut [u8]) -> Result<()> {
         let Some(parent) = self.links.get(li + 1) else {
             out.fill(0);
             return Ok(());

@@ -12,7 +12,11 @@ pub(crate) fn run(
     disk: &Path,
     opts: &OpenOptions,
     as_json: bool,
+    repair: bool,
 ) -> Result<ExitCode, crate::AnyError> {
+    if repair {
+        return Err("check --repair: not yet available".into());
+    }
     let report = check_disk(disk, opts)?;
     if as_json {
         let findings: Vec<_> = report

@@ -78,7 +78,158 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Repair what can be repaired, reporting each change.
+        #[arg(long)]
+        repair: bool,
     },
+    /// Create an empty disk.
+    Create {
+        /// Disk type: monolithicSparse, monolithicFlat, twoGbMaxExtentSparse,
+        /// twoGbMaxExtentFlat, streamOptimized, vmfs, vmfsThin.
+        #[arg(short = 't', long = "type", default_value = "monolithicSparse")]
+        disk_type: String,
+        /// Path of the new disk (descriptor or monolithic file).
+        disk: PathBuf,
+        /// Capacity: bytes, or with a K/M/G/T suffix (powers of 1024).
+        size: String,
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Convert (clone) a raw image or any VMDK, chains included, into any type or raw.
+    Convert {
+        /// Target type, as for `create`, or `raw`.
+        #[arg(short = 't', long = "type", default_value = "monolithicSparse")]
+        disk_type: String,
+        /// Show a progress bar (on by default when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+        /// Source: a raw image or a VMDK.
+        src: PathBuf,
+        /// Destination (must not exist).
+        dst: PathBuf,
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Follow extent and parent paths that leave the descriptor's directory.
+        #[arg(long)]
+        allow_outside_paths: bool,
+    },
+    /// Write bytes into a disk.
+    Write {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// Byte offset.
+        #[arg(long)]
+        offset: String,
+        /// Fill with this byte value (0-255, or 0xNN).
+        #[arg(long, conflicts_with = "from")]
+        pattern: Option<String>,
+        /// Number of bytes for --pattern or --zero.
+        #[arg(long)]
+        length: Option<String>,
+        /// Write the contents of this file.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Write zeros (whole grains become zeroed-grain entries).
+        #[arg(long, conflicts_with_all = ["from", "pattern"])]
+        zero: bool,
+    },
+}
+
+/// Options for new disks.
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// Adapter type: ide, buslogic, lsilogic, legacyESX, pvscsi.
+    #[arg(long, default_value = "lsilogic")]
+    adapter: String,
+    /// Virtual hardware version.
+    #[arg(long, default_value_t = 4)]
+    hw_version: u32,
+    /// Do not use zeroed-grain entries (header version 1).
+    #[arg(long)]
+    no_zeroed_grain: bool,
+}
+
+impl CreateArgs {
+    fn options(
+        &self,
+        disk_type: disklib::create::DiskType,
+        capacity: u64,
+    ) -> Result<disklib::create::CreateOptions, AnyError> {
+        let adapter = vmdk_format::create::AdapterType::from_name(&self.adapter)
+            .ok_or_else(|| format!("unknown adapter type `{}`", self.adapter))?;
+        Ok(disklib::create::CreateOptions {
+            disk_type,
+            capacity,
+            adapter,
+            hw_version: self.hw_version,
+            zeroed_grain: !self.no_zeroed_grain,
+        })
+    }
+}
+
+/// Parses `123`, `4k`, `10M`, `2G`, `1T`, `0x10`.
+fn parse_size(s: &str) -> Result<u64, AnyError> {
+    let t = s.trim();
+    let bad = || -> AnyError { format!("invalid size `{s}`").into() };
+    if let Some(hex) = t.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).map_err(|_| bad());
+    }
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'B' => 1,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
+fn disk_type(name: &str) -> Result<disklib::create::DiskType, AnyError> {
+    disklib::create::DiskType::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = disklib::create::DiskType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        format!(
+            "unknown disk type `{name}` (one of: {}, raw)",
+            names.join(", ")
+        )
+        .into()
+    })
+}
+
+/// A progress reporter: a bar on a terminal, nothing otherwise.
+fn progress_bar(enabled: bool) -> impl FnMut(u64, u64) {
+    use std::io::IsTerminal;
+    let bar = (enabled || io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    move |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+            if done >= total {
+                b.finish_and_clear();
+            }
+        }
+    }
 }
 
 /// An error for the one-line report: the error and its sources.
@@ -159,7 +310,94 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { disk, json } => check::run(&disk.disk, &disk.options(), json),
+        Command::Check { disk, json, repair } => {
+            check::run(&disk.disk, &disk.options(), json, repair)
+        }
+        Command::Create {
+            disk_type: t,
+            disk,
+            size,
+            create,
+        } => {
+            let o = create.options(disk_type(&t)?, parse_size(&size)?)?;
+            disklib::create::create(&disk, &o)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Convert {
+            disk_type: t,
+            progress,
+            src,
+            dst,
+            create,
+            allow_outside_paths,
+        } => {
+            let target = if t.eq_ignore_ascii_case("raw") {
+                disklib::convert::Target::Raw
+            } else {
+                disklib::convert::Target::Disk(create.options(disk_type(&t)?, 0)?)
+            };
+            let opts = OpenOptions {
+                allow_outside_paths,
+                ..OpenOptions::default()
+            };
+            let disk = match LocalDisk::open(&src, &opts) {
+                Ok(d) => Some(d),
+                Err(disklib::Error::NotVmdk(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let source = match &disk {
+                Some(d) => disklib::convert::Source::Disk(d),
+                None => disklib::convert::Source::Raw(&src),
+            };
+            let mut bar = progress_bar(progress);
+            disklib::convert::convert(&source, &dst, &target, &mut bar)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Write {
+            disk,
+            offset,
+            pattern,
+            length,
+            from,
+            zero,
+        } => {
+            let offset = parse_size(&offset)?;
+            let d = LocalDisk::open(
+                &disk.disk,
+                &OpenOptions {
+                    writable: true,
+                    ..disk.options()
+                },
+            )?;
+            if zero {
+                let len = parse_size(length.as_deref().ok_or("--zero needs --length")?)?;
+                d.write_zeroes(offset, len)?;
+            } else if let Some(p) = pattern {
+                let len = parse_size(length.as_deref().ok_or("--pattern needs --length")?)?;
+                let byte = parse_size(&p)
+                    .ok()
+                    .filter(|&b| b <= 255)
+                    .ok_or_else(|| format!("invalid pattern byte `{p}`"))?
+                    as u8;
+                let chunk = vec![byte; (len as usize).min(8 << 20)];
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(chunk.len() as u64) as usize;
+                    d.write_at(offset + done, &chunk[..n])?;
+                    done += n as u64;
+                }
+            } else if let Some(f) = from {
+                let data = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                d.write_at(offset, &data)?;
+            } else {
+                return Err(
+                    "write needs --pattern BYTE --length L, --zero --length L, or --from FILE"
+                        .into(),
+                );
+            }
+            d.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

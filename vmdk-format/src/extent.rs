@@ -54,6 +54,13 @@ impl GrainTable {
     pub fn entries(&self) -> &[u64] {
         &self.entries
     }
+    /// Replaces one raw entry (writers update their cached copy so).
+    /// Out-of-range indexes are ignored.
+    pub fn set_entry(&mut self, index: usize, raw: u64) {
+        if let Some(e) = self.entries.get_mut(index) {
+            *e = raw;
+        }
+    }
 }
 
 /// A grain-directory based extent with its directory loaded.

@@ -440,6 +440,13 @@ impl SparseExtentHeader {
         Ok(real)
     }
 
+    /// The 512-byte on-disk form.
+    pub fn to_bytes(&self) -> [u8; 512] {
+        let mut out = [0u8; 512];
+        out.copy_from_slice(self.to_raw().as_bytes());
+        out
+    }
+
     /// Serialises to the 512-byte on-disk form (used by writers and tests).
     pub fn to_raw(&self) -> RawSparseExtentHeader {
         RawSparseExtentHeader {

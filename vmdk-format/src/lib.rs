@@ -76,6 +76,7 @@ extern crate std;
 
 pub mod check;
 pub mod cowd;
+pub mod create;
 pub mod descriptor;
 mod error;
 pub mod extent;
