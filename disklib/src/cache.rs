@@ -65,16 +65,6 @@ impl<K: Hash + Eq + Clone, V> Cache<K, V> {
         self.insert(key, value, size);
     }
 
-    /// Drops every entry.
-    pub(crate) fn clear(&self) {
-        for sh in &self.shards {
-            let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
-            s.map.clear();
-            s.order.clear();
-            s.bytes = 0;
-        }
-    }
-
     pub(crate) fn insert(&self, key: K, value: Arc<V>, size: usize) {
         let budget = self.shard_budget;
         let mut s = self.shard(&key);

@@ -374,3 +374,61 @@ pub fn delete(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Renames a disk and every file of it; extent names in the descriptor
+/// follow the new name (`new-flat.vmdk`, `new-s001.vmdk`, ...). Children
+/// naming this disk as parent are not updated.
+pub fn rename(path: &Path, new: &Path) -> Result<()> {
+    if new.exists() {
+        return Err(Error::AlreadyExists(new.to_path_buf()));
+    }
+    let d = crate::local::LocalDisk::open(
+        path,
+        &crate::local::OpenOptions {
+            ignore_cid_mismatch: true,
+            ..Default::default()
+        },
+    )?;
+    let link = &d.links()[0];
+    if link.is_embedded() {
+        drop(d);
+        // A monolithic file binds to itself whatever its name.
+        return std::fs::rename(path, new).map_err(|e| Error::io(path, e));
+    }
+    let old_stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new_stem = new
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut desc = d.descriptor();
+    let mut moves = Vec::new();
+    for (line, file) in desc.extents.iter_mut().zip(link.extent_files()) {
+        let (Some(name), Some(file)) = (line.file.as_mut(), file) else {
+            continue;
+        };
+        let base = Path::new(name.as_str())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let renamed = match base.strip_prefix(&old_stem) {
+            Some(rest) => format!("{new_stem}{rest}"),
+            None => continue, // a name that does not follow the disk's: keep it
+        };
+        let target = new.with_file_name(&renamed);
+        if target.exists() {
+            return Err(Error::AlreadyExists(target));
+        }
+        moves.push((file.path().to_path_buf(), target));
+        *name = renamed;
+    }
+    let bytes = desc.to_bytes().map_err(|e| Error::format(path, e))?;
+    drop(d);
+    for (from, to) in &moves {
+        std::fs::rename(from, to).map_err(|e| Error::io(from, e))?;
+    }
+    crate::write::replace_file(new, &bytes)?;
+    std::fs::remove_file(path).map_err(|e| Error::io(path, e))
+}

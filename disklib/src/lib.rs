@@ -24,6 +24,8 @@ pub mod convert;
 pub mod create;
 mod error;
 pub mod local;
+pub mod maintain;
+pub mod repair;
 mod stream;
 mod write;
 

@@ -14,8 +14,14 @@ pub(crate) fn run(
     as_json: bool,
     repair: bool,
 ) -> Result<ExitCode, crate::AnyError> {
+    let mut changes = Vec::new();
     if repair {
-        return Err("check --repair: not yet available".into());
+        changes = disklib::repair::repair(disk, opts)?;
+        if !as_json {
+            for c in &changes {
+                println!("{}: repaired: {}", c.file.display(), c.what);
+            }
+        }
     }
     let report = check_disk(disk, opts)?;
     if as_json {
@@ -27,7 +33,7 @@ pub(crate) fn run(
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"consistent": report.is_consistent(), "findings": findings})
+                &json!({"consistent": report.is_consistent(), "findings": findings, "repairs": changes.iter().map(|c| json!({"file": c.file.display().to_string(), "change": c.what})).collect::<Vec<_>>()})
             )?
         );
     } else if report.is_consistent() {

@@ -133,6 +133,86 @@ enum Command {
         #[arg(long, conflicts_with_all = ["from", "pattern"])]
         zero: bool,
     },
+    /// Create CHILD, a delta (snapshot) of DISK that reads through to it.
+    Snapshot {
+        /// The parent.
+        disk: PathBuf,
+        /// The new child (monolithicSparse).
+        child: PathBuf,
+    },
+    /// Merge CHILD into its parent and delete CHILD.
+    Commit {
+        /// The child.
+        child: PathBuf,
+        /// Show a progress bar.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Read or change the disk database (DDB).
+    Meta {
+        #[command(subcommand)]
+        action: MetaAction,
+    },
+    /// Grow a disk to SIZE.
+    Grow {
+        /// The disk.
+        disk: PathBuf,
+        /// New capacity (bytes or K/M/G/T).
+        size: String,
+    },
+    /// Rewrite sparse extents without zero and unreferenced grains.
+    Compact {
+        /// The disk.
+        disk: PathBuf,
+    },
+    /// Rename a disk and all its files (extent names in the descriptor follow).
+    Rename {
+        /// The disk.
+        disk: PathBuf,
+        /// The new name.
+        new: PathBuf,
+    },
+    /// Delete a disk and all its files (not its parents).
+    Delete {
+        /// The disk.
+        disk: PathBuf,
+    },
+}
+
+/// `vdisk meta` actions.
+#[derive(Subcommand, Debug)]
+enum MetaAction {
+    /// List every DDB key.
+    List {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one key's value.
+    Get {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// The key (`ddb.…`).
+        key: String,
+    },
+    /// Set (or add) a key.
+    Set {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// The key (`ddb.…`).
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Remove a key.
+    Rm {
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// The key.
+        key: String,
+    },
 }
 
 /// Options for new disks.
@@ -353,6 +433,34 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             disklib::convert::convert(&source, &dst, &target, &mut bar)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Snapshot { disk, child } => {
+            disklib::maintain::create_child(&disk, &child)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Commit { child, progress } => {
+            let mut bar = progress_bar(progress);
+            let parent = disklib::maintain::commit(&child, &mut bar)?;
+            eprintln!("committed into {}", parent.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Meta { action } => meta(action),
+        Command::Grow { disk, size } => {
+            disklib::maintain::grow(&disk, parse_size(&size)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compact { disk } => {
+            let saved = disklib::maintain::compact(&disk)?;
+            eprintln!("{}: {saved} bytes freed", disk.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rename { disk, new } => {
+            disklib::create::rename(&disk, &new)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { disk } => {
+            disklib::create::delete(&disk)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Write {
             disk,
             offset,
@@ -419,6 +527,66 @@ fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
     match out.flush() {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+fn meta(action: MetaAction) -> Result<ExitCode, AnyError> {
+    match action {
+        MetaAction::List { disk, json } => {
+            let d = disk.open()?;
+            let desc = d.descriptor();
+            if json {
+                let m: serde_json::Map<String, Value> = desc
+                    .ddb
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                for (k, v) in &desc.ddb {
+                    println!("{k} = {v}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MetaAction::Get { disk, key } => {
+            let d = disk.open()?;
+            match d.descriptor().ddb_get(&key) {
+                Some(v) => {
+                    println!("{v}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(format!("{}: no key `{key}`", disk.disk.display()).into()),
+            }
+        }
+        MetaAction::Set { disk, key, value } => {
+            let d = LocalDisk::open(
+                &disk.disk,
+                &OpenOptions {
+                    writable: true,
+                    ..disk.options()
+                },
+            )?;
+            d.set_metadata(&key, &value)?;
+            d.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        MetaAction::Rm { disk, key } => {
+            let d = LocalDisk::open(
+                &disk.disk,
+                &OpenOptions {
+                    writable: true,
+                    ..disk.options()
+                },
+            )?;
+            let existed = d.remove_metadata(&key)?;
+            d.close()?;
+            if existed {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(format!("{}: no key `{key}`", disk.disk.display()).into())
+            }
+        }
     }
 }
 

@@ -1,0 +1,540 @@
+//! Snapshots and maintenance of local disks: child (delta) creation,
+//! commit of a child into its parent, grow, compact.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use vmdk_format::create::{
+    AdapterType, DescriptorOptions, SparseLayout, SparseParams, SPLIT_EXTENT_SECTORS,
+};
+use vmdk_format::descriptor::{CreateType, ExtentType};
+use vmdk_format::extent::{GrainState, SparseFormat};
+use vmdk_format::hosted::SparseExtentHeader;
+use vmdk_format::layout::{Backing, SegmentKind};
+
+use crate::create::{create_with, sibling, CreateOptions, DiskType};
+use crate::error::{Error, Result};
+use crate::local::{LocalDisk, OpenOptions};
+use crate::write::{new_cid, random_bytes, replace_file};
+
+const SECTOR: u64 = 512;
+
+/// How `parentFileNameHint` names `parent` from `child`'s directory: the
+/// bare name when they share a directory, else the absolute path.
+fn parent_hint(parent: &Path, child: &Path) -> Result<String> {
+    let canon = |p: &Path| -> Result<PathBuf> {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        dir.canonicalize().map_err(|e| Error::io(dir, e))
+    };
+    let (pd, cd) = (canon(parent)?, canon(child)?);
+    let name = parent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if pd == cd {
+        Ok(name)
+    } else {
+        Ok(pd.join(name).to_string_lossy().into_owned())
+    }
+}
+
+/// Creates `child`, a monolithicSparse delta of `parent`: it reads
+/// through to the parent until written, and records the parent's CID.
+pub fn create_child(parent: &Path, child: &Path) -> Result<()> {
+    let p = LocalDisk::open(parent, &OpenOptions::default())?;
+    let pd = p.descriptor();
+    let adapter = pd
+        .adapter_type()
+        .and_then(AdapterType::from_name)
+        .unwrap_or(AdapterType::LsiLogic);
+    let o = CreateOptions {
+        disk_type: DiskType::MonolithicSparse,
+        capacity: p.capacity(),
+        adapter,
+        hw_version: pd.hw_version().unwrap_or(4),
+        zeroed_grain: true,
+    };
+    let d = DescriptorOptions {
+        adapter,
+        hw_version: o.hw_version,
+        cid: new_cid(pd.cid),
+        uuid: random_bytes(),
+        long_content_random: random_bytes(),
+        parent_cid: Some(pd.cid),
+        parent_hint: Some(parent_hint(parent, child)?),
+    };
+    create_with(child, &o, &d)
+}
+
+/// Ranges of the top link alone: `(start, len, is_zero)` for every
+/// allocated (data or zeroed) stretch; unallocated stretches are skipped.
+fn top_link_ranges(d: &LocalDisk) -> Result<Vec<(u64, u64, bool)>> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let cap = d.capacity();
+    let mut pos = 0;
+    while pos < cap {
+        let seg = d.next_step(0, pos, cap - pos)?;
+        let zero = match seg.kind {
+            SegmentKind::Unallocated => None,
+            SegmentKind::Zero => Some(true),
+            _ => Some(false),
+        };
+        if let Some(z) = zero {
+            match out.last_mut() {
+                Some(last) if last.2 == z && last.0 + last.1 == pos => last.1 += seg.len,
+                _ => out.push((pos, seg.len, z)),
+            }
+        }
+        pos += seg.len;
+    }
+    Ok(out)
+}
+
+/// Merges `child` into its parent and deletes the child's files. The
+/// parent's CID changes: other children of the same parent no longer
+/// match it (as with VMware's consolidate).
+pub fn commit(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
+    let c = LocalDisk::open(child, &OpenOptions::default())?;
+    let Some(parent_link) = c.links().get(1) else {
+        return Err(Error::InvalidArgument(format!(
+            "{} has no parent to commit into",
+            child.display()
+        )));
+    };
+    let parent_path = parent_link.path().to_path_buf();
+    let p = LocalDisk::open(
+        &parent_path,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )?;
+    if p.capacity() < c.capacity() {
+        return Err(Error::Unsupported {
+            path: parent_path,
+            what: "committing a child larger than its parent (grow the parent first)".into(),
+        });
+    }
+    let ranges = top_link_ranges(&c)?;
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let mut done = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, len, zero) in ranges {
+        if zero {
+            p.write_zeroes(start, len)?;
+            done += len;
+            progress(done, total);
+            continue;
+        }
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            c.read_at(start + off, &mut buf[..n])?;
+            p.write_at(start + off, &buf[..n])?;
+            off += n as u64;
+            done += n as u64;
+            progress(done, total);
+        }
+    }
+    p.close()?;
+    let files = crate::create::files_of(child)?;
+    drop(c);
+    for f in files {
+        std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
+    }
+    Ok(parent_path)
+}
+
+/// Grows a disk to `new_capacity` bytes (never shrinks). Sparse extents
+/// get new directories at the end of the file, written before the header
+/// points at them; flat extents grow their file; split disks gain
+/// extents.
+pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
+    let d = LocalDisk::open(path, &OpenOptions::default())?;
+    let old = d.capacity();
+    let new_sectors = new_capacity.div_ceil(SECTOR);
+    if new_sectors * SECTOR < old {
+        return Err(Error::InvalidArgument(format!(
+            "{new_capacity} bytes is smaller than the current {old}: disks do not shrink"
+        )));
+    }
+    if new_sectors * SECTOR == old {
+        return Ok(());
+    }
+    let link = &d.links()[0];
+    let mut desc = d.descriptor();
+    let ct = desc.create_type;
+    match ct {
+        CreateType::MonolithicSparse => {
+            let Backing::Sparse(s) = &link.layout().extents()[0].backing else {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: "a monolithicSparse disk without a sparse extent".into(),
+                });
+            };
+            let SparseFormat::Hosted(h) = s.format() else {
+                unreachable!("monolithic files are hosted sparse")
+            };
+            if h.is_compressed() {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: "growing a streamOptimized disk".into(),
+                });
+            }
+            desc.extents[0].sectors = new_sectors;
+            let new_desc = desc.to_bytes().map_err(|e| Error::format(path, e))?;
+            let area = h.descriptor_size * SECTOR;
+            if new_desc.len() as u64 > area {
+                return Err(Error::DescriptorFull {
+                    path: path.into(),
+                    needed: new_desc.len(),
+                    capacity: area as usize,
+                });
+            }
+            let dir = s.directory().to_vec();
+            let h = h.clone();
+            drop(d);
+            grow_sparse_extent(path, &h, &dir, new_sectors, Some(&new_desc))?;
+        }
+        CreateType::MonolithicFlat
+        | CreateType::Vmfs
+        | CreateType::VmfsThin
+        | CreateType::VmfsEagerZeroedThick
+        | CreateType::VmfsPreallocated => {
+            if desc.extents.len() != 1 {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: "growing a flat disk with several extents".into(),
+                });
+            }
+            let file = link.extent_files()[0]
+                .as_deref()
+                .ok_or_else(|| Error::format(path, vmdk_format::Error::TableMismatch))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(file.path())
+                .map_err(|e| Error::io(file.path(), e))?;
+            let need = desc.extents[0].offset.unwrap_or(0) * SECTOR + new_sectors * SECTOR;
+            f.set_len(need.max(file.len()))
+                .map_err(|e| Error::disk_full_or_io(file.path(), e))?;
+            f.sync_all().map_err(|e| Error::io(file.path(), e))?;
+            desc.extents[0].sectors = new_sectors;
+            drop(d);
+            replace_file(path, &desc.to_bytes().map_err(|e| Error::format(path, e))?)?;
+        }
+        CreateType::TwoGbMaxExtentSparse | CreateType::TwoGbMaxExtentFlat => {
+            let sparse = ct == CreateType::TwoGbMaxExtentSparse;
+            let mut added = Vec::new();
+            let mut remaining = new_sectors - old / SECTOR;
+            let mut index = desc.extents.len() + 1;
+            let result = (|| {
+                while remaining > 0 {
+                    let n = remaining.min(SPLIT_EXTENT_SECTORS);
+                    let (epath, ename) = sibling(
+                        path,
+                        &format!("-{}{:03}.vmdk", if sparse { 's' } else { 'f' }, index),
+                    );
+                    if sparse {
+                        let f = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create_new(true)
+                            .open(&epath)
+                            .map_err(|e| Error::disk_full_or_io(&epath, e))?;
+                        added.push(epath.clone());
+                        let mut p = SparseParams::new(n);
+                        p.descriptor_sectors = 0;
+                        let layout = p.layout().map_err(|e| Error::format(&epath, e))?;
+                        f.write_all_at(
+                            &layout.metadata(&[]).map_err(|e| Error::format(&epath, e))?,
+                            0,
+                        )
+                        .map_err(|e| Error::disk_full_or_io(&epath, e))?;
+                        f.sync_all().map_err(|e| Error::io(&epath, e))?;
+                    } else {
+                        let f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&epath)
+                            .map_err(|e| Error::disk_full_or_io(&epath, e))?;
+                        added.push(epath.clone());
+                        f.set_len(n * SECTOR)
+                            .map_err(|e| Error::disk_full_or_io(&epath, e))?;
+                        f.sync_all().map_err(|e| Error::io(&epath, e))?;
+                    }
+                    desc.extents.push(vmdk_format::create::extent_line(
+                        n,
+                        if sparse {
+                            ExtentType::Sparse
+                        } else {
+                            ExtentType::Flat
+                        },
+                        Some(&ename),
+                        if sparse { None } else { Some(0) },
+                    ));
+                    remaining -= n;
+                    index += 1;
+                }
+                replace_file(path, &desc.to_bytes().map_err(|e| Error::format(path, e))?)
+            })();
+            if result.is_err() {
+                for f in added {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            drop(d);
+            result?;
+        }
+        other => {
+            return Err(Error::Unsupported {
+                path: path.into(),
+                what: format!("growing a {} disk", other.as_str()),
+            })
+        }
+    }
+    Ok(())
+}
+
+/// Grows one hosted sparse extent file in place.
+fn grow_sparse_extent(
+    path: &Path,
+    h: &SparseExtentHeader,
+    gd: &[u64],
+    new_sectors: u64,
+    descriptor: Option<&[u8]>,
+) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let gtes = h.gtes_per_gt;
+    let coverage = gtes * h.grain_sectors;
+    let new_n = new_sectors.div_ceil(coverage);
+    let max = SparseParams::max_capacity(h.grain_sectors);
+    if new_sectors > max {
+        return Err(Error::InvalidArgument(format!(
+            "{} bytes is more than a sparse extent can hold",
+            new_sectors * SECTOR
+        )));
+    }
+    let old_n = gd.len() as u64;
+    let gt_sectors = gtes * 4 / SECTOR;
+    let gd_sectors = (new_n * 4).div_ceil(SECTOR).max(1);
+    // Everything new goes at the end of the file, grain-aligned.
+    let mut next = len.div_ceil(SECTOR).next_multiple_of(h.grain_sectors);
+    let rgd_entries: Vec<u64> = match h.rgd_range().map_err(|e| Error::format(path, e))? {
+        Some((off, l)) => {
+            let mut b = vec![0u8; l as usize];
+            f.read_exact_at(&mut b, off)
+                .map_err(|e| Error::io(path, e))?;
+            b.chunks_exact(4)
+                .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut new_gd: Vec<u64> = gd.to_vec();
+    let mut new_rgd: Vec<u64> = rgd_entries.clone();
+    for _ in old_n..new_n {
+        new_gd.push(next);
+        next += gt_sectors;
+        if h.has_redundant_gd() {
+            new_rgd.push(next);
+            next += gt_sectors;
+        }
+    }
+    let gd_at = next;
+    next += gd_sectors;
+    let rgd_at = if h.has_redundant_gd() {
+        let at = next;
+        next += gd_sectors;
+        at
+    } else {
+        0
+    };
+    let end = next.next_multiple_of(h.grain_sectors);
+    f.set_len(end * SECTOR)
+        .map_err(|e| Error::disk_full_or_io(path, e))?;
+    f.write_all_at(&SparseLayout::directory_bytes(&new_gd), gd_at * SECTOR)
+        .map_err(|e| Error::disk_full_or_io(path, e))?;
+    if h.has_redundant_gd() {
+        f.write_all_at(&SparseLayout::directory_bytes(&new_rgd), rgd_at * SECTOR)
+            .map_err(|e| Error::disk_full_or_io(path, e))?;
+    }
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    // Only now does the header point at the new directories.
+    let mut nh = h.clone();
+    nh.capacity = new_sectors;
+    nh.gd_offset = gd_at;
+    if h.has_redundant_gd() {
+        nh.rgd_offset = rgd_at;
+    }
+    nh.unclean_shutdown = false;
+    f.write_all_at(&nh.to_bytes(), 0)
+        .map_err(|e| Error::disk_full_or_io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    if let (Some(bytes), Some((off, area))) = (descriptor, nh.descriptor_range()) {
+        let mut padded = bytes.to_vec();
+        padded.resize(area as usize, 0);
+        f.write_all_at(&padded, off)
+            .map_err(|e| Error::disk_full_or_io(path, e))?;
+        f.sync_all().map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Rewrites the sparse extents of a disk without zero grains (when the
+/// disk has no parent) and without unreferenced grains; returns the bytes
+/// saved.
+pub fn compact(path: &Path) -> Result<u64> {
+    let d = LocalDisk::open(path, &OpenOptions::default())?;
+    let has_parent = d.links().len() > 1;
+    let link = &d.links()[0];
+    let mut saved = 0u64;
+    let mut jobs = Vec::new();
+    for (i, placed) in link.layout().extents().iter().enumerate() {
+        let Backing::Sparse(s) = &placed.backing else {
+            continue;
+        };
+        let SparseFormat::Hosted(h) = s.format() else {
+            return Err(Error::Unsupported {
+                path: path.into(),
+                what: "compacting COWD or seSparse extents".into(),
+            });
+        };
+        if h.is_compressed() {
+            return Err(Error::Unsupported {
+                path: path.into(),
+                what: "compacting a streamOptimized disk (it is already compact)".into(),
+            });
+        }
+        let file = link.extent_files()[i]
+            .as_deref()
+            .ok_or_else(|| Error::format(path, vmdk_format::Error::TableMismatch))?;
+        jobs.push((i, h.clone(), file.path().to_path_buf(), file.len()));
+    }
+    for (i, h, epath, old_len) in jobs {
+        let tmp = epath.with_file_name(format!(
+            ".{}.compact-{}",
+            epath
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let result = compact_extent(&d, i, &h, &epath, &tmp, has_parent);
+        match result {
+            Ok(new_len) => {
+                std::fs::rename(&tmp, &epath).map_err(|e| Error::io(&epath, e))?;
+                saved += old_len.saturating_sub(new_len);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+    }
+    Ok(saved)
+}
+
+fn compact_extent(
+    d: &LocalDisk,
+    extent: usize,
+    h: &SparseExtentHeader,
+    src: &Path,
+    tmp: &Path,
+    has_parent: bool,
+) -> Result<u64> {
+    let link = &d.links()[0];
+    let placed = &link.layout().extents()[extent];
+    let Backing::Sparse(s) = &placed.backing else {
+        return Ok(0);
+    };
+    let src_file = link.extent_files()[extent]
+        .as_deref()
+        .ok_or_else(|| Error::format(src, vmdk_format::Error::TableMismatch))?;
+    let params = SparseParams {
+        capacity: h.capacity,
+        grain_sectors: h.grain_sectors,
+        descriptor_sectors: h.descriptor_size,
+        redundant: h.has_redundant_gd(),
+        zeroed_grain: h.has_zeroed_grain_gte(),
+    };
+    let layout = params.layout().map_err(|e| Error::format(src, e))?;
+    let mut descriptor = Vec::new();
+    if let Some((off, len)) = h.descriptor_range() {
+        descriptor = vec![0u8; len as usize];
+        src_file.read_exact_at(&mut descriptor, off)?;
+    }
+    let out = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+    let meta = layout
+        .metadata(&descriptor)
+        .map_err(|e| Error::format(tmp, e))?;
+    out.write_all_at(&meta, 0)
+        .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+    let gb = s.grain_bytes();
+    let gtes = s.gtes_per_gt();
+    let mut tables = vec![vec![0u32; gtes as usize]; layout.gt_sectors.len()];
+    let mut next = layout.header.overhead;
+    let mut buf = vec![0u8; gb as usize];
+    let grains = (placed.len).div_ceil(gb);
+    for g in 0..grains {
+        let entry = match d.grain_state(extent, g)? {
+            GrainState::Unallocated => continue,
+            GrainState::Zero => 1,
+            GrainState::Data(off) => {
+                let n = gb.min(src_file.len().saturating_sub(off)) as usize;
+                buf.fill(0);
+                src_file.read_exact_at(&mut buf[..n], off)?;
+                if buf.iter().all(|&b| b == 0) {
+                    match (has_parent, h.has_zeroed_grain_gte()) {
+                        (false, _) => continue,
+                        (true, true) => 1,
+                        (true, false) => {
+                            out.write_all_at(&buf, next * SECTOR)
+                                .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+                            next += h.grain_sectors;
+                            (next - h.grain_sectors) as u32
+                        }
+                    }
+                } else {
+                    out.write_all_at(&buf, next * SECTOR)
+                        .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+                    next += h.grain_sectors;
+                    (next - h.grain_sectors) as u32
+                }
+            }
+            GrainState::Compressed(_) => {
+                return Err(Error::Unsupported {
+                    path: src.into(),
+                    what: "compressed grains".into(),
+                })
+            }
+        };
+        tables[(g / gtes) as usize][(g % gtes) as usize] = entry;
+    }
+    for (t, table) in tables.iter().enumerate() {
+        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        out.write_all_at(&bytes, layout.gt_sectors[t] * SECTOR)
+            .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+        if let Some(&r) = layout.rgt_sectors.get(t) {
+            out.write_all_at(&bytes, r * SECTOR)
+                .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+        }
+    }
+    out.set_len(next * SECTOR)
+        .map_err(|e| Error::disk_full_or_io(tmp, e))?;
+    out.sync_all().map_err(|e| Error::io(tmp, e))?;
+    Ok(next * SECTOR)
+}
