@@ -2,6 +2,8 @@
 
 mod support;
 
+mod write;
+
 mod chain;
 mod edge;
 mod formats;
