@@ -524,6 +524,7 @@ impl LocalDisk {
         // unreferenced grain, never a table entry pointing at garbage.
         write_all(file, bytes, sector * SECTOR)?;
         w.next_free = sector + count * grain_sectors;
+        s.grow_file_len(w.next_free * SECTOR);
         let entries: Vec<u64> = (0..count).map(|i| sector + i * grain_sectors).collect();
         self.set_entries(st, extent, s, g, &entries)
     }

@@ -7,6 +7,7 @@
 //! one grain is.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cowd::{CowdHeader, COWD_GTES_PER_GT};
 use crate::error::{Error, Result, Structure};
@@ -64,16 +65,48 @@ impl GrainTable {
 }
 
 /// A grain-directory based extent with its directory loaded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The file length only ever grows (a writer appending grains tells the
+/// extent with [`grow_file_len`](Self::grow_file_len)); it is atomic so
+/// that readers sharing the extent see appended grains as valid.
+#[derive(Debug)]
 pub struct SparseExtent {
     format: SparseFormat,
     capacity: u64,
     grain_sectors: u64,
     gtes_per_gt: u64,
     gd: Vec<u64>,
-    file_len: u64,
+    file_len: AtomicU64,
     first_data_sector: u64,
 }
+
+impl Clone for SparseExtent {
+    fn clone(&self) -> Self {
+        Self {
+            format: self.format.clone(),
+            capacity: self.capacity,
+            grain_sectors: self.grain_sectors,
+            gtes_per_gt: self.gtes_per_gt,
+            gd: self.gd.clone(),
+            file_len: AtomicU64::new(self.file_len()),
+            first_data_sector: self.first_data_sector,
+        }
+    }
+}
+
+impl PartialEq for SparseExtent {
+    fn eq(&self, o: &Self) -> bool {
+        self.format == o.format
+            && self.capacity == o.capacity
+            && self.grain_sectors == o.grain_sectors
+            && self.gtes_per_gt == o.gtes_per_gt
+            && self.gd == o.gd
+            && self.file_len() == o.file_len()
+            && self.first_data_sector == o.first_data_sector
+    }
+}
+
+impl Eq for SparseExtent {}
 
 fn le_entries(bytes: &[u8], width: usize) -> Vec<u64> {
     bytes
@@ -123,7 +156,7 @@ impl SparseExtent {
             grain_sectors: header.grain_sectors,
             gtes_per_gt: header.gtes_per_gt,
             gd,
-            file_len,
+            file_len: AtomicU64::new(file_len),
             first_data_sector: header.overhead.max(1),
             format: SparseFormat::Hosted(header),
         })
@@ -140,7 +173,7 @@ impl SparseExtent {
             grain_sectors: header.grain_sectors,
             gtes_per_gt: COWD_GTES_PER_GT,
             gd,
-            file_len,
+            file_len: AtomicU64::new(file_len),
             first_data_sector: 4,
             format: SparseFormat::Cowd(header),
         })
@@ -157,7 +190,7 @@ impl SparseExtent {
             grain_sectors: SeSparseHeader::GRAIN_SECTORS,
             gtes_per_gt: SE_GTES,
             gd,
-            file_len,
+            file_len: AtomicU64::new(file_len),
             first_data_sector: header.grains_offset,
             format: SparseFormat::SeSparse(header),
         })
@@ -187,9 +220,16 @@ impl SparseExtent {
     pub fn directory(&self) -> &[u64] {
         &self.gd
     }
-    /// The extent file's length, as given at construction.
+    /// The extent file's length, as given at construction or grown since.
     pub fn file_len(&self) -> u64 {
-        self.file_len
+        self.file_len.load(Ordering::Acquire)
+    }
+
+    /// Records that the file now extends to at least `len` bytes (a
+    /// writer calls this after appending grains, before pointing tables
+    /// at them).
+    pub fn grow_file_len(&self, len: u64) {
+        self.file_len.fetch_max(len, Ordering::AcqRel);
     }
     /// First sector where grains may live; below it is metadata.
     pub fn first_data_sector(&self) -> u64 {
@@ -250,7 +290,7 @@ impl SparseExtent {
                 reason: "grain table overlaps the header",
             });
         }
-        check_in_file(Structure::GrainDirectory, gt, offset, len, self.file_len)?;
+        check_in_file(Structure::GrainDirectory, gt, offset, len, self.file_len())?;
         Ok(Some((offset, len)))
     }
 
@@ -335,7 +375,7 @@ impl SparseExtent {
                 grain,
                 offset,
                 crate::stream::GRAIN_HEADER_LEN as u64,
-                self.file_len,
+                self.file_len(),
             )?;
             return Ok(GrainState::Compressed(offset));
         }
@@ -353,7 +393,13 @@ impl SparseExtent {
         let in_use = self
             .grain_bytes()
             .min((self.capacity * SECTOR_SIZE).saturating_sub(grain_start));
-        check_in_file(Structure::GrainTable, grain, offset, in_use, self.file_len)?;
+        check_in_file(
+            Structure::GrainTable,
+            grain,
+            offset,
+            in_use,
+            self.file_len(),
+        )?;
         Ok(GrainState::Data(offset))
     }
 }

@@ -12,7 +12,8 @@ const RUNS: usize = 3;
 pub(crate) fn run_bench(args: &[String]) -> Result {
     match args.first().map(String::as_str) {
         Some("read") => read(),
-        _ => Err("usage: cargo xtask bench read".into()),
+        Some("write") => write(),
+        _ => Err("usage: cargo xtask bench read|write".into()),
     }
 }
 
@@ -148,4 +149,74 @@ fn read() -> Result {
         println!("targets missed: {}", failures.join("; "));
     }
     Ok(())
+}
+
+fn write() -> Result {
+    let dir = root().join("target/bench-read");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "vdisk"]);
+    run(c)?;
+    let vdisk = root().join("target/release/vdisk");
+    let raw = dir.join("half.raw");
+    make_raw(&raw)?;
+    sh(Command::new("cat")
+        .arg(&raw)
+        .stdout(std::process::Stdio::null()))?;
+    let out_dir = dir.join("write-out");
+    println!(
+        "convert a 1 GiB raw image (half incompressible data, half holes), median of {RUNS} runs"
+    );
+    let mut failures = Vec::new();
+    for (sub, want) in [("streamOptimized", 3.0), ("monolithicSparse", 1.0)] {
+        let clean = || {
+            let _ = std::fs::remove_dir_all(&out_dir);
+            std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())
+        };
+        let target = out_dir.join("out.vmdk");
+        let ours = time_with(&clean, || {
+            let mut c = Command::new(&vdisk);
+            c.args(["convert", "-t", sub]).arg(&raw).arg(&target);
+            c
+        })?;
+        let qemu = time_with(&clean, || {
+            let mut c = Command::new("qemu-img");
+            c.args(["convert", "-f", "raw", "-O", "vmdk", "-o"])
+                .arg(format!("subformat={sub}"))
+                .arg(&raw)
+                .arg(&target);
+            c
+        })?;
+        let mbs = |t: f64| GIB as f64 / t / 1e6;
+        let ratio = qemu / ours;
+        println!(
+            "raw -> {sub:<17} vdisk {:>6.0} MB/s   qemu-img {:>6.0} MB/s   ratio {ratio:.2}   (target >= {want:.1} x qemu-img)",
+            mbs(ours),
+            mbs(qemu)
+        );
+        if ratio < want {
+            failures.push(format!("{sub}: {ratio:.2} < {want}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    if failures.is_empty() {
+        println!("all targets met");
+    } else {
+        println!("targets missed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Like [`time`], running `prepare` before each run (outside the timing).
+fn time_with(prepare: &dyn Fn() -> Result, mut make: impl FnMut() -> Command) -> Result<f64> {
+    let mut v = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        prepare()?;
+        let mut c = make();
+        let t = Instant::now();
+        sh(&mut c)?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[RUNS / 2])
 }
