@@ -26,33 +26,34 @@ const OVERHEAD: u64 = 128;
 /// Grains read, compressed and written per round.
 const BATCH: usize = 256;
 
-/// Compresses one grain with zlib framing at level 6, falling back to
-/// stored blocks when that would not shrink it.
-fn compress_grain(c: &mut Compress, input: &[u8], out: &mut Vec<u8>) {
+/// Bytes of a grain compressed at level 1 to decide whether the whole
+/// grain is worth compressing.
+const PROBE: usize = 8192;
+
+fn deflate_into(c: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     out.reserve(input.len() + input.len() / 16 + 64);
     c.reset();
-    let ok = loop {
+    loop {
         match c.compress_vec(&input[c.total_in() as usize..], out, FlushCompress::Finish) {
-            Ok(Status::StreamEnd) => break true,
-            Ok(_) if out.len() < input.len() + 64 => out.reserve(4096),
-            _ => break false,
+            Ok(Status::StreamEnd) => return true,
+            Ok(_) if out.len() < input.len() + input.len() / 8 + 1024 => out.reserve(4096),
+            _ => return false,
         }
-    };
-    if !ok || out.len() >= input.len() {
+    }
+}
+
+/// Compresses one grain with zlib framing at level 6. Incompressible
+/// grains (a level-1 probe of the first 8 KiB does not shrink, or the
+/// result would not be smaller) are stored instead: level 6 would spend
+/// its time for nothing, and a deflate stream larger than its input
+/// also inflates slower.
+fn compress_grain(c: &mut Compress, probe: &mut Compress, input: &[u8], out: &mut Vec<u8>) {
+    let head = &input[..input.len().min(PROBE)];
+    let worth = deflate_into(probe, head, out) && out.len() * 100 < head.len() * 97;
+    if !(worth && deflate_into(c, input, out) && out.len() < input.len()) {
         let mut stored = Compress::new(Compression::none(), true);
-        out.clear();
-        out.reserve(input.len() + input.len() / 16 + 64);
-        while !matches!(
-            stored.compress_vec(
-                &input[stored.total_in() as usize..],
-                out,
-                FlushCompress::Finish
-            ),
-            Ok(Status::StreamEnd)
-        ) {
-            out.reserve(4096);
-        }
+        deflate_into(&mut stored, input, out);
     }
 }
 
@@ -172,8 +173,13 @@ fn write_body(
         .clamp(1, 16);
     let mut buf = vec![0u8; BATCH * GRAIN];
     let mut compressed: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::new()).collect();
-    let mut compressors: Vec<Compress> = (0..threads)
-        .map(|_| Compress::new(Compression::new(6), true))
+    let mut compressors: Vec<(Compress, Compress)> = (0..threads)
+        .map(|_| {
+            (
+                Compress::new(Compression::new(6), true),
+                Compress::new(Compression::new(1), true),
+            )
+        })
         .collect();
     loop {
         // Gather a batch of distinct grains.
@@ -213,7 +219,7 @@ fn write_body(
                             if grain.iter().all(|&b| b == 0) {
                                 o.clear();
                             } else {
-                                compress_grain(c, grain, o);
+                                compress_grain(&mut c.0, &mut c.1, grain, o);
                             }
                         }
                     });
@@ -278,6 +284,7 @@ mod tests {
     #[test]
     fn incompressible_grains_are_stored_not_expanded() {
         let mut c = Compress::new(Compression::new(6), true);
+        let mut p = Compress::new(Compression::new(1), true);
         let mut x = 0x1234_5678_9abc_def1u64;
         let noise: Vec<u8> = (0..GRAIN)
             .map(|_| {
@@ -288,7 +295,7 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        compress_grain(&mut c, &noise, &mut out);
+        compress_grain(&mut c, &mut p, &noise, &mut out);
         // Stored blocks: 5 bytes per 64 KiB block plus zlib framing.
         assert!(out.len() <= GRAIN + 16, "{}", out.len());
         let mut back = vec![0u8; GRAIN];
@@ -297,7 +304,7 @@ mod tests {
             GRAIN
         );
         assert_eq!(back, noise);
-        compress_grain(&mut c, &[7u8; GRAIN], &mut out);
+        compress_grain(&mut c, &mut p, &[7u8; GRAIN], &mut out);
         assert!(out.len() < 1024);
     }
 }

@@ -509,25 +509,61 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
     }
 }
 
+/// Streams the whole disk to `out`. Two reader threads take alternate
+/// chunks, each into buffers of its own (which stay in its core's cache),
+/// so reading overlaps the copy out and uses both cores.
 fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
+    use std::sync::mpsc;
+    const READERS: u64 = 2;
     let cap = d.capacity();
-    let mut buf = vec![0u8; d.preferred_read_size().min(cap as usize).max(1)];
-    let mut off = 0u64;
-    while off < cap {
-        let n = ((cap - off) as usize).min(buf.len());
-        d.read_at(off, &mut buf[..n])?;
-        match out.write_all(&buf[..n]) {
-            Ok(()) => {}
-            // A closed pipe (`vdisk cat | head`) is not an error worth a report.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e.into()),
+    let chunk = d.preferred_read_size().min(cap as usize).max(1) as u64;
+    let chunks = cap.div_ceil(chunk);
+    std::thread::scope(|scope| -> Result<(), AnyError> {
+        let mut filled = Vec::new();
+        let mut recycle = Vec::new();
+        for r in 0..READERS {
+            let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>, disklib::Error>>(2);
+            let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+            for _ in 0..2 {
+                let _ = back_tx.send(vec![0u8; chunk as usize]);
+            }
+            scope.spawn(move || {
+                let mut i = r;
+                while i < chunks {
+                    let Ok(mut buf) = back_rx.recv() else { return };
+                    let off = i * chunk;
+                    let n = (cap - off).min(chunk) as usize;
+                    buf.truncate(n);
+                    let res = d.read_at(off, &mut buf).map(|()| buf);
+                    let failed = res.is_err();
+                    if tx.send(res).is_err() || failed {
+                        return;
+                    }
+                    i += READERS;
+                }
+            });
+            filled.push(rx);
+            recycle.push(back_tx);
         }
-        off += n as u64;
-    }
-    match out.flush() {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+        for i in 0..chunks {
+            let k = (i % READERS) as usize;
+            let buf = filled[k].recv().map_err(|_| "reader thread stopped")??;
+            match out.write_all(&buf) {
+                Ok(()) => {}
+                // A closed pipe (`vdisk cat | head`) is not an error worth a report.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let mut buf = buf;
+            buf.resize(chunk as usize, 0);
+            let _ = recycle[k].send(buf);
+        }
+        drop(recycle);
+        match out.flush() {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        }
+    })
 }
 
 fn meta(action: MetaAction) -> Result<ExitCode, AnyError> {

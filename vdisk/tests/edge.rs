@@ -327,6 +327,32 @@ fn header_sanity() {
     assert!(code == 2 && out.contains("UncleanShutdown"), "{out}");
 }
 
+/// 15 (continued): an uncompressed version-3 extent (persistent CBT) is
+/// read, but never written.
+#[test]
+fn version_3_uncompressed_is_read_only() {
+    let dir = tempdir();
+    let (mut sp, data) = sparse_with_data();
+    sp.version = 3;
+    let (bytes, _) = sp.build();
+    let p = write(dir.path(), "v3.vmdk", &bytes);
+    assert_same(&vdisk_raw(&p), &data, "v3 reads");
+    expect_error(
+        &[
+            "write",
+            s(&p),
+            "--offset",
+            "0",
+            "--pattern",
+            "1",
+            "--length",
+            "1",
+        ],
+        "version 3 sparse extents",
+    );
+    assert_eq!(std::fs::read(&p).unwrap(), bytes, "nothing was changed");
+}
+
 /// Usage errors exit 1 with one line, never a panic.
 #[test]
 fn usage_and_missing_files() {
