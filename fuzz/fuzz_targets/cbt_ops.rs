@@ -21,7 +21,12 @@ enum Op {
 }
 
 fn ext(v: &[(u16, u16)]) -> Vec<Extent> {
-    v.iter().map(|&(s, n)| Extent::new(u64::from(s) % SPACE, u64::from(n) % 512)).collect()
+    v.iter()
+        .map(|&(s, n)| {
+            let s = u64::from(s) % SPACE;
+            Extent::new(s, (u64::from(n) % 512).min(SPACE - s))
+        })
+        .collect()
 }
 
 fn model(v: &[Extent]) -> Vec<bool> {

@@ -1,0 +1,651 @@
+//! A small blocking HTTPS client for vSphere's `/sdk` endpoint.
+//!
+//! The server certificate is pinned by thumbprint (SHA-1 or SHA-256, the
+//! colon-hex form vSphere shows): a mismatch fails the TLS handshake, so
+//! no credential ever reaches an impostor. There is deliberately no way
+//! to skip the check.
+//!
+//! ```no_run
+//! use vim_soap::client::{Client, ClientConfig, Thumbprint};
+//! let cfg = ClientConfig::new("vc.example.com:443", Thumbprint::parse("AB:CD:…")?);
+//! let client = Client::connect(cfg)?;
+//! let session = client.login("administrator@vsphere.local", &"secret".into())?;
+//! # Ok::<(), vim_soap::Error>(())
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig as TlsConfig, ClientConnection, DigitallySignedStruct, SignatureScheme,
+    StreamOwned,
+};
+use sha1::Digest as _;
+
+use crate::codec::{self, MoRef, Request, ServiceContent, UserSession};
+use crate::xml::{Element, MAX_MESSAGE};
+use crate::{Error, Result, Secret};
+
+/// A certificate thumbprint.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Thumbprint {
+    /// SHA-1 (what VDDK's `thumbPrint` holds).
+    Sha1([u8; 20]),
+    /// SHA-256.
+    Sha256([u8; 32]),
+}
+
+impl std::fmt::Debug for Thumbprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_string())
+    }
+}
+
+fn colon_hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl std::fmt::Display for Thumbprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Thumbprint::Sha1(b) => f.write_str(&colon_hex(b)),
+            Thumbprint::Sha256(b) => f.write_str(&colon_hex(b)),
+        }
+    }
+}
+
+impl Thumbprint {
+    /// Parses `AA:BB:…` (20 or 32 bytes, any case; colons optional).
+    pub fn parse(s: &str) -> Result<Self> {
+        let hex: String = s
+            .chars()
+            .filter(|c| *c != ':' && !c.is_whitespace())
+            .collect();
+        let bad = || Error::BadThumbprint(s.to_string());
+        if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0))
+            .collect();
+        match bytes.len() {
+            20 => Ok(Thumbprint::Sha1(bytes.try_into().map_err(|_| bad())?)),
+            32 => Ok(Thumbprint::Sha256(bytes.try_into().map_err(|_| bad())?)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The SHA-1 thumbprint of a DER certificate.
+    pub fn sha1_of(der: &[u8]) -> Self {
+        Thumbprint::Sha1(sha1::Sha1::digest(der).into())
+    }
+
+    /// The SHA-256 thumbprint of a DER certificate.
+    pub fn sha256_of(der: &[u8]) -> Self {
+        Thumbprint::Sha256(sha2::Sha256::digest(der).into())
+    }
+
+    /// Whether `der` has this thumbprint.
+    pub fn matches(&self, der: &[u8]) -> bool {
+        match self {
+            Thumbprint::Sha1(_) => &Self::sha1_of(der) == self,
+            Thumbprint::Sha256(_) => &Self::sha256_of(der) == self,
+        }
+    }
+}
+
+/// Verifies the server by thumbprint, and its handshake signature with
+/// the pinned certificate's key.
+#[derive(Debug)]
+pub struct PinnedVerifier {
+    pin: Thumbprint,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Mutex<Option<String>>,
+}
+
+impl PinnedVerifier {
+    /// Pins `pin`.
+    pub fn new(pin: Thumbprint) -> Self {
+        Self {
+            pin,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            seen: Mutex::new(None),
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if self.pin.matches(end_entity) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            let found = match self.pin {
+                Thumbprint::Sha1(_) => Thumbprint::sha1_of(end_entity),
+                Thumbprint::Sha256(_) => Thumbprint::sha256_of(end_entity),
+            };
+            if let Ok(mut s) = self.seen.lock() {
+                *s = Some(found.to_string());
+            }
+            Err(rustls::Error::General(
+                "certificate thumbprint mismatch".into(),
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS client configuration that trusts exactly the pinned certificate.
+pub fn pinned_tls_config(pin: &Thumbprint) -> (Arc<TlsConfig>, Arc<PinnedVerifier>) {
+    let verifier = Arc::new(PinnedVerifier::new(pin.clone()));
+    let cfg = TlsConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    (Arc::new(cfg), verifier)
+}
+
+/// Connects TCP with a timeout, then TLS, verifying the pin; the
+/// handshake completes (or fails) before this returns.
+pub fn connect_tls(
+    server: &str,
+    pin: &Thumbprint,
+    connect_timeout: Duration,
+    io_timeout: Option<Duration>,
+) -> Result<StreamOwned<ClientConnection, TcpStream>> {
+    let io = |context: String| move |source| Error::Io { context, source };
+    let addr = server
+        .to_socket_addrs()
+        .map_err(io(format!("resolving {server}")))?
+        .next()
+        .ok_or_else(|| Error::Io {
+            context: format!("resolving {server}"),
+            source: std::io::Error::other("no address"),
+        })?;
+    let tcp = TcpStream::connect_timeout(&addr, connect_timeout)
+        .map_err(io(format!("connecting to {server}")))?;
+    tcp.set_read_timeout(io_timeout)
+        .map_err(io("setting timeouts".into()))?;
+    tcp.set_write_timeout(io_timeout)
+        .map_err(io("setting timeouts".into()))?;
+    let _ = tcp.set_nodelay(true);
+    let host = server
+        .rsplit_once(':')
+        .map_or(server, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| Error::Malformed(format!("bad server name {host}")))?;
+    let (cfg, verifier) = pinned_tls_config(pin);
+    let conn = ClientConnection::new(cfg, name).map_err(|e| Error::Io {
+        context: "TLS setup".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            if let Some(found) = verifier.seen.lock().ok().and_then(|s| s.clone()) {
+                return Err(Error::ThumbprintMismatch {
+                    expected: pin.to_string(),
+                    found,
+                });
+            }
+            return Err(Error::Io {
+                context: format!("TLS handshake with {server}"),
+                source: e,
+            });
+        }
+    }
+    Ok(tls)
+}
+
+/// How to reach a server.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `host:port`.
+    pub server: String,
+    /// The pinned certificate thumbprint.
+    pub thumbprint: Thumbprint,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Read/write timeout of each request.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: 10 s to connect, 120 s per request.
+    pub fn new(server: impl Into<String>, thumbprint: Thumbprint) -> Self {
+        Self {
+            server: server.into(),
+            thumbprint,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A connection to `/sdk`, with its session cookie. Safe to share
+/// between threads (requests are serialised on one connection).
+pub struct Client {
+    cfg: ClientConfig,
+    conn: Mutex<Option<Tls>>,
+    cookie: Mutex<Option<Secret>>,
+    content: ServiceContent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.cfg.server)
+            .field("thumbprint", &self.cfg.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads one HTTP response: status, `vmware_soap_session` cookie, body.
+fn read_response(r: &mut impl BufRead) -> Result<(u16, Option<String>, Vec<u8>)> {
+    let io = |source| Error::Io {
+        context: "reading the response".into(),
+        source,
+    };
+    let mut line = String::new();
+    let mut header_bytes = 0usize;
+    r.read_line(&mut line).map_err(io)?;
+    if line.is_empty() {
+        return Err(Error::Io {
+            context: "reading the response".into(),
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"),
+        });
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Malformed(format!("bad status line `{}`", line.trim())))?;
+    let mut len: Option<usize> = None;
+    let mut chunked = false;
+    let mut cookie = None;
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line).map_err(io)?;
+        header_bytes += n;
+        if n == 0 || header_bytes > 64 << 10 {
+            return Err(Error::Malformed("headers too long or truncated".into()));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                len = Some(
+                    v.parse()
+                        .map_err(|_| Error::Malformed("bad Content-Length".into()))?,
+                )
+            }
+            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+            "set-cookie" => {
+                if let Some(rest) = v.strip_prefix("vmware_soap_session=") {
+                    cookie = Some(
+                        rest.split(';')
+                            .next()
+                            .unwrap_or_default()
+                            .trim_matches('"')
+                            .to_string(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line).map_err(io)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| Error::Malformed("bad chunk size".into()))?;
+            if body.len() + size > MAX_MESSAGE {
+                return Err(Error::Malformed("response too large".into()));
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..]).map_err(io)?;
+            line.clear();
+            r.read_line(&mut line).map_err(io)?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let len = len.ok_or_else(|| Error::Malformed("response without Content-Length".into()))?;
+        if len > MAX_MESSAGE {
+            return Err(Error::Malformed("response too large".into()));
+        }
+        body.resize(len, 0);
+        r.read_exact(&mut body).map_err(io)?;
+    }
+    Ok((status, cookie, body))
+}
+
+impl Client {
+    /// Connects (verifying the pinned thumbprint) and fetches the service
+    /// content. No credential has been sent when this returns.
+    pub fn connect(cfg: ClientConfig) -> Result<Self> {
+        let conn = connect_tls(
+            &cfg.server,
+            &cfg.thumbprint,
+            cfg.connect_timeout,
+            Some(cfg.request_timeout),
+        )?;
+        let mut c = Self {
+            cfg,
+            conn: Mutex::new(Some(conn)),
+            cookie: Mutex::new(None),
+            content: ServiceContent {
+                root_folder: MoRef::new("Folder", ""),
+                property_collector: MoRef::new("PropertyCollector", ""),
+                session_manager: MoRef::new("SessionManager", ""),
+                search_index: MoRef::new("SearchIndex", ""),
+                authorization_manager: MoRef::new("AuthorizationManager", ""),
+                about: codec::About {
+                    api_type: String::new(),
+                    api_version: String::new(),
+                    full_name: String::new(),
+                },
+            },
+        };
+        let resp = c.call(&codec::retrieve_service_content())?;
+        c.content = codec::parse_service_content(&resp)?;
+        Ok(c)
+    }
+
+    /// The service content.
+    pub fn content(&self) -> &ServiceContent {
+        &self.content
+    }
+
+    /// True when talking to vCenter (not a lone ESXi host).
+    pub fn is_vcenter(&self) -> bool {
+        self.content.about.api_type == "VirtualCenter"
+    }
+
+    /// The session cookie, once logged in.
+    pub fn cookie(&self) -> Option<Secret> {
+        self.cookie.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Uses an existing session cookie (VDDK's `SESSIONID` credentials).
+    pub fn set_cookie(&self, cookie: Secret) {
+        if let Ok(mut c) = self.cookie.lock() {
+            *c = Some(cookie);
+        }
+    }
+
+    /// The server address.
+    pub fn server(&self) -> &str {
+        &self.cfg.server
+    }
+
+    /// The pinned thumbprint.
+    pub fn thumbprint(&self) -> &Thumbprint {
+        &self.cfg.thumbprint
+    }
+
+    /// Sends a request; returns the `…Response` element or the fault.
+    pub fn call(&self, req: &Request) -> Result<Element> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // One retry on a fresh connection when the kept-alive one died.
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(connect_tls(
+                    &self.cfg.server,
+                    &self.cfg.thumbprint,
+                    self.cfg.connect_timeout,
+                    Some(self.cfg.request_timeout),
+                )?);
+            }
+            let tls = guard.as_mut().expect("connected above");
+            match self.exchange(tls, req) {
+                Ok((status, cookie, body)) => {
+                    if let Some(c) = cookie {
+                        self.set_cookie(Secret::new(c));
+                    }
+                    return match status {
+                        200 | 500 => codec::parse_response(&body),
+                        s => Err(Error::Http {
+                            status: s,
+                            reason: String::from_utf8_lossy(&body[..body.len().min(200)])
+                                .into_owned(),
+                        }),
+                    };
+                }
+                Err(Error::Io { .. }) if attempt == 0 => {
+                    *guard = None;
+                    continue;
+                }
+                Err(e) => {
+                    *guard = None;
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::Malformed("unreachable retry loop".into()))
+    }
+
+    fn exchange(&self, tls: &mut Tls, req: &Request) -> Result<(u16, Option<String>, Vec<u8>)> {
+        let cookie = self
+            .cookie()
+            .map(|c| format!("Cookie: vmware_soap_session=\"{}\"\r\n", c.expose()))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /sdk HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: \"{}\"\r\nContent-Length: {}\r\n{cookie}Connection: keep-alive\r\n\r\n",
+            self.cfg.server,
+            req.soap_action,
+            req.body.len()
+        );
+        let io = |source| Error::Io {
+            context: format!("sending {}", req.method),
+            source,
+        };
+        tls.write_all(head.as_bytes()).map_err(io)?;
+        tls.write_all(req.body.as_bytes()).map_err(io)?;
+        tls.flush().map_err(io)?;
+        let mut r = BufReader::new(tls);
+        read_response(&mut r)
+    }
+
+    /// `Login`; the session cookie is kept for later calls.
+    pub fn login(&self, user: &str, password: &Secret) -> Result<UserSession> {
+        let resp = self.call(&codec::login(&self.content.session_manager, user, password))?;
+        codec::parse_user_session(&resp)
+    }
+
+    /// `Logout`.
+    pub fn logout(&self) -> Result<()> {
+        self.call(&codec::logout(&self.content.session_manager))
+            .map(|_| ())
+    }
+
+    /// Polls a task until it ends; returns its info (error state as
+    /// [`Error::TaskFailed`]).
+    pub fn wait_task(&self, task: &MoRef, timeout: Duration) -> Result<codec::TaskInfo> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let resp = self.call(&codec::retrieve_properties_ex(
+                &self.content.property_collector,
+                &[codec::PropertyRequest {
+                    obj: task.clone(),
+                    paths: vec!["info".into()],
+                }],
+                None,
+            ))?;
+            let r = codec::parse_retrieve_result(&resp)?;
+            let val = r
+                .objects
+                .first()
+                .and_then(|o| o.prop("info"))
+                .ok_or_else(|| Error::Malformed("task without info".into()))?;
+            let info = codec::task_info(val)?;
+            match info.state {
+                codec::TaskState::Success => return Ok(info),
+                codec::TaskState::Error => {
+                    return Err(Error::TaskFailed {
+                        task: task.value.clone(),
+                        fault: info.error.unwrap_or(codec::Fault {
+                            kind: codec::FaultKind::Other("Unknown".into()),
+                            message: String::new(),
+                        }),
+                    })
+                }
+                _ => {}
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(format!("task {}", task.value)));
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Retrieves properties of objects, following continuation tokens.
+    pub fn properties(
+        &self,
+        objects: &[codec::PropertyRequest],
+    ) -> Result<Vec<codec::ObjectContent>> {
+        let resp = self.call(&codec::retrieve_properties_ex(
+            &self.content.property_collector,
+            objects,
+            None,
+        ))?;
+        let mut r = codec::parse_retrieve_result(&resp)?;
+        let mut out = std::mem::take(&mut r.objects);
+        let mut token = r.token;
+        let mut rounds = 0;
+        while let Some(t) = token {
+            rounds += 1;
+            if rounds > 100_000 {
+                return Err(Error::Malformed("endless continuation tokens".into()));
+            }
+            let resp = self.call(&codec::continue_retrieve_properties_ex(
+                &self.content.property_collector,
+                &t,
+            ))?;
+            let mut r = codec::parse_retrieve_result(&resp)?;
+            out.append(&mut r.objects);
+            token = r.token;
+        }
+        Ok(out)
+    }
+
+    /// One property of one object (`None` when unset).
+    pub fn property(&self, obj: &MoRef, path: &str) -> Result<Option<Element>> {
+        let objs = self.properties(&[codec::PropertyRequest {
+            obj: obj.clone(),
+            paths: vec![path.into()],
+        }])?;
+        Ok(objs
+            .into_iter()
+            .next()
+            .and_then(|o| o.props.into_iter().find(|(p, _)| p == path).map(|(_, v)| v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbprints() {
+        let t = Thumbprint::parse("ab:CD:ef:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01")
+            .unwrap();
+        assert_eq!(
+            t.to_string(),
+            "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01"
+        );
+        assert!(matches!(
+            Thumbprint::parse("00:".repeat(31).trim_end_matches(':')),
+            Err(Error::BadThumbprint(_))
+        ));
+        assert!(matches!(
+            Thumbprint::parse(&"11:".repeat(32)),
+            Ok(Thumbprint::Sha256(_))
+        ));
+        assert!(Thumbprint::parse("zz:00").is_err());
+        let der = b"not really a certificate";
+        assert!(Thumbprint::sha1_of(der).matches(der));
+        assert!(!Thumbprint::sha1_of(der).matches(b"other"));
+        assert!(Thumbprint::sha256_of(der).matches(der));
+    }
+
+    #[test]
+    fn responses() {
+        let raw = b"HTTP/1.1 200 OK\r\nSet-Cookie: vmware_soap_session=\"abc\"; Path=/; HttpOnly\r\nContent-Length: 5\r\n\r\nhello";
+        let (s, c, b) = read_response(&mut &raw[..]).unwrap();
+        assert_eq!(
+            (s, c.as_deref(), b.as_slice()),
+            (200, Some("abc"), &b"hello"[..])
+        );
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(read_response(&mut &raw[..]).unwrap().2, b"abcde");
+        assert!(read_response(
+            &mut &b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\n"[..]
+        )
+        .is_err());
+        assert!(read_response(&mut &b"garbage"[..]).is_err());
+        assert!(read_response(&mut &b""[..]).is_err());
+    }
+}
