@@ -94,10 +94,10 @@ fn top_link_ranges(d: &LocalDisk) -> Result<Vec<(u64, u64, bool)>> {
     Ok(out)
 }
 
-/// Merges `child` into its parent and deletes the child's files. The
-/// parent's CID changes: other children of the same parent no longer
-/// match it (as with VMware's consolidate).
-pub fn commit(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
+/// Copies what `child` itself holds (its data and zeroed grains) into its
+/// parent; the child is left in place (its parentCID no longer matches).
+/// Returns the parent's path.
+pub fn merge_into_parent(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
     let c = LocalDisk::open(child, &OpenOptions::default())?;
     let Some(parent_link) = c.links().get(1) else {
         return Err(Error::InvalidArgument(format!(
@@ -141,13 +141,43 @@ pub fn commit(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBu
         }
     }
     p.close()?;
+    Ok(parent_path)
+}
+
+/// Merges `child` into its parent and deletes the child's files. The
+/// parent's CID changes: other children of the same parent no longer
+/// match it (as with VMware's consolidate).
+pub fn commit(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
     let files = crate::create::files_of(child)?;
-    drop(c);
+    let parent_path = merge_into_parent(child, progress)?;
     for f in files {
         std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
     }
     Ok(parent_path)
 }
+
+/// Points `child` at a new parent: rewrites its `parentFileNameHint`
+/// (relative when in the same directory) and `parentCID` (the parent's
+/// current CID).
+pub fn set_parent(child: &Path, parent: &Path) -> Result<()> {
+    let p = LocalDisk::open(parent, &OpenOptions::default())?;
+    let cid = p.descriptor().cid;
+    drop(p);
+    let hint = parent_hint(parent, child)?;
+    let c = LocalDisk::open(
+        child,
+        &OpenOptions {
+            writable: true,
+            ignore_cid_mismatch: true,
+            max_chain_depth: DEFAULT_DEPTH_FOR_REPARENT,
+            ..OpenOptions::default()
+        },
+    )?;
+    c.set_parent_link(&hint, cid)?;
+    c.close()
+}
+
+const DEFAULT_DEPTH_FOR_REPARENT: usize = crate::local::DEFAULT_MAX_CHAIN_DEPTH;
 
 /// Grows a disk to `new_capacity` bytes (never shrinks). Sparse extents
 /// get new directories at the end of the file, written before the header

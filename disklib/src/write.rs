@@ -307,6 +307,19 @@ impl LocalDisk {
         Ok(())
     }
 
+    /// Rewrites the top link's parent hint and parent CID (used when a
+    /// snapshot chain is consolidated underneath it). Does not count as a
+    /// data write: the CID stays.
+    pub fn set_parent_link(&self, hint: &str, parent_cid: u32) -> Result<()> {
+        let mut st = self.state()?;
+        let mut d = st.descriptor.clone();
+        d.parent_file_name_hint = Some(hint.to_string());
+        d.parent_cid = parent_cid;
+        self.store_descriptor(&st, &d)?;
+        st.descriptor = d;
+        Ok(())
+    }
+
     /// Removes a DDB key of the top link; returns whether it existed.
     pub fn remove_metadata(&self, key: &str) -> Result<bool> {
         let mut st = self.state()?;
@@ -449,7 +462,7 @@ impl LocalDisk {
                         let gtes = s.gtes_per_gt();
                         let mut count = 1u64;
                         while done + (count + 1) * gb <= len
-                            && (g + count) % gtes != 0
+                            && !(g + count).is_multiple_of(gtes)
                             && g_start + (count + 1) * gb <= ext_len
                         {
                             count += 1;

@@ -670,7 +670,7 @@ fn crash_consistency_under_sigkill() {
                 _ => break,
             }
         }
-        if seed % 3 == 0 {
+        if seed.is_multiple_of(3) {
             std::thread::sleep(Duration::from_micros(seed % 2000));
         }
         let _ = child.kill();

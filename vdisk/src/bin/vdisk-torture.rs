@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             eprintln!("vdisk-torture: write {i}: {e}");
             return ExitCode::from(1);
         }
-        if i % every == 0 {
+        if i.is_multiple_of(every) {
             if let Err(e) = disk.flush() {
                 eprintln!("vdisk-torture: flush: {e}");
                 return ExitCode::from(1);

@@ -1,0 +1,149 @@
+//! The HTTPS side: TLS, HTTP/1.1 keep-alive, `POST /sdk`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use vim_soap::codec;
+
+use crate::model::Shared;
+
+const MAX_BODY: usize = 16 << 20;
+
+pub(crate) fn tls_config(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert_der.to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(cfg))
+}
+
+pub(crate) fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    cert_der: &[u8],
+    key_der: &[u8],
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let cfg = tls_config(cert_der, key_der)?;
+    std::thread::Builder::new()
+        .name("sim-soap-accept".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(tcp) = conn else { continue };
+                let cfg = Arc::clone(&cfg);
+                let shared = Arc::clone(&shared);
+                let _ = std::thread::Builder::new()
+                    .name("sim-soap".into())
+                    .spawn(move || {
+                        let _ = serve(tcp, cfg, shared);
+                    });
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn serve(tcp: TcpStream, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> std::io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let _ = tcp.set_nodelay(true);
+    let conn = ServerConnection::new(cfg).map_err(std::io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    loop {
+        let (cookie, body) = {
+            let mut r = BufReader::new(&mut tls);
+            match read_request(&mut r)? {
+                Some(x) => x,
+                None => return Ok(()),
+            }
+        };
+        let (status, set_cookie, out) = match codec::parse_request(&body) {
+            Ok((method, el)) => match shared.handle(cookie.as_deref(), &method, &el) {
+                Ok(o) => (200, o.cookie, codec::response_envelope(&method, &o.body)),
+                Err((kind, msg)) => (500, None, codec::fault_envelope(&kind, &msg)),
+            },
+            Err(e) => (
+                500,
+                None,
+                codec::fault_envelope(
+                    &vim_soap::FaultKind::Other("InvalidRequest".into()),
+                    &e.to_string(),
+                ),
+            ),
+        };
+        let cookie_line = set_cookie
+            .map(|c| {
+                format!("Set-Cookie: vmware_soap_session=\"{c}\"; Path=/; HttpOnly; Secure\r\n")
+            })
+            .unwrap_or_default();
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n{cookie_line}Connection: keep-alive\r\n\r\n",
+            if status == 200 { "OK" } else { "Internal Server Error" },
+            out.len()
+        );
+        tls.write_all(head.as_bytes())?;
+        tls.write_all(out.as_bytes())?;
+        tls.flush()?;
+    }
+}
+
+/// Reads one request: the session cookie and the body. `None` at a clean end.
+fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<(Option<String>, Vec<u8>)>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    if !line.starts_with("POST ") {
+        return Err(bad("only POST /sdk is served"));
+    }
+    let mut len = 0usize;
+    let mut cookie = None;
+    let mut total = 0;
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line)?;
+        total += n;
+        if n == 0 || total > 64 << 10 {
+            return Err(bad("headers too long or truncated"));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => {
+                    len = v.trim().parse().map_err(|_| bad("bad Content-Length"))?
+                }
+                "cookie" => {
+                    for part in v.split(';') {
+                        if let Some(c) = part.trim().strip_prefix("vmware_soap_session=") {
+                            cookie = Some(c.trim_matches('"').to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if len > MAX_BODY {
+        return Err(bad("request too large"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some((cookie, body)))
+}
