@@ -10,6 +10,7 @@ use disklib::local::{LocalDisk, OpenOptions};
 use serde_json::{json, Value};
 
 mod check;
+mod remote;
 
 /// The virtual disk kit's command-line tool.
 #[derive(Parser, Debug)]
@@ -171,6 +172,16 @@ enum Command {
         disk: PathBuf,
         /// The new name.
         new: PathBuf,
+    },
+    /// The vSphere simulator: serve, guest writes.
+    Sim {
+        #[command(subcommand)]
+        command: remote::SimCommand,
+    },
+    /// Virtual machines on vCenter / ESXi (or the simulator).
+    Vm {
+        #[command(subcommand)]
+        command: remote::VmCommand,
     },
     /// Delete a disk and all its files (not its parents).
     Delete {
@@ -433,6 +444,8 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             disklib::convert::convert(&source, &dst, &target, &mut bar)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim { command } => remote::sim(command),
+        Command::Vm { command } => remote::vm(command),
         Command::Snapshot { disk, child } => {
             disklib::maintain::create_child(&disk, &child)?;
             Ok(ExitCode::SUCCESS)

@@ -9,3 +9,4 @@ mod edge;
 mod formats;
 mod malformed;
 mod oracle;
+mod sim_cli;

@@ -1,0 +1,209 @@
+//! `vdisk sim serve` and the `vdisk vm` commands, end to end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::support::*;
+
+struct Server {
+    child: Child,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(root: &std::path::Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["sim", "serve", "--demo", "--root", s(root)])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut env = Vec::new();
+    for _ in 0..4 {
+        let l = lines.next().unwrap().unwrap();
+        let (k, v) = l.split_once('=').unwrap();
+        env.push((k.to_string(), v.trim_matches('\'').to_string()));
+    }
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "VDISK_SERVER",
+            "VDISK_USER",
+            "VDISK_PASSWORD",
+            "VDISK_THUMBPRINT"
+        ]
+    );
+    Server { child, env }
+}
+
+fn run(srv: &Server, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vdisk"));
+    c.args(args);
+    for (k, v) in &srv.env {
+        c.env(k, v);
+    }
+    for (k, v) in overrides {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn ok(srv: &Server, args: &[&str]) -> String {
+    let out = run(srv, args, &[]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn serve_list_snapshot_changes_and_errors() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&srv, &["vm", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let disks: serde_json::Value = serde_json::from_str(&ok(
+        &srv,
+        &["vm", "disks", "--vm", "moref=vm-100", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(disks[0]["key"], 2000);
+    ok(
+        &srv,
+        &[
+            "sim",
+            "guest-write",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2000",
+            "--offset",
+            "70000",
+            "--pattern",
+            "5",
+            "--length",
+            "3000",
+        ],
+    );
+    let snap = ok(
+        &srv,
+        &[
+            "vm",
+            "snapshot",
+            "create",
+            "--vm",
+            "moref=vm-100",
+            "--name",
+            "a",
+        ],
+    )
+    .trim()
+    .to_string();
+    assert!(snap.starts_with("snapshot-"));
+    let listed = ok(&srv, &["vm", "snapshot", "list", "--vm", "moref=vm-100"]);
+    assert!(listed.contains(&snap));
+    let id = serde_json::from_str::<serde_json::Value>(&ok(
+        &srv,
+        &["vm", "disks", "--vm", "moref=vm-100", "--json"],
+    ))
+    .unwrap()[0]["change_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &srv,
+        &[
+            "sim",
+            "guest-write",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2000",
+            "--offset",
+            "1048576",
+            "--pattern",
+            "6",
+            "--length",
+            "10",
+        ],
+    );
+    let ch: serde_json::Value = serde_json::from_str(&ok(
+        &srv,
+        &[
+            "vm",
+            "changes",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2000",
+            "--change-id",
+            &id,
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(ch, serde_json::json!([{"start": 1048576, "length": 10}]));
+    ok(&srv, &["vm", "snapshot", "remove", &snap]);
+    ok(&srv, &["vm", "cbt", "disable", "--vm", "moref=vm-100"]);
+    // One clear line and a non-zero exit for each of these.
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "not-it\n").unwrap();
+    for (args, env, needle) in [
+        (
+            vec!["vm", "list"],
+            vec![("VDISK_PASSWORD", "wrong")],
+            "InvalidLogin",
+        ),
+        (
+            vec!["vm", "list", "--password-file", s(&pw)],
+            vec![],
+            "InvalidLogin",
+        ),
+        (
+            vec!["vm", "list"],
+            vec![(
+                "VDISK_THUMBPRINT",
+                "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33",
+            )],
+            "does not match",
+        ),
+        (
+            vec!["vm", "disks", "--vm", "moref=vm-9"],
+            vec![],
+            "ManagedObjectNotFound",
+        ),
+        (
+            vec!["vm", "snapshot", "remove", &snap],
+            vec![],
+            "ManagedObjectNotFound",
+        ),
+    ] {
+        let out = run(&srv, &args, &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            !err.contains("wrong") && !err.contains("not-it"),
+            "password leaked: {err}"
+        );
+    }
+    drop(srv);
+    // ESXi mode refuses DisableMethods; the server says so.
+    let dir2 = tempdir();
+    let esx = serve(dir2.path(), &["--esxi"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&esx, &["vm", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["name"], "demo-vm");
+}
