@@ -211,14 +211,9 @@ impl Io {
         out.extend_from_slice(&[0u8; 4]);
     }
 
-    /// Parses the fixed part at the start of `p`; returns it and the data.
-    pub fn parse(p: &[u8]) -> Result<(Self, &[u8])> {
-        if p.len() < IO_LEN {
-            return Err(Error::Short {
-                what: "IO",
-                len: p.len(),
-            });
-        }
+    /// Parses just the 44-byte fixed part (for readers that then read the
+    /// data straight into its destination); checks the fragment bounds.
+    pub fn parse_fixed(p: &[u8; IO_LEN]) -> Result<Self> {
         let op = u64_at(p, 8);
         let compression = match op >> 32 {
             0 => Compression::None,
@@ -235,11 +230,11 @@ impl Io {
             frag_len: u32_at(p, 32),
             extra: u32_at(p, 36),
         };
-        let data = &p[IO_LEN..];
-        if data.len() != io.extra as usize {
-            return Err(Error::Short {
+        if io.extra > MAX_PAYLOAD {
+            return Err(Error::TooLarge {
                 what: "IO data",
-                len: data.len(),
+                len: u64::from(io.extra),
+                cap: u64::from(MAX_PAYLOAD),
             });
         }
         if io.frag_len as usize > MAX_FRAGMENT {
@@ -254,6 +249,23 @@ impl Io {
                 op: 0,
                 offset: u64::from(io.frag_offset),
                 len: u64::from(io.frag_len),
+            });
+        }
+        Ok(io)
+    }
+
+    /// Parses the fixed part at the start of `p`; returns it and the data.
+    pub fn parse(p: &[u8]) -> Result<(Self, &[u8])> {
+        let fixed = p.first_chunk::<IO_LEN>().ok_or(Error::Short {
+            what: "IO",
+            len: p.len(),
+        })?;
+        let io = Self::parse_fixed(fixed)?;
+        let data = &p[IO_LEN..];
+        if data.len() != io.extra as usize {
+            return Err(Error::Short {
+                what: "IO data",
+                len: data.len(),
             });
         }
         Ok((io, data))

@@ -260,6 +260,54 @@ impl Tracker {
         Ok(op)
     }
 
+    /// Whether `op` is a read in flight.
+    pub fn is_read(&self, op: u32) -> bool {
+        matches!(self.ops.get(&op), Some(Pending::Read { .. }))
+    }
+
+    /// For a reader that takes IO frames apart itself: checks that a read
+    /// fragment belongs to `op` (inside the request, not
+    /// seen before) and records it. Returns where its data goes in the
+    /// request; read the data there, then call [`end_fragment`](Self::end_fragment).
+    pub fn begin_fragment(&mut self, op: u32, io: &Io) -> Result<usize> {
+        let Some(Pending::Read { total, got, .. }) = self.ops.get_mut(&op) else {
+            return Err(Error::UnknownOp(op));
+        };
+        let (start, len) = (io.frag_offset, io.frag_len);
+        let ok = io.read
+            && io.total == *total
+            && len > 0
+            && ((io.compression == Compression::None && io.extra == len)
+                || io.compression == Compression::Zlib)
+            && start.checked_add(len).is_some_and(|e| e <= *total)
+            && !got.iter().any(|&(s, e)| start < e && s < start + len);
+        if !ok {
+            return Err(Error::BadFragment {
+                op,
+                offset: u64::from(start),
+                len: u64::from(len),
+            });
+        }
+        got.push((start, start + len));
+        Ok(start as usize)
+    }
+
+    /// Completes a fragment started with [`begin_fragment`](Self::begin_fragment).
+    pub fn end_fragment(&mut self, op: u32, len: u32) -> Option<Event> {
+        let Some(Pending::Read {
+            total, received, ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return None;
+        };
+        *received += u64::from(len);
+        if *received == u64::from(*total) {
+            self.ops.remove(&op);
+            return Some(Event::ReadDone { op });
+        }
+        None
+    }
+
     /// Forgets an op (a caller giving up on it after a timeout).
     pub fn abandon(&mut self, op: u32) {
         self.ops.remove(&op);

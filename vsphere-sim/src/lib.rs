@@ -26,6 +26,7 @@
 
 pub mod inventory;
 pub mod model;
+pub mod nfc;
 mod server;
 
 use std::net::{SocketAddr, TcpListener};
@@ -34,6 +35,7 @@ use std::sync::Arc;
 
 pub use inventory::{Inventory, Mode};
 pub use model::{NfcGrant, Shared, SimOptions};
+pub use nfc::{Faults, NfcOptions, NfcServer};
 
 /// A running simulator. Stops when dropped.
 #[derive(Debug)]
@@ -111,6 +113,17 @@ impl Simulator {
         self.shared
             .guest_write(vm, disk_key, offset, data)
             .map_err(|(_, m)| m)
+    }
+
+    /// Starts the NFC server beside the SOAP endpoint (same certificate);
+    /// NFC tickets point at it from then on.
+    pub fn start_nfc(&self, opts: NfcOptions) -> Result<NfcServer, String> {
+        NfcServer::start(
+            Arc::clone(&self.shared),
+            &self.cert_der,
+            &self.key_der,
+            opts,
+        )
     }
 
     /// Stops accepting connections.

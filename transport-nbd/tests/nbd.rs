@@ -1,0 +1,497 @@
+//! nbd and nbdssl against the simulator's NFC server: data identical to
+//! reading the file locally, and every failure typed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use transport_nbd::{open_vm_disk, Error, NbdDisk, NbdOptions, Ticket, Timeouts};
+use vim_soap::client::{Client, ClientConfig, Thumbprint};
+use vim_soap::codec::{self, MoRef};
+use vsphere_sim::inventory::{DEMO_PASSWORD, DEMO_USER};
+use vsphere_sim::{Faults, Inventory, Mode, NfcOptions, NfcServer, SimOptions, Simulator};
+
+const DISK: &str = "[datastore1] demo-vm/demo-vm.vmdk";
+
+struct Env {
+    dir: tempfile::TempDir,
+    sim: Simulator,
+    nfc: NfcServer,
+    client: Arc<Client>,
+    faults: Arc<std::sync::Mutex<Faults>>,
+}
+
+fn env(nfc_opts: impl FnOnce(&mut NfcOptions), sim_opts: SimOptions) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(Inventory::demo(dir.path(), Mode::Vcenter), sim_opts, 0).unwrap();
+    let mut o = NfcOptions::default();
+    nfc_opts(&mut o);
+    let faults = Arc::clone(&o.faults);
+    let nfc = sim.start_nfc(o).unwrap();
+    let client = Client::connect(ClientConfig::new(
+        sim.addr().to_string(),
+        Thumbprint::parse(sim.thumbprint()).unwrap(),
+    ))
+    .unwrap();
+    client.login(DEMO_USER, &DEMO_PASSWORD.into()).unwrap();
+    // Some content: a pattern in the first 8 MiB.
+    let data: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i / 512 ^ i % 251) as u8)
+        .collect();
+    sim.guest_write("vm-100", 2000, 0, &data).unwrap();
+    Env {
+        dir,
+        sim,
+        nfc,
+        client: Arc::new(client),
+        faults,
+    }
+}
+
+fn vm() -> MoRef {
+    MoRef::new("VirtualMachine", "vm-100")
+}
+
+fn local(e: &Env) -> Vec<u8> {
+    let d = disklib::local::LocalDisk::open(
+        e.dir.path().join("datastore1/demo-vm/demo-vm.vmdk"),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut b = vec![0u8; d.capacity() as usize];
+    d.read_at(0, &mut b).unwrap();
+    b
+}
+
+fn open(e: &Env, opts: NbdOptions, read_only: bool) -> Result<NbdDisk, Error> {
+    open_vm_disk(Arc::clone(&e.client), &vm(), None, DISK, read_only, opts)
+}
+
+#[test]
+fn reads_match_the_file_over_nbd_and_nbdssl() {
+    let e = env(|_| {}, SimOptions::default());
+    let want = local(&e);
+    for ssl in [false, true] {
+        for (in_flight, req) in [(1, 64 << 10), (4, 1 << 20)] {
+            for compression in [false, true] {
+                let d = open(
+                    &e,
+                    NbdOptions {
+                        ssl,
+                        in_flight,
+                        max_request: req,
+                        compression,
+                        ..NbdOptions::default()
+                    },
+                    true,
+                )
+                .unwrap();
+                assert_eq!(d.capacity(), want.len() as u64);
+                let mut got = vec![0u8; want.len()];
+                d.read_at(0, &mut got).unwrap();
+                assert!(
+                    got == want,
+                    "ssl {ssl} depth {in_flight} req {req} zlib {compression}"
+                );
+                // An odd-sized read in the middle.
+                let mut part = vec![0u8; 777_777];
+                d.read_at(12_345, &mut part).unwrap();
+                assert_eq!(part, want[12_345..12_345 + 777_777]);
+                assert!(d.read_at(want.len() as u64 - 10, &mut [0u8; 11]).is_err());
+                let info = d.info().unwrap();
+                assert_eq!(info.capacity, want.len() as u64);
+                assert_eq!(
+                    d.ddb("ddb.adapterType").unwrap().as_deref(),
+                    Some("lsilogic")
+                );
+                assert_eq!(d.ddb("ddb.nope").unwrap(), None);
+                d.close().unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn writes_reach_the_disk_and_snapshots_read_their_state() {
+    let e = env(|_| {}, SimOptions::default());
+    let d = open(
+        &e,
+        NbdOptions {
+            ssl: true,
+            ..NbdOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    d.write_at(100_000, &payload).unwrap();
+    d.flush().unwrap();
+    d.close().unwrap();
+    let after = local(&e);
+    assert_eq!(&after[100_000..3_100_000], &payload[..]);
+    // Take a snapshot, write more; the snapshot's view is the old data.
+    let task = codec::parse_moref(
+        &e.client
+            .call(&codec::create_snapshot_task(&vm(), "s", "", false, true))
+            .unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    let snap = e
+        .client
+        .wait_task(&task, Duration::from_secs(30))
+        .unwrap()
+        .result
+        .unwrap();
+    e.sim
+        .guest_write("vm-100", 2000, 0, &[0xEE; 65536])
+        .unwrap();
+    let s = open_vm_disk(
+        Arc::clone(&e.client),
+        &vm(),
+        Some(&snap),
+        DISK,
+        true,
+        NbdOptions::default(),
+    )
+    .unwrap();
+    let mut got = vec![0u8; after.len()];
+    s.read_at(0, &mut got).unwrap();
+    assert!(
+        got == after,
+        "the snapshot shows the state at snapshot time"
+    );
+    // Writing through a snapshot ticket is refused.
+    assert!(open_vm_disk(
+        Arc::clone(&e.client),
+        &vm(),
+        Some(&snap),
+        DISK,
+        false,
+        NbdOptions::default()
+    )
+    .is_err());
+}
+
+fn ticket(e: &Env) -> Ticket {
+    let nfc =
+        codec::parse_internal_content(&e.client.call(&codec::retrieve_internal_content()).unwrap())
+            .unwrap()
+            .nfc_service;
+    let t = codec::parse_host_service_ticket(
+        &e.client
+            .call(&codec::nfc_random_access_open(
+                &nfc,
+                &vm(),
+                2000,
+                None,
+                true,
+            ))
+            .unwrap(),
+    )
+    .unwrap();
+    Ticket::from_host_ticket(&t).unwrap()
+}
+
+#[test]
+fn tickets_thumbprints_and_paths() {
+    let e = env(
+        |_| {},
+        SimOptions {
+            ticket_ttl: Duration::from_millis(300),
+            ..SimOptions::default()
+        },
+    );
+    // Wrong thumbprint: refused before the ticket is sent.
+    let mut t = ticket(&e);
+    t.thumbprint = Thumbprint::parse(&"AB:".repeat(20)).unwrap();
+    assert!(matches!(
+        NbdDisk::open(&t, DISK, true, NbdOptions::default(), None),
+        Err(Error::ThumbprintMismatch { .. })
+    ));
+    // The ticket was not consumed by that attempt... but it is single-use.
+    let t = ticket(&e);
+    NbdDisk::open(&t, DISK, true, NbdOptions::default(), None)
+        .unwrap()
+        .close()
+        .unwrap();
+    assert!(matches!(
+        NbdDisk::open(&t, DISK, true, NbdOptions::default(), None),
+        Err(Error::Refused(_))
+    ));
+    // Expired.
+    let t = ticket(&e);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(matches!(
+        NbdDisk::open(&t, DISK, true, NbdOptions::default(), None),
+        Err(Error::Refused(_))
+    ));
+    // Foreign.
+    let mut t = ticket(&e);
+    t.ticket = "not-a-ticket".into();
+    assert!(matches!(
+        NbdDisk::open(&t, DISK, true, NbdOptions::default(), None),
+        Err(Error::Refused(_))
+    ));
+    // Paths: other disks, escapes.
+    for p in [
+        "[datastore1] demo-vm/demo-vm_1.vmdk",
+        "[datastore1] ../datastore1/demo-vm/demo-vm.vmdk",
+        "[datastore1] /etc/passwd",
+        "[other] demo-vm/demo-vm.vmdk",
+    ] {
+        let t = ticket(&e);
+        match NbdDisk::open(&t, p, true, NbdOptions::default(), None) {
+            Err(Error::Server { code: 3, .. }) => {}
+            other => panic!("{p}: {other:?}"),
+        }
+    }
+    // A symlink inside the datastore pointing out of it.
+    let outside = e.dir.path().join("outside.vmdk");
+    disklib::create::create(
+        &outside,
+        &disklib::create::CreateOptions::new(disklib::create::DiskType::MonolithicSparse, 1 << 20),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, e.dir.path().join("datastore1/demo-vm/link.vmdk"))
+        .unwrap();
+    let t = ticket(&e);
+    assert!(matches!(
+        NbdDisk::open(
+            &t,
+            "[datastore1] demo-vm/link.vmdk",
+            true,
+            NbdOptions::default(),
+            None
+        ),
+        Err(Error::Server { .. })
+    ));
+}
+
+#[test]
+fn faults_are_typed_and_reads_retry_once() {
+    let e = env(|_| {}, SimOptions::default());
+    let want = local(&e);
+    // Dropped connection: typed error without retry...
+    let d = open(
+        &e,
+        NbdOptions {
+            retry_reads: false,
+            ..NbdOptions::default()
+        },
+        true,
+    )
+    .unwrap();
+    e.faults.lock().unwrap().drop_after_bytes = Some(200_000);
+    let mut b = vec![0u8; 4 << 20];
+    assert!(matches!(
+        d.read_at(0, &mut b),
+        Err(Error::ConnectionLost { .. })
+    ));
+    assert!(
+        matches!(d.read_at(0, &mut b), Err(Error::ConnectionLost { .. })),
+        "stays broken, no silent success"
+    );
+    // ... and a reconnect with a fresh ticket with it.
+    e.faults.lock().unwrap().drop_after_bytes = None;
+    let d = open(&e, NbdOptions::default(), true).unwrap();
+    e.faults.lock().unwrap().drop_after_bytes = Some(100_000);
+    let r = {
+        let f = Arc::clone(&e.faults);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            f.lock().unwrap().drop_after_bytes = None;
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        d.read_at(0, &mut b)
+    };
+    r.unwrap();
+    assert!(b == want[..4 << 20]);
+    // A write on a dropped connection is an error, never a success.
+    let w = open(
+        &e,
+        NbdOptions {
+            ssl: false,
+            ..NbdOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    e.faults.lock().unwrap().drop_after_bytes = Some(10);
+    assert!(w.write_at(0, &[1u8; 1 << 20]).is_err());
+    e.faults.lock().unwrap().drop_after_bytes = None;
+    // A corrupted frame is a protocol error.
+    let d = open(
+        &e,
+        NbdOptions {
+            retry_reads: false,
+            ..NbdOptions::default()
+        },
+        true,
+    )
+    .unwrap();
+    e.faults.lock().unwrap().corrupt_frame = Some(1);
+    assert!(matches!(d.read_at(0, &mut b), Err(Error::Protocol(_))));
+    e.faults.lock().unwrap().corrupt_frame = None;
+    // Delayed replies against a read timeout.
+    let d = open(
+        &e,
+        NbdOptions {
+            retry_reads: false,
+            timeouts: Timeouts {
+                read: Some(Duration::from_millis(100)),
+                ..Timeouts::default()
+            },
+            ..NbdOptions::default()
+        },
+        true,
+    )
+    .unwrap();
+    e.faults.lock().unwrap().delay = Some(Duration::from_millis(400));
+    assert!(matches!(
+        d.read_at(0, &mut b),
+        Err(Error::Timeout {
+            what: "reply" | "read data",
+            ..
+        })
+    ));
+    // ... and a request timeout (flush), a write timeout.
+    e.faults.lock().unwrap().delay = None;
+    let d = open(
+        &e,
+        NbdOptions {
+            retry_reads: false,
+            timeouts: Timeouts {
+                request: Some(Duration::from_millis(100)),
+                write: Some(Duration::from_millis(100)),
+                ..Timeouts::default()
+            },
+            ..NbdOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    let w = open(
+        &e,
+        NbdOptions {
+            retry_reads: false,
+            timeouts: Timeouts {
+                request: Some(Duration::from_millis(100)),
+                write: Some(Duration::from_millis(100)),
+                ..Timeouts::default()
+            },
+            ..NbdOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    e.faults.lock().unwrap().delay = Some(Duration::from_millis(400));
+    assert!(matches!(
+        d.flush(),
+        Err(Error::Timeout { what: "reply", .. })
+    ));
+    assert!(matches!(
+        w.write_at(0, &[1u8; 4096]),
+        Err(Error::Timeout { .. })
+    ));
+    e.faults.lock().unwrap().delay = None;
+    // Accept timeout: a listener that never speaks.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let t = Ticket {
+        server: silent.local_addr().unwrap().to_string(),
+        thumbprint: Thumbprint::parse(e.sim.thumbprint()).unwrap(),
+        ticket: "x".into(),
+    };
+    let start = std::time::Instant::now();
+    let r = NbdDisk::open(
+        &t,
+        DISK,
+        true,
+        NbdOptions {
+            timeouts: Timeouts {
+                accept: Some(Duration::from_millis(200)),
+                ..Timeouts::default()
+            },
+            ..NbdOptions::default()
+        },
+        None,
+    );
+    assert!(
+        matches!(r, Err(Error::ConnectionLost { .. } | Error::Timeout { .. })),
+        "{r:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}
+
+#[test]
+fn memory_and_connection_limits() {
+    let e = env(
+        |o| {
+            o.memory_limit = 1 << 20;
+            o.max_connections = 1;
+        },
+        SimOptions::default(),
+    );
+    let d = open(
+        &e,
+        NbdOptions {
+            max_request: 2 << 20,
+            ..NbdOptions::default()
+        },
+        true,
+    )
+    .unwrap();
+    let mut b = vec![0u8; 2 << 20];
+    match d.read_at(0, &mut b) {
+        Err(Error::Server { code: 2, text }) => assert!(text.contains("memory limit"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    // Within the limit it works.
+    let mut small = vec![0u8; 512 << 10];
+    d.read_at(0, &mut small).unwrap();
+    // A second connection is refused while the first is open.
+    assert!(
+        matches!(open(&e, NbdOptions::default(), true), Err(Error::Refused(m)) if m.contains("limit"))
+    );
+    d.close().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    open(&e, NbdOptions::default(), true).unwrap();
+    let _ = &e.nfc;
+}
+
+#[test]
+fn keepalive_outlives_the_idle_timeout() {
+    let e = env(
+        |o| o.idle_timeout = Duration::from_millis(300),
+        SimOptions::default(),
+    );
+    let want = local(&e);
+    let kept = open(
+        &e,
+        NbdOptions {
+            keepalive: Some(Duration::from_millis(100)),
+            retry_reads: false,
+            ..NbdOptions::default()
+        },
+        true,
+    )
+    .unwrap();
+    let idle = open(
+        &e,
+        NbdOptions {
+            keepalive: None,
+            retry_reads: false,
+            ..NbdOptions::default()
+        },
+        true,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut b = vec![0u8; 1 << 20];
+    kept.read_at(0, &mut b).unwrap();
+    assert!(b == want[..1 << 20]);
+    assert!(matches!(
+        idle.read_at(0, &mut b),
+        Err(Error::ConnectionLost { .. })
+    ));
+}

@@ -1,0 +1,581 @@
+//! The simulator's NFC server: authd on a loopback port, tickets issued
+//! by the SOAP side, disks served through the kit's own VMDK engine.
+//!
+//! Limits like ESXi's: total buffer memory across sessions (48 MB by
+//! default) and a connection cap, each answered with an error. Paths are
+//! the ticket's disk or nothing: `..`, absolute paths and symlinks that
+//! lead out of the datastore are refused. Faults can be injected for
+//! tests: drop the connection after N bytes, delay replies, corrupt a
+//! frame.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use disklib::local::{LocalDisk, OpenOptions};
+use nfc_proto::aio::{FileInfo, Kind, Opened};
+use nfc_proto::authd::{self, Command};
+use nfc_proto::server::{Request, ServerSession};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+use crate::model::{NfcGrant, Shared};
+
+/// Faults to inject.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Close the connection once this many NFC bytes were sent.
+    pub drop_after_bytes: Option<u64>,
+    /// Sleep this long before every reply.
+    pub delay: Option<Duration>,
+    /// Corrupt the magic of the n-th reply frame (1-based).
+    pub corrupt_frame: Option<u64>,
+}
+
+/// NFC server options.
+#[derive(Clone, Debug)]
+pub struct NfcOptions {
+    /// Total bytes of NFC buffers across sessions.
+    pub memory_limit: u64,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// A session idle this long is closed (hostd's behaviour).
+    pub idle_timeout: Duration,
+    /// Faults to inject (shared, changeable while running).
+    pub faults: Arc<Mutex<Faults>>,
+}
+
+impl Default for NfcOptions {
+    fn default() -> Self {
+        Self {
+            memory_limit: 48 << 20,
+            max_connections: 52,
+            idle_timeout: Duration::from_secs(300),
+            faults: Arc::default(),
+        }
+    }
+}
+
+/// A running NFC server. Stops accepting when dropped.
+#[derive(Debug)]
+pub struct NfcServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// Connections accepted so far (for tests).
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl NfcServer {
+    /// Starts on 127.0.0.1 (any free port) and tells the SOAP side.
+    pub fn start(
+        shared: Arc<Shared>,
+        cert_der: &[u8],
+        key_der: &[u8],
+        opts: NfcOptions,
+    ) -> Result<Self, String> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        shared.set_nfc_endpoint("127.0.0.1", port);
+        let cfg = crate::server::tls_config(cert_der, key_der)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        let memory = Arc::new(AtomicU64::new(0));
+        let (stop2, acc2) = (Arc::clone(&stop), Arc::clone(&accepted));
+        std::thread::Builder::new()
+            .name("sim-nfc-accept".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop2.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(tcp) = conn else { continue };
+                    acc2.fetch_add(1, Ordering::AcqRel);
+                    let ctx = Ctx {
+                        shared: Arc::clone(&shared),
+                        cfg: Arc::clone(&cfg),
+                        opts: opts.clone(),
+                        active: Arc::clone(&active),
+                        memory: Arc::clone(&memory),
+                    };
+                    let _ = std::thread::Builder::new()
+                        .name("sim-nfc".into())
+                        .spawn(move || {
+                            let over = ctx.active.fetch_add(1, Ordering::AcqRel)
+                                >= ctx.opts.max_connections;
+                            let _ = ctx.serve(tcp, over);
+                            ctx.active.fetch_sub(1, Ordering::AcqRel);
+                        });
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            port,
+            stop,
+            accepted,
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for NfcServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+    cfg: Arc<ServerConfig>,
+    opts: NfcOptions,
+    active: Arc<AtomicUsize>,
+    memory: Arc<AtomicU64>,
+}
+
+/// The NFC byte stream after authd: plain TCP or a fresh TLS session.
+enum Nfc {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Read for Nfc {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Nfc::Plain(s) => s.read(b),
+            Nfc::Tls(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Nfc {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Nfc::Plain(s) => s.write(b),
+            Nfc::Tls(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Nfc::Plain(s) => s.flush(),
+            Nfc::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn tls_handshake(
+    cfg: &Arc<ServerConfig>,
+    tcp: TcpStream,
+) -> std::io::Result<StreamOwned<ServerConnection, TcpStream>> {
+    let conn = ServerConnection::new(Arc::clone(cfg)).map_err(std::io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// VixDiskLib error codes the server answers with.
+mod codes {
+    pub const FAIL: u32 = 1;
+    pub const OUT_OF_MEMORY: u32 = 2;
+    pub const INVALID_ARG: u32 = 3;
+    pub const FILE_READ_ONLY: u32 = 11;
+    pub const INVALID_HANDLE: u32 = 1000;
+    pub const OUT_OF_RANGE: u32 = 16007;
+}
+
+impl Ctx {
+    fn serve(&self, tcp: TcpStream, over_limit: bool) -> std::io::Result<()> {
+        tcp.set_read_timeout(Some(self.opts.idle_timeout))?;
+        let _ = tcp.set_nodelay(true);
+        let mut tcp = tcp;
+        tcp.write_all(format!("{}\r\n", authd::BANNER).as_bytes())?;
+        let mut tls = tls_handshake(&self.cfg, tcp)?;
+        // authd over TLS.
+        let mut ticket: Option<String> = None;
+        let mut line_buf = Vec::new();
+        let service = loop {
+            let line = read_line(&mut tls, &mut line_buf)?;
+            match authd::parse_command(&line) {
+                Command::Session(t) => ticket = Some(t),
+                Command::Banner => {}
+                Command::ThumbprintSha2(_) => {
+                    let mut out = Vec::new();
+                    authd::push_reply(&mut out, 200, &self.shared.thumbprint);
+                    tls.write_all(&out)?;
+                }
+                Command::User(_) => tls.write_all(b"331 Password required\r\n")?,
+                Command::Pass(_) => tls.write_all(b"530 Login incorrect: use a ticket\r\n")?,
+                Command::Proxy(s) => break s,
+                Command::Other(_) => tls.write_all(b"500 Unknown command\r\n")?,
+            }
+        };
+        if over_limit {
+            tls.write_all(b"530 NFC connection limit reached\r\n")?;
+            return Ok(());
+        }
+        let grant = match ticket
+            .as_deref()
+            .and_then(|t| self.shared.take_nfc_ticket(t))
+        {
+            Some(g) => g,
+            None => {
+                tls.write_all(b"530 Invalid, expired or used ticket\r\n")?;
+                return Ok(());
+            }
+        };
+        let nfc = match service.as_str() {
+            authd::SERVICE_NFC => {
+                tls.write_all(b"200 Connect ha-nfc\r\n")?;
+                tls.flush()?;
+                let (_, tcp) = tls.into_parts();
+                Nfc::Plain(tcp)
+            }
+            authd::SERVICE_NFCSSL => {
+                tls.write_all(b"200 Connect ha-nfcssl\r\n")?;
+                tls.flush()?;
+                let (_, tcp) = tls.into_parts();
+                Nfc::Tls(Box::new(tls_handshake(&self.cfg, tcp)?))
+            }
+            other => {
+                let _ = other;
+                tls.write_all(b"530 Unknown service\r\n")?;
+                return Ok(());
+            }
+        };
+        self.session(nfc, grant)
+    }
+
+    fn session(&self, mut nfc: Nfc, grant: NfcGrant) -> std::io::Result<()> {
+        let mut s = ServerSession::with_memory_limit(self.opts.memory_limit);
+        let mut inbuf: Vec<u8> = Vec::with_capacity(1 << 17);
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut disk: Option<LocalDisk> = None;
+        let mut compress = false;
+        let mut sent = 0u64;
+        let mut frames = 0u64;
+        let mut reserved = 0u64;
+        let result = (|| -> std::io::Result<()> {
+            loop {
+                let (n, req) = match s.handle_input(&inbuf) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let mut out = Vec::new();
+                        s.reply_error(&mut out, 0, codes::INVALID_ARG, &e.to_string());
+                        let _ = nfc.write_all(&out);
+                        return Ok(());
+                    }
+                };
+                // Memory accounting across sessions: what this session holds now.
+                let now = s.buffered();
+                self.memory.fetch_add(now, Ordering::AcqRel);
+                self.memory.fetch_sub(reserved, Ordering::AcqRel);
+                reserved = now;
+                if n == 0 {
+                    let r = nfc.read(&mut chunk)?;
+                    if r == 0 {
+                        return Ok(());
+                    }
+                    inbuf.extend_from_slice(&chunk[..r]);
+                    continue;
+                }
+                inbuf.drain(..n);
+                let Some(req) = req else { continue };
+                let faults = self
+                    .opts
+                    .faults
+                    .lock()
+                    .map(|f| f.clone())
+                    .unwrap_or_default();
+                if let Some(d) = faults.delay {
+                    std::thread::sleep(d);
+                }
+                let mut out = Vec::new();
+                let done = self.answer(&mut s, &mut out, req, &grant, &mut disk, &mut compress);
+                if let Some(k) = faults.corrupt_frame {
+                    frames += 1;
+                    if frames == k && out.len() >= 4 {
+                        out[0] ^= 0xff;
+                    }
+                }
+                if let Some(limit) = faults.drop_after_bytes {
+                    if sent + out.len() as u64 >= limit {
+                        let cut = limit.saturating_sub(sent) as usize;
+                        nfc.write_all(&out[..cut.min(out.len())])?;
+                        return Ok(());
+                    }
+                }
+                sent += out.len() as u64;
+                nfc.write_all(&out)?;
+                nfc.flush()?;
+                if done {
+                    return Ok(());
+                }
+            }
+        })();
+        self.memory.fetch_sub(reserved, Ordering::AcqRel);
+        if let Some(d) = disk.take() {
+            let _ = d.close();
+        }
+        result
+    }
+
+    /// Answers one request; true when the session is over.
+    fn answer(
+        &self,
+        s: &mut ServerSession,
+        out: &mut Vec<u8>,
+        req: Request,
+        grant: &NfcGrant,
+        disk: &mut Option<LocalDisk>,
+        compress: &mut bool,
+    ) -> bool {
+        let err = |s: &mut ServerSession, out: &mut Vec<u8>, op, code, text: String| {
+            s.reply_error(out, op, code, &text)
+        };
+        match req {
+            Request::OpenSession { op } => s.reply_ok(out, Kind::OpenSession, op),
+            Request::CloseSession { op } => {
+                s.reply_ok(out, Kind::CloseSession, op);
+                return true;
+            }
+            Request::Ping { op } => s.reply_ok(out, Kind::Ping, op),
+            Request::OpenFile { op, open } => {
+                if disk.is_some() {
+                    err(s, out, op, codes::INVALID_ARG, "one disk per ticket".into());
+                    return false;
+                }
+                match self.check_path(&open.path, grant) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        err(s, out, op, codes::INVALID_ARG, e);
+                        return false;
+                    }
+                }
+                let writable = !open.read_only && !grant.read_only;
+                if !open.read_only && grant.read_only {
+                    err(
+                        s,
+                        out,
+                        op,
+                        codes::FILE_READ_ONLY,
+                        "the ticket allows reading only".into(),
+                    );
+                    return false;
+                }
+                match LocalDisk::open(
+                    &grant.path,
+                    &OpenOptions {
+                        writable,
+                        ..OpenOptions::default()
+                    },
+                ) {
+                    Ok(d) => {
+                        s.reply_opened(
+                            out,
+                            op,
+                            Opened {
+                                handle: 1,
+                                capacity: d.capacity(),
+                                sector_size: 512,
+                            },
+                        );
+                        *compress = open.compression == nfc_proto::aio::Compression::Zlib;
+                        *disk = Some(d);
+                    }
+                    Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
+                }
+            }
+            Request::CloseFile { op, handle } => match disk.take().filter(|_| handle == 1) {
+                Some(d) => match d.close() {
+                    Ok(()) => s.reply_ok(out, Kind::CloseFile, op),
+                    Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
+                },
+                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
+            },
+            Request::Read {
+                op,
+                handle,
+                offset,
+                len,
+            } => {
+                let Some(d) = disk.as_ref().filter(|_| handle == 1) else {
+                    err(s, out, op, codes::INVALID_HANDLE, "no such handle".into());
+                    return false;
+                };
+                let used = self.memory.load(Ordering::Acquire);
+                if used + u64::from(len) > self.opts.memory_limit {
+                    err(
+                        s,
+                        out,
+                        op,
+                        codes::OUT_OF_MEMORY,
+                        format!(
+                            "NFC memory limit of {} bytes reached",
+                            self.opts.memory_limit
+                        ),
+                    );
+                    return false;
+                }
+                self.memory.fetch_add(u64::from(len), Ordering::AcqRel);
+                let mut buf = vec![0u8; len as usize];
+                let r = d.read_at(offset, &mut buf);
+                match r {
+                    Ok(()) => {
+                        if let Err(e) = s.reply_read(out, op, handle, &buf, *compress) {
+                            err(s, out, op, codes::FAIL, e.to_string());
+                        }
+                    }
+                    Err(disklib::Error::OutOfRange { .. }) => err(
+                        s,
+                        out,
+                        op,
+                        codes::OUT_OF_RANGE,
+                        "read past the end of the disk".into(),
+                    ),
+                    Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
+                }
+                self.memory.fetch_sub(u64::from(len), Ordering::AcqRel);
+            }
+            Request::Write {
+                op,
+                handle,
+                offset,
+                data,
+            } => {
+                let Some(d) = disk.as_ref().filter(|_| handle == 1) else {
+                    err(s, out, op, codes::INVALID_HANDLE, "no such handle".into());
+                    return false;
+                };
+                if self.memory.load(Ordering::Acquire) > self.opts.memory_limit {
+                    err(
+                        s,
+                        out,
+                        op,
+                        codes::OUT_OF_MEMORY,
+                        format!(
+                            "NFC memory limit of {} bytes reached",
+                            self.opts.memory_limit
+                        ),
+                    );
+                    return false;
+                }
+                match d.write_at(offset, &data) {
+                    Ok(()) => s.reply_written(out, op, handle),
+                    Err(disklib::Error::OutOfRange { .. }) => err(
+                        s,
+                        out,
+                        op,
+                        codes::OUT_OF_RANGE,
+                        "write past the end of the disk".into(),
+                    ),
+                    Err(disklib::Error::ReadOnly { .. }) => err(
+                        s,
+                        out,
+                        op,
+                        codes::FILE_READ_ONLY,
+                        "the disk is open read-only".into(),
+                    ),
+                    Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
+                }
+            }
+            Request::Flush { op, handle } => match disk.as_ref().filter(|_| handle == 1) {
+                Some(d) if d.is_writable() => match d.flush() {
+                    Ok(()) => s.reply_ok(out, Kind::Flush, op),
+                    Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
+                },
+                Some(_) => s.reply_ok(out, Kind::Flush, op),
+                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
+            },
+            Request::FileInfo { op, handle } => match disk.as_ref().filter(|_| handle == 1) {
+                Some(d) => {
+                    let desc = d.descriptor();
+                    let g = desc
+                        .geometry()
+                        .map(|g| (g.cylinders, g.heads, g.sectors))
+                        .unwrap_or_default();
+                    let adapter = match desc.adapter_type() {
+                        Some("ide") => 1,
+                        Some("buslogic") => 2,
+                        Some("lsilogic") => 3,
+                        _ => 256,
+                    };
+                    s.reply_info(
+                        out,
+                        op,
+                        FileInfo {
+                            capacity: d.capacity(),
+                            geometry: g,
+                            adapter,
+                            hw_version: desc.hw_version().unwrap_or(4),
+                            links: d.links().len() as u32,
+                        },
+                    )
+                }
+                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
+            },
+            Request::DdbGet { op, handle, key } => match disk.as_ref().filter(|_| handle == 1) {
+                Some(d) => {
+                    let desc = d.descriptor();
+                    s.reply_ddb(out, op, desc.ddb_get(&key));
+                }
+                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
+            },
+        }
+        false
+    }
+
+    /// The requested path must name the ticket's disk, inside its datastore.
+    fn check_path(&self, requested: &str, grant: &NfcGrant) -> Result<(), String> {
+        let p = self.shared.resolve(requested).map_err(|(_, m)| m)?;
+        let real = p.canonicalize().map_err(|e| format!("{requested}: {e}"))?;
+        let granted = grant
+            .path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", grant.path.display()))?;
+        if real != granted {
+            return Err(format!(
+                "{requested} is not the disk the ticket was issued for"
+            ));
+        }
+        let inside = self.shared.inv.datastores.iter().any(|ds| {
+            ds.path
+                .canonicalize()
+                .is_ok_and(|root| real.starts_with(root))
+        });
+        if !inside {
+            return Err(format!("{requested} leads out of its datastore"));
+        }
+        Ok(())
+    }
+}
+
+fn read_line(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<String> {
+    loop {
+        match authd::take_line(buf) {
+            Ok(Some((line, n))) => {
+                buf.drain(..n);
+                return Ok(line);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ))
+            }
+        }
+        let mut b = [0u8; 512];
+        let n = r.read(&mut b)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&b[..n]);
+    }
+}
