@@ -35,7 +35,7 @@ fn env(nfc_opts: impl FnOnce(&mut NfcOptions), sim_opts: SimOptions) -> Env {
     client.login(DEMO_USER, &DEMO_PASSWORD.into()).unwrap();
     // Some content: a pattern in the first 8 MiB.
     let data: Vec<u8> = (0..8 << 20)
-        .map(|i: u32| (i / 512 ^ i % 251) as u8)
+        .map(|i: u32| ((i / 512) ^ (i % 251)) as u8)
         .collect();
     sim.guest_write("vm-100", 2000, 0, &data).unwrap();
     Env {
