@@ -31,6 +31,21 @@ struct DiskArgs {
     /// Open a snapshot chain even if a parentCID does not match its parent's CID.
     #[arg(long)]
     ignore_cid_mismatch: bool,
+    /// Reach the disk on a vSphere host through this transport (nbd or
+    /// nbdssl); DISK is then a datastore path `[datastore] dir/disk.vmdk`.
+    #[arg(long)]
+    transport: Option<String>,
+    /// The VM owning a remote disk (`moref=vm-N`).
+    #[arg(long)]
+    vm: Option<String>,
+    /// Read a remote disk as of this snapshot (`snapshot-N`).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Ask the host to compress data (nbd/nbdssl).
+    #[arg(long)]
+    compression: bool,
+    #[command(flatten)]
+    conn: remote::Connection,
 }
 
 impl DiskArgs {
@@ -43,6 +58,107 @@ impl DiskArgs {
     }
     fn open(&self) -> Result<LocalDisk, disklib::Error> {
         LocalDisk::open(&self.disk, &self.options())
+    }
+
+    /// A local disk, or a remote one through `--transport`.
+    fn open_any(&self, writable: bool) -> Result<AnyDisk, AnyError> {
+        let Some(t) = &self.transport else {
+            return Ok(AnyDisk::Local(LocalDisk::open(
+                &self.disk,
+                &OpenOptions {
+                    writable,
+                    ..self.options()
+                },
+            )?));
+        };
+        let ssl = match t.as_str() {
+            "nbd" => false,
+            "nbdssl" => true,
+            other => return Err(format!("unknown transport `{other}` (nbd or nbdssl)").into()),
+        };
+        let vm = remote::parse_vm(
+            self.vm
+                .as_deref()
+                .ok_or("a remote disk needs --vm moref=vm-N")?,
+        )?;
+        let snapshot = self.snapshot.as_deref().map(|s| {
+            vim_soap::codec::MoRef::new(
+                "VirtualMachineSnapshot",
+                s.strip_prefix("moref=").unwrap_or(s),
+            )
+        });
+        let client = std::sync::Arc::new(self.conn.connect()?);
+        let opts = transport_nbd::NbdOptions {
+            ssl,
+            compression: self.compression,
+            ..transport_nbd::NbdOptions::default()
+        };
+        let path = self.disk.to_string_lossy();
+        Ok(AnyDisk::Remote(transport_nbd::open_vm_disk(
+            client,
+            &vm,
+            snapshot.as_ref(),
+            &path,
+            !writable,
+            opts,
+        )?))
+    }
+}
+
+/// A disk read or written by `cat` and `write`.
+enum AnyDisk {
+    Local(LocalDisk),
+    Remote(transport_nbd::NbdDisk),
+}
+
+impl AnyDisk {
+    fn capacity(&self) -> u64 {
+        match self {
+            AnyDisk::Local(d) => d.capacity(),
+            AnyDisk::Remote(d) => d.capacity(),
+        }
+    }
+    fn preferred_read_size(&self) -> usize {
+        match self {
+            AnyDisk::Local(d) => d.preferred_read_size(),
+            AnyDisk::Remote(_) => 8 << 20,
+        }
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), AnyError> {
+        match self {
+            AnyDisk::Local(d) => Ok(d.read_at(off, buf)?),
+            AnyDisk::Remote(d) => Ok(d.read_at(off, buf)?),
+        }
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<(), AnyError> {
+        match self {
+            AnyDisk::Local(d) => Ok(d.write_at(off, buf)?),
+            AnyDisk::Remote(d) => Ok(d.write_at(off, buf)?),
+        }
+    }
+    fn write_zeroes(&self, off: u64, len: u64) -> Result<(), AnyError> {
+        match self {
+            AnyDisk::Local(d) => Ok(d.write_zeroes(off, len)?),
+            AnyDisk::Remote(d) => {
+                let zeros = vec![0u8; (len as usize).min(1 << 20)];
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(zeros.len() as u64) as usize;
+                    d.write_at(off + done, &zeros[..n])?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+    fn close(self) -> Result<(), AnyError> {
+        match self {
+            AnyDisk::Local(d) => Ok(d.close()?),
+            AnyDisk::Remote(d) => {
+                d.flush()?;
+                Ok(d.close()?)
+            }
+        }
     }
 }
 
@@ -371,7 +487,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cat { disk, output } => {
-            let d = disk.open()?;
+            let d = disk.open_any(false)?;
             match output {
                 Some(p) => {
                     let f = File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -483,13 +599,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             zero,
         } => {
             let offset = parse_size(&offset)?;
-            let d = LocalDisk::open(
-                &disk.disk,
-                &OpenOptions {
-                    writable: true,
-                    ..disk.options()
-                },
-            )?;
+            let d = disk.open_any(true)?;
             if zero {
                 let len = parse_size(length.as_deref().ok_or("--zero needs --length")?)?;
                 d.write_zeroes(offset, len)?;
@@ -525,7 +635,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
 /// Streams the whole disk to `out`. Two reader threads take alternate
 /// chunks, each into buffers of its own (which stay in its core's cache),
 /// so reading overlaps the copy out and uses both cores.
-fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
+fn cat(d: &AnyDisk, mut out: impl Write) -> Result<(), AnyError> {
     use std::sync::mpsc;
     const READERS: u64 = 2;
     let cap = d.capacity();
@@ -535,7 +645,7 @@ fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
         let mut filled = Vec::new();
         let mut recycle = Vec::new();
         for r in 0..READERS {
-            let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>, disklib::Error>>(2);
+            let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>, String>>(2);
             let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
             for _ in 0..2 {
                 let _ = back_tx.send(vec![0u8; chunk as usize]);
@@ -547,7 +657,10 @@ fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
                     let off = i * chunk;
                     let n = (cap - off).min(chunk) as usize;
                     buf.truncate(n);
-                    let res = d.read_at(off, &mut buf).map(|()| buf);
+                    let res = d
+                        .read_at(off, &mut buf)
+                        .map(|()| buf)
+                        .map_err(|e| report(e.as_ref()));
                     let failed = res.is_err();
                     if tx.send(res).is_err() || failed {
                         return;
@@ -560,7 +673,10 @@ fn cat(d: &LocalDisk, mut out: impl Write) -> Result<(), AnyError> {
         }
         for i in 0..chunks {
             let k = (i % READERS) as usize;
-            let buf = filled[k].recv().map_err(|_| "reader thread stopped")??;
+            let buf = filled[k]
+                .recv()
+                .map_err(|_| "reader thread stopped")?
+                .map_err(AnyError::from)?;
             match out.write_all(&buf) {
                 Ok(()) => {}
                 // A closed pipe (`vdisk cat | head`) is not an error worth a report.

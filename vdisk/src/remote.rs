@@ -255,6 +255,7 @@ pub(crate) fn sim(cmd: SimCommand) -> Result<ExitCode, AnyError> {
                 .map(|d| format!("# datastore {}: {}", d.name, d.path.display()))
                 .collect();
             let sim = vsphere_sim::Simulator::start(inv, vsphere_sim::SimOptions::default(), port)?;
+            let _nfc = sim.start_nfc(vsphere_sim::NfcOptions::default())?;
             // Whoever reads these may stop listening after them: a closed
             // stdout must not stop the server.
             let mut out = std::io::stdout().lock();

@@ -207,3 +207,159 @@ fn serve_list_snapshot_changes_and_errors() {
         serde_json::from_str(&ok(&esx, &["vm", "list", "--json"])).unwrap();
     assert_eq!(list[0]["name"], "demo-vm");
 }
+
+#[test]
+fn cat_and_write_through_nbd_and_nbdssl() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    ok(
+        &srv,
+        &[
+            "sim",
+            "guest-write",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2000",
+            "--offset",
+            "65000",
+            "--pattern",
+            "3",
+            "--length",
+            "300000",
+        ],
+    );
+    let local_path = dir.path().join("datastore1/demo-vm/demo-vm.vmdk");
+    let disk = "[datastore1] demo-vm/demo-vm.vmdk";
+    for t in ["nbd", "nbdssl"] {
+        let out = run(
+            &srv,
+            &["cat", "--transport", t, "--vm", "moref=vm-100", disk],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same(&out.stdout, &vdisk_raw(&local_path), t);
+        let out = run(
+            &srv,
+            &[
+                "cat",
+                "--transport",
+                t,
+                "--compression",
+                "--vm",
+                "moref=vm-100",
+                "[datastore1] demo-vm/demo-vm_1.vmdk",
+            ],
+            &[],
+        );
+        assert!(out.status.success());
+        assert_same(
+            &out.stdout,
+            &vdisk_raw(&dir.path().join("datastore1/demo-vm/demo-vm_1.vmdk")),
+            t,
+        );
+    }
+    ok(
+        &srv,
+        &[
+            "write",
+            "--transport",
+            "nbdssl",
+            "--vm",
+            "moref=vm-100",
+            disk,
+            "--offset",
+            "1000000",
+            "--pattern",
+            "0x44",
+            "--length",
+            "70000",
+        ],
+    );
+    ok(
+        &srv,
+        &[
+            "write",
+            "--transport",
+            "nbd",
+            "--vm",
+            "moref=vm-100",
+            disk,
+            "--offset",
+            "2000000",
+            "--pattern",
+            "0x45",
+            "--length",
+            "10",
+        ],
+    );
+    let raw = vdisk_raw(&local_path);
+    assert!(raw[1_000_000..1_070_000].iter().all(|&b| b == 0x44));
+    assert!(raw[2_000_000..2_000_010].iter().all(|&b| b == 0x45));
+    // A snapshot's view over nbd, a bad transport name, a disk not of the VM.
+    let snap = ok(&srv, &["vm", "snapshot", "create", "--vm", "moref=vm-100"])
+        .trim()
+        .to_string();
+    ok(
+        &srv,
+        &[
+            "sim",
+            "guest-write",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2000",
+            "--offset",
+            "0",
+            "--pattern",
+            "9",
+            "--length",
+            "512",
+        ],
+    );
+    let out = run(
+        &srv,
+        &[
+            "cat",
+            "--transport",
+            "nbd",
+            "--vm",
+            "moref=vm-100",
+            "--snapshot",
+            &snap,
+            disk,
+        ],
+        &[],
+    );
+    assert_same(&out.stdout, &raw, "snapshot view");
+    let out = run(
+        &srv,
+        &[
+            "cat",
+            "--transport",
+            "carrier-pigeon",
+            "--vm",
+            "moref=vm-100",
+            disk,
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown transport"));
+    let out = run(
+        &srv,
+        &[
+            "cat",
+            "--transport",
+            "nbd",
+            "--vm",
+            "moref=vm-100",
+            "[datastore1] other.vmdk",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
