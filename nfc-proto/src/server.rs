@@ -300,6 +300,36 @@ impl ServerSession {
         Ok(())
     }
 
+    /// The frame heads (16-byte header + 44-byte IO part, 60 bytes each)
+    /// of an uncompressed read reply of `total` bytes, one per 64 KiB
+    /// fragment: a server can then write head, data, head, data... with
+    /// vectored writes straight from its read buffer.
+    pub fn read_reply_heads(&self, op: u32, handle: u64, total: u32) -> Vec<u8> {
+        let n = (total as usize).div_ceil(MAX_FRAGMENT);
+        let mut out = Vec::with_capacity(n * (aio::HEADER_LEN + aio::IO_LEN));
+        for i in 0..n {
+            let frag = (total as usize - i * MAX_FRAGMENT).min(MAX_FRAGMENT) as u32;
+            aio::Header {
+                kind: Kind::Io as u32,
+                size: aio::IO_LEN as u32 + frag,
+                op,
+            }
+            .encode(&mut out);
+            Io {
+                handle,
+                read: true,
+                compression: Compression::None,
+                offset: 0,
+                total,
+                frag_offset: (i * MAX_FRAGMENT) as u32,
+                frag_len: frag,
+                extra: frag,
+            }
+            .encode(&mut out);
+        }
+        out
+    }
+
     /// Acknowledges a write.
     pub fn reply_written(&self, out: &mut Vec<u8>, op: u32, handle: u64) {
         let mut head = Vec::with_capacity(aio::IO_LEN);

@@ -13,7 +13,12 @@ pub(crate) fn run_bench(args: &[String]) -> Result {
     match args.first().map(String::as_str) {
         Some("read") => read(),
         Some("write") => write(),
-        _ => Err("usage: cargo xtask bench read|write".into()),
+        Some("nbd") => {
+            let mut c = cargo();
+            c.args(["bench", "-p", "transport-nbd", "--bench", "nbd"]);
+            run(c)
+        }
+        _ => Err("usage: cargo xtask bench read|write|nbd".into()),
     }
 }
 
