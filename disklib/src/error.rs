@@ -128,6 +128,37 @@ pub enum Error {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A vSphere call failed.
+    #[error(transparent)]
+    Soap(#[from] vim_soap::Error),
+    /// An nbd/nbdssl transport error.
+    #[error(transparent)]
+    Nbd(#[from] transport_nbd::Error),
+    /// No transport of the connection's list can reach the disk.
+    #[error("no transport can reach {disk}: {tried}")]
+    NoTransport {
+        /// The disk.
+        disk: String,
+        /// What each transport said.
+        tried: String,
+    },
+    /// The library is not initialised (or was exited).
+    #[error("the library is not initialised")]
+    NotInitialized,
+    /// A backup repository problem.
+    #[error("repository {path}: {what}")]
+    Repository {
+        /// The repository.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A backup or restore plan cannot be made.
+    #[error(transparent)]
+    Plan(#[from] cbt::PlanError),
+    /// Changed areas from the host do not assemble.
+    #[error(transparent)]
+    Changes(#[from] cbt::AssemblyError),
     /// A request lies outside the disk.
     #[error("range {offset}+{len} is outside the disk's {capacity} bytes")]
     OutOfRange {
@@ -169,3 +200,102 @@ impl Error {
 
 /// Shorthand result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// VixDiskLib error codes (the low 16 bits of a `VixError`).
+pub mod vix {
+    #![allow(missing_docs)]
+    pub const OK: u64 = 0;
+    pub const E_FAIL: u64 = 1;
+    pub const E_OUT_OF_MEMORY: u64 = 2;
+    pub const E_INVALID_ARG: u64 = 3;
+    pub const E_FILE_NOT_FOUND: u64 = 4;
+    pub const E_OBJECT_IS_BUSY: u64 = 5;
+    pub const E_NOT_SUPPORTED: u64 = 6;
+    pub const E_FILE_ERROR: u64 = 7;
+    pub const E_DISK_FULL: u64 = 8;
+    pub const E_INCORRECT_FILE_TYPE: u64 = 9;
+    pub const E_CANCELLED: u64 = 10;
+    pub const E_FILE_READ_ONLY: u64 = 11;
+    pub const E_FILE_ALREADY_EXISTS: u64 = 12;
+    pub const E_FILE_ACCESS_ERROR: u64 = 13;
+    pub const E_FILE_ALREADY_LOCKED: u64 = 15;
+    pub const E_BUFFER_TOOSMALL: u64 = 24;
+    pub const E_OBJECT_NOT_FOUND: u64 = 25;
+    pub const E_HOST_NOT_CONNECTED: u64 = 26;
+    pub const E_AUTHENTICATION_FAIL: u64 = 35;
+    pub const E_HOST_CONNECTION_LOST: u64 = 36;
+    pub const E_INVALID_HANDLE: u64 = 1000;
+    pub const E_NOT_FOUND: u64 = 2000;
+    pub const E_HOST_NETBLKDEV_HANDSHAKE: u64 = 14006;
+    pub const E_HOST_SERVER_NOT_FOUND: u64 = 14008;
+    pub const E_HOST_NETWORK_CONN_REFUSED: u64 = 14009;
+    pub const E_HOST_TCP_CONN_LOST: u64 = 14011;
+    pub const E_DISK_INVAL: u64 = 16000;
+    pub const E_DISK_OUTOFRANGE: u64 = 16007;
+    pub const E_DISK_CID_MISMATCH: u64 = 16008;
+    pub const E_DISK_OPENPARENT: u64 = 16012;
+    pub const E_DISK_NEEDKEY: u64 = 16014;
+    pub const E_DISK_INVALIDCHAIN: u64 = 16030;
+    pub const E_DISK_KEY_NOTFOUND: u64 = 16052;
+    pub const E_DISK_CAPACITY_MISMATCH: u64 = 16067;
+    pub const E_CANNOT_CONNECT_TO_HOST: u64 = 18000;
+    pub const ASYNC: u64 = 25000;
+}
+
+impl Error {
+    /// The VixDiskLib error code this error maps to.
+    pub fn vix_code(&self) -> u64 {
+        use vim_soap::FaultKind as F;
+        match self {
+            Error::Io { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => vix::E_FILE_NOT_FOUND,
+                io::ErrorKind::PermissionDenied => vix::E_FILE_ACCESS_ERROR,
+                io::ErrorKind::AlreadyExists => vix::E_FILE_ALREADY_EXISTS,
+                _ => vix::E_FILE_ERROR,
+            },
+            Error::Format { .. } | Error::Truncated { .. } => vix::E_DISK_INVAL,
+            Error::NotVmdk(_) => vix::E_INCORRECT_FILE_TYPE,
+            Error::PathEscape { .. } => vix::E_FILE_ACCESS_ERROR,
+            Error::ParentMissing { .. } => vix::E_DISK_OPENPARENT,
+            Error::CidMismatch { .. } => vix::E_DISK_CID_MISMATCH,
+            Error::ChainTooDeep(..) | Error::ChainLoop(_) => vix::E_DISK_INVALIDCHAIN,
+            Error::NoAccess { .. } => vix::E_FILE_ACCESS_ERROR,
+            Error::DiskFull { .. } => vix::E_DISK_FULL,
+            Error::ReadOnly { .. } => vix::E_FILE_READ_ONLY,
+            Error::DescriptorFull { .. } => vix::E_BUFFER_TOOSMALL,
+            Error::Unsupported { .. } => vix::E_NOT_SUPPORTED,
+            Error::AlreadyExists(_) => vix::E_FILE_ALREADY_EXISTS,
+            Error::InvalidArgument(_) => vix::E_INVALID_ARG,
+            Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
+            Error::NotInitialized => vix::E_FAIL,
+            Error::Repository { .. } | Error::Plan(_) | Error::Changes(_) => vix::E_FAIL,
+            Error::NoTransport { .. } => vix::E_NOT_SUPPORTED,
+            Error::Soap(e) => match e.fault_kind() {
+                Some(F::InvalidLogin) | Some(F::NotAuthenticated) => vix::E_AUTHENTICATION_FAIL,
+                Some(F::ManagedObjectNotFound(_)) => vix::E_OBJECT_NOT_FOUND,
+                Some(F::NotSupported) => vix::E_NOT_SUPPORTED,
+                Some(F::FileNotFound(_)) => vix::E_FILE_NOT_FOUND,
+                Some(F::InvalidArgument(_)) => vix::E_INVALID_ARG,
+                Some(F::MethodAlreadyDisabled(_))
+                | Some(F::TaskInProgress)
+                | Some(F::InvalidState) => vix::E_OBJECT_IS_BUSY,
+                Some(_) => vix::E_FAIL,
+                None => match e {
+                    vim_soap::Error::Io { .. } => vix::E_CANNOT_CONNECT_TO_HOST,
+                    vim_soap::Error::ThumbprintMismatch { .. } => vix::E_AUTHENTICATION_FAIL,
+                    _ => vix::E_FAIL,
+                },
+            },
+            Error::Nbd(e) => match e {
+                transport_nbd::Error::ConnectionLost { .. } => vix::E_HOST_CONNECTION_LOST,
+                transport_nbd::Error::Timeout { .. } => vix::E_HOST_TCP_CONN_LOST,
+                transport_nbd::Error::Connect { .. } => vix::E_HOST_NETWORK_CONN_REFUSED,
+                transport_nbd::Error::ThumbprintMismatch { .. }
+                | transport_nbd::Error::Refused(_) => vix::E_HOST_NETBLKDEV_HANDSHAKE,
+                transport_nbd::Error::Server { code, .. } => u64::from(*code),
+                transport_nbd::Error::InvalidArgument(_) => vix::E_INVALID_ARG,
+                _ => vix::E_FAIL,
+            },
+        }
+    }
+}

@@ -18,6 +18,8 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod backup;
 mod cache;
 pub mod check;
 pub mod convert;
@@ -29,4 +31,4 @@ pub mod repair;
 mod stream;
 mod write;
 
-pub use error::{Error, Result};
+pub use error::{vix, Error, Result};

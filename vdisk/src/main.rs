@@ -10,6 +10,7 @@ use disklib::local::{LocalDisk, OpenOptions};
 use serde_json::{json, Value};
 
 mod check;
+mod demo;
 mod remote;
 
 /// The virtual disk kit's command-line tool.
@@ -299,6 +300,63 @@ enum Command {
         #[command(subcommand)]
         command: remote::VmCommand,
     },
+    /// The main job end to end on an in-process simulator (what `cargo xtask demo` runs).
+    Demo,
+    /// Back up a VM's disks (full, incremental or differential) into a repository.
+    Backup {
+        #[command(flatten)]
+        conn: remote::Connection,
+        /// `moref=vm-N`.
+        #[arg(long)]
+        vm: String,
+        /// Repository directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// Transports to try, in order (default san:hotadd:nbdssl:nbd).
+        #[arg(long)]
+        transport: Option<String>,
+        /// Full backup (the default).
+        #[arg(long, group = "kind")]
+        full: bool,
+        /// Changes since the previous backup.
+        #[arg(long, group = "kind")]
+        incremental: bool,
+        /// Changes since the last full backup.
+        #[arg(long, group = "kind")]
+        differential: bool,
+    },
+    /// Restore a point in time to local files or onto a VM's disk.
+    Restore {
+        /// Repository directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Backup id.
+        #[arg(long)]
+        backup: u64,
+        /// Local target: a file for one disk, a directory for several.
+        #[arg(long, conflicts_with = "vm")]
+        to: Option<PathBuf>,
+        /// Remote target VM (`moref=vm-N`).
+        #[arg(long, requires = "disk")]
+        vm: Option<String>,
+        /// Disk key (restores only that disk).
+        #[arg(long)]
+        disk: Option<i32>,
+        /// Transports for a remote target.
+        #[arg(long)]
+        transport: Option<String>,
+        #[command(flatten)]
+        conn: remote::Connection,
+    },
+    /// Check every CRC of a repository (or one backup).
+    Verify {
+        /// Repository directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Only this backup.
+        #[arg(long)]
+        backup: Option<u64>,
+    },
     /// Delete a disk and all its files (not its parents).
     Delete {
         /// The disk.
@@ -561,6 +619,82 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim { command } => remote::sim(command),
+        Command::Demo => demo::run(),
+        Command::Backup {
+            conn,
+            vm,
+            to,
+            transport,
+            full: _,
+            incremental,
+            differential,
+        } => {
+            let kind = if incremental {
+                cbt::BackupKind::Incremental
+            } else if differential {
+                cbt::BackupKind::Differential
+            } else {
+                cbt::BackupKind::Full
+            };
+            let params = conn.params(&vm)?;
+            let lib = disklib::api::Library::init(disklib::api::Config::default());
+            let mut bar = progress_bar(false);
+            let s =
+                disklib::backup::backup(&lib, &params, &to, kind, transport.as_deref(), &mut bar)?;
+            for w in &s.warnings {
+                eprintln!("vdisk: warning: {w}");
+            }
+            println!(
+                "backup {}: read {} bytes, stored {}, skipped {}, {:.0} MB/s in {:.2} s ({})",
+                s.id,
+                s.bytes_read,
+                s.bytes_stored,
+                s.bytes_skipped,
+                s.bytes_read as f64 / 1e6 / s.elapsed.as_secs_f64().max(1e-6),
+                s.elapsed.as_secs_f64(),
+                s.transports.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            from,
+            backup,
+            to,
+            vm,
+            disk,
+            transport,
+            conn,
+        } => {
+            let lib = disklib::api::Library::init(disklib::api::Config::default());
+            let target = match (to, vm) {
+                (Some(p), None) => disklib::backup::RestoreTarget::Local(p),
+                (None, Some(vm)) => disklib::backup::RestoreTarget::Remote {
+                    params: conn.params(&vm)?,
+                    key: disk.ok_or("--vm needs --disk KEY")?,
+                    transports: transport,
+                },
+                _ => return Err("give --to LOCAL_PATH or --vm moref=vm-N --disk KEY".into()),
+            };
+            let mut bar = progress_bar(false);
+            let n = disklib::backup::restore(&lib, &from, backup, &target, disk, &mut bar)?;
+            println!("restored backup {backup}: {n} bytes written");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { from, backup } => {
+            let (checked, bad) = disklib::backup::verify(&from, backup)?;
+            for b in &bad {
+                println!(
+                    "backup {} disk {}: block {}+{} does not match its CRC",
+                    b.backup, b.key, b.offset, b.len
+                );
+            }
+            println!("{checked} blocks checked, {} bad", bad.len());
+            Ok(if bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         Command::Vm { command } => remote::vm(command),
         Command::Snapshot { disk, child } => {
             disklib::maintain::create_child(&disk, &child)?;

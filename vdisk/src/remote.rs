@@ -37,6 +37,40 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// disklib's connection parameters for a VM.
+    pub(crate) fn params(&self, vm: &str) -> Result<disklib::api::ConnectParams, AnyError> {
+        let server = self
+            .server
+            .clone()
+            .ok_or("no server: give --server HOST:PORT or set VDISK_SERVER")?;
+        let tp = self
+            .thumbprint
+            .clone()
+            .ok_or("no thumbprint: give --thumbprint or set VDISK_THUMBPRINT")?;
+        let user = self
+            .user
+            .clone()
+            .ok_or("no user: give --user or set VDISK_USER")?;
+        let password = match (&self.password_file, &self.password) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (None, Some(p)) => p.clone(),
+            (None, None) => {
+                return Err("no password: give --password-file or set VDISK_PASSWORD".into())
+            }
+        };
+        Ok(disklib::api::ConnectParams::remote(
+            &server,
+            &tp,
+            disklib::api::Credentials::password(&user, &password),
+            parse_vm(vm)?.value.as_str(),
+        ))
+    }
+
     pub(crate) fn connect(&self) -> Result<Client, AnyError> {
         let server = self
             .server

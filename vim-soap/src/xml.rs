@@ -156,6 +156,34 @@ impl Element {
         self.attr("type").map(|t| t.rsplit(':').next().unwrap_or(t))
     }
 
+    /// Serialises the element (local names; attributes kept, namespaces
+    /// dropped) — enough to save and reread a configuration.
+    pub fn to_xml(&self) -> String {
+        let mut s = String::new();
+        self.write_xml(&mut s);
+        s
+    }
+
+    fn write_xml(&self, s: &mut String) {
+        s.push('<');
+        s.push_str(&self.name);
+        for (k, v) in &self.attrs {
+            s.push(' ');
+            s.push_str(k);
+            s.push_str("=\"");
+            s.push_str(&escape(v));
+            s.push('"');
+        }
+        s.push('>');
+        s.push_str(&escape(&self.text));
+        for c in &self.children {
+            c.write_xml(s);
+        }
+        s.push_str("</");
+        s.push_str(&self.name);
+        s.push('>');
+    }
+
     /// Depth-first search for the first element with this name.
     pub fn find(&self, name: &str) -> Option<&Element> {
         if self.name == name {

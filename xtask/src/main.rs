@@ -30,6 +30,13 @@ const TASKS: &[(&str, &str)] = &[
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("demo") => {
+            let mut c = cargo();
+            c.args([
+                "run", "--quiet", "-p", "vdisk", "--bin", "vdisk", "--", "demo",
+            ]);
+            run(c)
+        }
         Some("test") => test(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("fuzz-list") => fuzz_list(),

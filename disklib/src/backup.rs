@@ -1,0 +1,653 @@
+//! The main job: full, incremental and differential backups of a VM's
+//! disks with changed block tracking, a repository, restore of any point
+//! in time, and verification.
+//!
+//! A repository is a directory: `catalog.json` (every backup, per disk its
+//! change id, stored extents and a CRC-32 of every stored block) and one
+//! sub-directory per backup holding a monolithicSparse VMDK per disk
+//! (holes kept) and the VM's configuration (`config.xml`). A backup is
+//! written under a temporary name and becomes visible, with its catalog
+//! entry, only once complete: a failed backup leaves nothing a restore
+//! could pick up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cbt::{BackupKind, BackupRecord, ChangeId, Extent, ExtentList};
+use serde::{Deserialize, Serialize};
+use vim_soap::codec::{self, MoRef};
+
+use crate::api::{changed_areas_by_key, ConnectParams, Connection, Library, OpenFlags};
+use crate::create::{create, CreateOptions, DiskType};
+use crate::error::{Error, Result};
+use crate::local::{LocalDisk, OpenOptions};
+
+const CHUNK: u64 = 1 << 20;
+const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The identity given to PrepareForAccess / EndAccess.
+pub const IDENTITY: &str = "vddk-rs backup";
+
+/// One disk in one backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEntry {
+    /// Device key.
+    pub key: i32,
+    /// Datastore path at backup time.
+    pub file_name: String,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// CBT change id of the snapshot read (`None`: CBT was off).
+    pub change_id: Option<String>,
+    /// The backup this one is relative to.
+    pub base: Option<u64>,
+    /// File in the repository, relative to it.
+    pub file: String,
+    /// Byte ranges stored.
+    pub extents: Vec<(u64, u64)>,
+    /// `(offset, length, crc32)` of every stored block.
+    pub crcs: Vec<(u64, u64, u32)>,
+}
+
+/// One backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEntry {
+    /// Id (increasing).
+    pub id: u64,
+    /// `full`, `incremental` or `differential`.
+    pub kind: String,
+    /// Seconds since the epoch.
+    pub time: u64,
+    /// The VM.
+    pub vm: String,
+    /// Directory in the repository.
+    pub dir: String,
+    /// Disks.
+    pub disks: Vec<DiskEntry>,
+    /// Disks skipped (independent), with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// `catalog.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoCatalog {
+    /// Format version.
+    pub version: u32,
+    /// Backups, oldest first.
+    pub backups: Vec<BackupEntry>,
+}
+
+fn kind_name(k: BackupKind) -> &'static str {
+    match k {
+        BackupKind::Full => "full",
+        BackupKind::Incremental => "incremental",
+        BackupKind::Differential => "differential",
+    }
+}
+
+fn kind_of(s: &str) -> Result<BackupKind> {
+    match s {
+        "full" => Ok(BackupKind::Full),
+        "incremental" => Ok(BackupKind::Incremental),
+        "differential" => Ok(BackupKind::Differential),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown backup kind {other}"
+        ))),
+    }
+}
+
+fn repo_err(path: &Path, what: impl Into<String>) -> Error {
+    Error::Repository {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+impl RepoCatalog {
+    /// Loads `catalog.json` (an absent catalog is an empty one).
+    pub fn load(repo: &Path) -> Result<Self> {
+        let p = repo.join("catalog.json");
+        match std::fs::read(&p) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| repo_err(repo, format!("catalog.json: {e}")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                version: 1,
+                backups: Vec::new(),
+            }),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    fn save(&self, repo: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| repo_err(repo, e.to_string()))?;
+        crate::write::replace_file(&repo.join("catalog.json"), &bytes)
+    }
+
+    /// The cbt view of one disk's backups.
+    pub fn disk_catalog(&self, key: i32, capacity: u64) -> Result<cbt::Catalog> {
+        let mut c = cbt::Catalog::new(capacity);
+        for b in &self.backups {
+            let Some(d) = b.disks.iter().find(|d| d.key == key) else {
+                continue;
+            };
+            let change_id: ChangeId = match &d.change_id {
+                Some(s) => s
+                    .parse()
+                    .map_err(|e| Error::InvalidArgument(format!("change id {s}: {e}")))?,
+                None => ChangeId::All,
+            };
+            let kind = kind_of(&b.kind)?;
+            c.backups.push(BackupRecord {
+                id: b.id,
+                kind,
+                base: d.base,
+                change_id,
+                time: b.time,
+                extents: d.extents.iter().map(|&(s, n)| Extent::new(s, n)).collect(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// What a backup did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The backup id.
+    pub id: u64,
+    /// Bytes read from the VM.
+    pub bytes_read: u64,
+    /// Bytes stored (non-zero, or changed).
+    pub bytes_stored: u64,
+    /// Bytes of the disks not read at all.
+    pub bytes_skipped: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Warnings (independent disks skipped, ESXi without PrepareForAccess).
+    pub warnings: Vec<String>,
+    /// Transport used per disk.
+    pub transports: Vec<String>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn wait_task(
+    client: &vim_soap::client::Client,
+    resp: &vim_soap::xml::Element,
+) -> Result<codec::TaskInfo> {
+    let task = codec::parse_moref(resp)?
+        .ok_or_else(|| Error::InvalidArgument("no task returned".into()))?;
+    Ok(client.wait_task(&task, TASK_TIMEOUT)?)
+}
+
+/// Backs up every non-independent disk of the VM in `params` into `repo`.
+/// PrepareForAccess, snapshot, read, remove the snapshot, EndAccess —
+/// the last two also after a failure.
+pub fn backup(
+    lib: &Library,
+    params: &ConnectParams,
+    repo: &Path,
+    kind: BackupKind,
+    transports: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary> {
+    let started = Instant::now();
+    std::fs::create_dir_all(repo).map_err(|e| Error::io(repo, e))?;
+    let conn = Connection::connect(lib, params, true, None, transports)?;
+    let client = Arc::clone(
+        conn.client()
+            .ok_or_else(|| Error::InvalidArgument("a backup needs a server".into()))?,
+    );
+    let vm = MoRef::new(
+        "VirtualMachine",
+        params
+            .vm
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches("moref="),
+    );
+    let mut summary = Summary::default();
+    let prepared = match conn.prepare_for_access(IDENTITY) {
+        Ok(()) => true,
+        Err(Error::Soap(e))
+            if matches!(e.fault_kind(), Some(vim_soap::FaultKind::NotSupported)) =>
+        {
+            summary.warnings.push(format!(
+                "PrepareForAccess not available ({e}); continuing without it"
+            ));
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    let result = (|| -> Result<()> {
+        let snap = wait_task(
+            &client,
+            &client.call(&codec::create_snapshot_task(
+                &vm,
+                "vddk-rs backup",
+                "temporary snapshot for a backup",
+                false,
+                true,
+            ))?,
+        )?
+        .result
+        .ok_or_else(|| Error::InvalidArgument("snapshot task returned no snapshot".into()))?;
+        let inner = backup_snapshot(
+            lib,
+            params,
+            repo,
+            &client,
+            &vm,
+            &snap,
+            kind,
+            transports,
+            &mut summary,
+            progress,
+        );
+        // The snapshot goes whatever happened.
+        let removed = client
+            .call(&codec::remove_snapshot_task(&snap, false, true))
+            .map_err(Error::from)
+            .and_then(|r| wait_task(&client, &r).map(|_| ()));
+        inner.and(removed)
+    })();
+    let ended = if prepared {
+        conn.end_access(IDENTITY)
+    } else {
+        Ok(())
+    };
+    result?;
+    ended?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backup_snapshot(
+    lib: &Library,
+    params: &ConnectParams,
+    repo: &Path,
+    client: &Arc<vim_soap::client::Client>,
+    vm: &MoRef,
+    snap: &MoRef,
+    kind: BackupKind,
+    transports: Option<&str>,
+    summary: &mut Summary,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let mut catalog = RepoCatalog::load(repo)?;
+    let id = catalog.backups.iter().map(|b| b.id).max().unwrap_or(0) + 1;
+    summary.id = id;
+    let dir_name = format!("{id:06}-{}", kind_name(kind));
+    let tmp = repo.join(format!(".tmp-{dir_name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = (|| -> Result<BackupEntry> {
+        let config = client
+            .property(snap, "config")?
+            .map(|e| e.to_xml())
+            .unwrap_or_default();
+        std::fs::write(tmp.join("config.xml"), config)
+            .map_err(|e| Error::io(tmp.join("config.xml"), e))?;
+        let disks = codec::virtual_disks(
+            &client
+                .property(snap, "config.hardware.device")?
+                .ok_or_else(|| Error::InvalidArgument("the snapshot has no devices".into()))?,
+        )?;
+        let conn = Connection::connect(lib, params, true, Some(&snap.value), transports)?;
+        let mut entry = BackupEntry {
+            id,
+            kind: kind_name(kind).into(),
+            time: now(),
+            vm: vm.value.clone(),
+            dir: dir_name.clone(),
+            disks: Vec::new(),
+            skipped: Vec::new(),
+        };
+        // The VM's current disk list tells independent disks too.
+        let current = codec::virtual_disks(
+            &client
+                .property(vm, "config.hardware.device")?
+                .ok_or_else(|| Error::InvalidArgument("the VM has no devices".into()))?,
+        )?;
+        for d in current.iter().filter(|d| d.is_independent()) {
+            let w = format!(
+                "disk {} ({}) is independent: not part of snapshots, skipped",
+                d.key, d.file_name
+            );
+            summary.warnings.push(w.clone());
+            entry.skipped.push(w);
+        }
+        let total: u64 = disks.iter().map(|d| d.capacity).sum();
+        let mut done_disks = 0u64;
+        for d in &disks {
+            let cat = catalog.disk_catalog(d.key, d.capacity)?;
+            let current_id: ChangeId = match &d.change_id {
+                Some(s) => s
+                    .parse()
+                    .map_err(|e| Error::InvalidArgument(format!("change id {s}: {e}")))?,
+                None => ChangeId::All,
+            };
+            let plan = if kind == BackupKind::Full || d.change_id.is_none() {
+                if kind != BackupKind::Full {
+                    return Err(Error::InvalidArgument(format!(
+                        "disk {}: changed block tracking is off: take a full backup",
+                        d.key
+                    )));
+                }
+                cbt::BackupPlan {
+                    kind,
+                    base: None,
+                    since: ChangeId::All,
+                }
+            } else {
+                cat.plan_next(kind, &current_id)?
+            };
+            let changed = match &d.change_id {
+                Some(_) => changed_areas_by_key(
+                    client,
+                    vm,
+                    Some(snap),
+                    d.key,
+                    d.capacity,
+                    plan.since.as_str(),
+                )?,
+                None => ExtentList::from_sorted([Extent::new(0, d.capacity)]),
+            };
+            let disk = conn.open(&d.file_name, OpenFlags::read_only())?;
+            summary
+                .transports
+                .push(format!("disk {}: {}", d.key, disk.transport_mode()));
+            let file = format!("{}.vmdk", d.key);
+            let path = tmp.join(&file);
+            create(
+                &path,
+                &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
+            )?;
+            let out = LocalDisk::open(
+                &path,
+                &OpenOptions {
+                    writable: true,
+                    ..OpenOptions::default()
+                },
+            )?;
+            let mut stored = ExtentList::new();
+            let mut crcs = Vec::new();
+            let mut buf = vec![0u8; CHUNK as usize];
+            let reads = cbt::plan::read_requests(&changed, d.capacity, 65536, CHUNK);
+            let to_read: u64 = reads.iter().map(|r| r.len).sum();
+            summary.bytes_skipped += d.capacity - to_read;
+            for r in reads {
+                let b = &mut buf[..r.len as usize];
+                disk.read_at(r.start, b)?;
+                summary.bytes_read += r.len;
+                let zero = b.iter().all(|&x| x == 0);
+                if zero && kind == BackupKind::Full {
+                    // A full backup keeps holes as holes.
+                } else {
+                    if zero {
+                        out.write_zeroes(r.start, r.len)?;
+                    } else {
+                        out.write_at(r.start, b)?;
+                    }
+                    stored.insert(r);
+                    crcs.push((r.start, r.len, crc32fast::hash(b)));
+                    summary.bytes_stored += r.len;
+                }
+                progress(done_disks + r.start + r.len, total);
+            }
+            out.close()?;
+            disk.close()?;
+
+            done_disks += d.capacity;
+            entry.disks.push(DiskEntry {
+                key: d.key,
+                file_name: d.file_name.clone(),
+                capacity: d.capacity,
+                change_id: d.change_id.clone(),
+                base: plan.base,
+                file: format!("{dir_name}/{file}"),
+                extents: stored.iter().map(|e| (e.start, e.len)).collect(),
+                crcs,
+            });
+        }
+        Ok(entry)
+    })();
+    let entry = match result {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let final_dir = repo.join(&dir_name);
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    catalog.backups.push(entry);
+    catalog.save(repo)
+}
+
+type WriteFn = dyn Fn(u64, &[u8]) -> Result<()>;
+
+/// Where a restore writes.
+#[derive(Clone, Debug)]
+pub enum RestoreTarget {
+    /// New local files: a path for one disk, a directory for several
+    /// (files named `<key>.vmdk`).
+    Local(PathBuf),
+    /// The disk with this key of a VM on a server.
+    Remote {
+        /// Connection.
+        params: ConnectParams,
+        /// Device key.
+        key: i32,
+        /// Transports.
+        transports: Option<String>,
+    },
+}
+
+/// Restores backup `id` (every disk, or `only_key`), each byte from the
+/// newest backup of its chain that stores it; holes stay holes (and are
+/// zeroed on an existing remote disk). Returns bytes written.
+pub fn restore(
+    lib: &Library,
+    repo: &Path,
+    id: u64,
+    target: &RestoreTarget,
+    only_key: Option<i32>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    let catalog = RepoCatalog::load(repo)?;
+    let entry = catalog
+        .backups
+        .iter()
+        .find(|b| b.id == id)
+        .ok_or_else(|| repo_err(repo, format!("no backup {id}")))?;
+    let disks: Vec<&DiskEntry> = entry
+        .disks
+        .iter()
+        .filter(|d| only_key.is_none_or(|k| k == d.key))
+        .collect();
+    if disks.is_empty() {
+        return Err(repo_err(repo, "no such disk in that backup"));
+    }
+    let mut written = 0;
+    for d in &disks {
+        let plan = catalog.disk_catalog(d.key, d.capacity)?.restore_plan(id)?;
+        let mut sources: BTreeMap<u64, LocalDisk> = BTreeMap::new();
+        for r in &plan.reads {
+            if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(r.backup) {
+                let b = catalog
+                    .backups
+                    .iter()
+                    .find(|b| b.id == r.backup)
+                    .ok_or_else(|| repo_err(repo, format!("backup {} vanished", r.backup)))?;
+                let de = b
+                    .disks
+                    .iter()
+                    .find(|x| x.key == d.key)
+                    .ok_or_else(|| repo_err(repo, "disk missing from a backup of the chain"))?;
+                slot.insert(LocalDisk::open(
+                    repo.join(&de.file),
+                    &OpenOptions::default(),
+                )?);
+            }
+        }
+        let (write_at, zero_holes): (Box<WriteFn>, bool);
+        let mut finish: Box<dyn FnMut() -> Result<()>>;
+        match target {
+            RestoreTarget::Local(p) => {
+                let path = if disks.len() == 1 && !p.is_dir() {
+                    p.clone()
+                } else {
+                    p.join(format!("{}.vmdk", d.key))
+                };
+                create(
+                    &path,
+                    &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
+                )?;
+                let out = Arc::new(LocalDisk::open(
+                    &path,
+                    &OpenOptions {
+                        writable: true,
+                        ..OpenOptions::default()
+                    },
+                )?);
+                let o2 = Arc::clone(&out);
+                write_at = Box::new(move |off, b| o2.write_at(off, b));
+                zero_holes = false;
+                let mut slot = Some(out);
+                finish = Box::new(move || match slot.take().map(Arc::try_unwrap) {
+                    Some(Ok(d)) => d.close(),
+                    _ => Ok(()),
+                });
+            }
+            RestoreTarget::Remote {
+                params,
+                key,
+                transports,
+            } => {
+                let conn = Connection::connect(lib, params, false, None, transports.as_deref())?;
+                let client = conn
+                    .client()
+                    .ok_or_else(|| Error::InvalidArgument("no server".into()))?;
+                let vm = MoRef::new(
+                    "VirtualMachine",
+                    params
+                        .vm
+                        .as_deref()
+                        .unwrap_or_default()
+                        .trim_start_matches("moref="),
+                );
+                let disks_now = codec::virtual_disks(
+                    &client
+                        .property(&vm, "config.hardware.device")?
+                        .ok_or_else(|| Error::InvalidArgument("no devices".into()))?,
+                )?;
+                let cur = disks_now
+                    .iter()
+                    .find(|x| x.key == *key)
+                    .ok_or_else(|| Error::InvalidArgument(format!("the VM has no disk {key}")))?;
+                if cur.capacity < d.capacity {
+                    return Err(Error::InvalidArgument(format!(
+                        "disk {key} is smaller than the backup"
+                    )));
+                }
+                let disk = Arc::new(conn.open(&cur.file_name, OpenFlags::default())?);
+                let d2 = Arc::clone(&disk);
+                write_at = Box::new(move |off, b| d2.write_at(off, b));
+                zero_holes = true;
+                let mut slot = Some(disk);
+                finish = Box::new(move || match slot.take().map(Arc::try_unwrap) {
+                    Some(Ok(d)) => {
+                        d.flush()?;
+                        d.close()
+                    }
+                    _ => Ok(()),
+                });
+            }
+        }
+        let total = d.capacity;
+        let mut buf = vec![0u8; CHUNK as usize];
+        for r in &plan.reads {
+            let src = &sources[&r.backup];
+            let mut off = r.extent.start;
+            let end = r.extent.end();
+            while off < end {
+                let n = (end - off).min(CHUNK);
+                src.read_at(off, &mut buf[..n as usize])?;
+                write_at(off, &buf[..n as usize])?;
+                written += n;
+                off += n;
+                progress(off, total);
+            }
+        }
+        if zero_holes {
+            let zeros = vec![0u8; CHUNK as usize];
+            for h in plan.holes.iter() {
+                let mut off = h.start;
+                while off < h.end() {
+                    let n = (h.end() - off).min(CHUNK);
+                    write_at(off, &zeros[..n as usize])?;
+                    off += n;
+                }
+            }
+        }
+        finish()?;
+    }
+    Ok(written)
+}
+
+/// A stored block whose checksum does not match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadBlock {
+    /// Backup id.
+    pub backup: u64,
+    /// Disk key.
+    pub key: i32,
+    /// Byte offset.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// Checks every CRC of one backup (or all); returns blocks that differ.
+pub fn verify(repo: &Path, only: Option<u64>) -> Result<(u64, Vec<BadBlock>)> {
+    let catalog = RepoCatalog::load(repo)?;
+    let mut bad = Vec::new();
+    let mut checked = 0u64;
+    for b in catalog
+        .backups
+        .iter()
+        .filter(|b| only.is_none_or(|id| id == b.id))
+    {
+        for d in &b.disks {
+            let disk = LocalDisk::open(repo.join(&d.file), &OpenOptions::default())?;
+            let mut buf = Vec::new();
+            for &(off, len, crc) in &d.crcs {
+                buf.resize(len as usize, 0);
+                let ok = disk.read_at(off, &mut buf).is_ok() && crc32fast::hash(&buf) == crc;
+                checked += 1;
+                if !ok {
+                    bad.push(BadBlock {
+                        backup: b.id,
+                        key: d.key,
+                        offset: off,
+                        len,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(id) = only {
+        if !catalog.backups.iter().any(|b| b.id == id) {
+            return Err(repo_err(repo, format!("no backup {id}")));
+        }
+    }
+    Ok((checked, bad))
+}
