@@ -595,6 +595,23 @@ impl Disk {
         read(&self.backend, offset, buf)
     }
 
+    /// Reads several ranges `(disk offset, buffer offset, length)` into one
+    /// buffer; remote transports keep requests in flight across ranges.
+    pub fn read_scattered(&self, buf: &mut [u8], parts: &[(u64, usize, usize)]) -> Result<()> {
+        match &*self.backend {
+            Backend::Nbd(d) => Ok(d.read_scattered(buf, parts)?),
+            Backend::Local(d) => {
+                for &(off, at, len) in parts {
+                    let dest = buf.get_mut(at..at + len).ok_or_else(|| {
+                        Error::InvalidArgument("a range does not fit the buffer".into())
+                    })?;
+                    d.read_at(off, dest)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Writes at a byte offset.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         write(&self.backend, offset, data)

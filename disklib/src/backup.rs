@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 use crate::local::{LocalDisk, OpenOptions};
 
 const CHUNK: u64 = 1 << 20;
+/// Reads from the VM are this large so the transport can pipeline them.
+const READ_CHUNK: u64 = 8 << 20;
 const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The identity given to PrepareForAccess / EndAccess.
 pub const IDENTITY: &str = "vddk-rs backup";
@@ -378,30 +380,90 @@ fn backup_snapshot(
                 },
             )?;
             let mut stored = ExtentList::new();
-            let mut crcs = Vec::new();
-            let mut buf = vec![0u8; CHUNK as usize];
-            let reads = cbt::plan::read_requests(&changed, d.capacity, 65536, CHUNK);
+            let mut crcs: Vec<(u64, u64, u32)> = Vec::new();
+            // Large reads (the transport pipelines them) on one thread,
+            // checksums and writes to the repository on this one.
+            let reads = cbt::plan::read_requests(&changed, d.capacity, 65536, READ_CHUNK);
             let to_read: u64 = reads.iter().map(|r| r.len).sum();
             summary.bytes_skipped += d.capacity - to_read;
-            for r in reads {
-                let b = &mut buf[..r.len as usize];
-                disk.read_at(r.start, b)?;
-                summary.bytes_read += r.len;
-                let zero = b.iter().all(|&x| x == 0);
-                if zero && kind == BackupKind::Full {
-                    // A full backup keeps holes as holes.
-                } else {
-                    if zero {
-                        out.write_zeroes(r.start, r.len)?;
-                    } else {
-                        out.write_at(r.start, b)?;
-                    }
-                    stored.insert(r);
-                    crcs.push((r.start, r.len, crc32fast::hash(b)));
-                    summary.bytes_stored += r.len;
+            // Batches of reads (the transport keeps requests in flight
+            // across them) on one thread; checksums and repository writes
+            // on this one.
+            let mut batches: Vec<Vec<Extent>> = Vec::new();
+            let mut cur: Vec<Extent> = Vec::new();
+            let mut cur_len = 0;
+            for r in reads.iter() {
+                if cur_len + r.len > READ_CHUNK && !cur.is_empty() {
+                    batches.push(std::mem::take(&mut cur));
+                    cur_len = 0;
                 }
-                progress(done_disks + r.start + r.len, total);
+                cur.push(*r);
+                cur_len += r.len;
             }
+            if !cur.is_empty() {
+                batches.push(cur);
+            }
+            std::thread::scope(|scope| -> Result<()> {
+                type Batch = (Vec<Extent>, Vec<u8>);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
+                let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+                for _ in 0..3 {
+                    let _ = back_tx.send(vec![0u8; READ_CHUNK as usize]);
+                }
+                let disk = &disk;
+                let batches = &batches;
+                scope.spawn(move || {
+                    for batch in batches {
+                        let Ok(mut buf) = back_rx.recv() else { return };
+                        let mut at = 0usize;
+                        let parts: Vec<(u64, usize, usize)> = batch
+                            .iter()
+                            .map(|e| {
+                                let p = (e.start, at, e.len as usize);
+                                at += e.len as usize;
+                                p
+                            })
+                            .collect();
+                        let res = disk
+                            .read_scattered(&mut buf, &parts)
+                            .map(|()| (batch.clone(), buf));
+                        let failed = res.is_err();
+                        if tx.send(res).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                for _ in 0..batches.len() {
+                    let (batch, buf) = rx
+                        .recv()
+                        .map_err(|_| Error::InvalidArgument("reader stopped".into()))??;
+                    let mut at = 0usize;
+                    for r in batch {
+                        let data = &buf[at..at + r.len as usize];
+                        at += r.len as usize;
+                        summary.bytes_read += r.len;
+                        // Checksums and holes at 1 MiB granularity.
+                        for (i, b) in data.chunks(CHUNK as usize).enumerate() {
+                            let piece = Extent::new(r.start + i as u64 * CHUNK, b.len() as u64);
+                            let zero = b.iter().all(|&x| x == 0);
+                            if zero && kind == BackupKind::Full {
+                                continue; // a full backup keeps holes as holes
+                            }
+                            if zero {
+                                out.write_zeroes(piece.start, piece.len)?;
+                            } else {
+                                out.write_at(piece.start, b)?;
+                            }
+                            stored.insert(piece);
+                            crcs.push((piece.start, piece.len, crc32fast::hash(b)));
+                            summary.bytes_stored += piece.len;
+                        }
+                        progress(done_disks + r.start + r.len, total);
+                    }
+                    let _ = back_tx.send(buf);
+                }
+                Ok(())
+            })?;
             out.close()?;
             disk.close()?;
 

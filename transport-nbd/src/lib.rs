@@ -645,6 +645,16 @@ impl NbdDisk {
         }
     }
 
+    /// Reads several ranges `(disk offset, buffer offset, length)` into
+    /// `buf` with requests in flight across them (many small extents read
+    /// as fast as one large one).
+    pub fn read_scattered(&self, buf: &mut [u8], parts: &[(u64, usize, usize)]) -> Result<()> {
+        for &(off, _, len) in parts {
+            self.check(off, len)?;
+        }
+        self.with_conn(|c| pipelined_read_scattered(c, &self.opts, buf, parts))
+    }
+
     /// Writes `data` at `offset`; returns once the server acknowledged
     /// every byte.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
@@ -751,22 +761,46 @@ fn keepalive(
 }
 
 fn pipelined_read(c: &mut Conn, opts: &NbdOptions, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let len = buf.len();
+    pipelined_read_scattered(c, opts, buf, &[(offset, 0, len)])
+}
+
+/// Reads several disk ranges `(disk offset, buffer offset, length)` into
+/// one buffer, with requests in flight across range boundaries.
+fn pipelined_read_scattered(
+    c: &mut Conn,
+    opts: &NbdOptions,
+    buf: &mut [u8],
+    parts: &[(u64, usize, usize)],
+) -> Result<()> {
     let chunk = opts
         .max_request
         .clamp(512, nfc_proto::client::MAX_REQUEST as usize);
     let depth = opts.in_flight.max(1);
-    let total = buf.len();
+    // Requests: (disk offset, buffer offset, length), each at most `chunk`.
+    let mut reqs = Vec::new();
+    for &(off, at, len) in parts {
+        if at.checked_add(len).is_none_or(|e| e > buf.len()) {
+            return Err(Error::InvalidArgument(
+                "a range does not fit the buffer".into(),
+            ));
+        }
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk);
+            reqs.push((off + done as u64, at + done, n));
+            done += n;
+        }
+    }
     let mut next = 0usize;
     let mut ops: Vec<(u32, usize)> = Vec::with_capacity(depth);
     let t = opts.timeouts.read;
-    while next < total || !ops.is_empty() {
-        while next < total && ops.len() < depth {
-            let n = (total - next).min(chunk);
-            let op = c
-                .tracker
-                .read(&mut c.out, c.handle, offset + next as u64, n as u32)?;
-            ops.push((op, next));
-            next += n;
+    while next < reqs.len() || !ops.is_empty() {
+        while next < reqs.len() && ops.len() < depth {
+            let (off, at, n) = reqs[next];
+            let op = c.tracker.read(&mut c.out, c.handle, off, n as u32)?;
+            ops.push((op, at));
+            next += 1;
         }
         if !c.out.is_empty() {
             c.send(t)?;

@@ -18,7 +18,12 @@ pub(crate) fn run_bench(args: &[String]) -> Result {
             c.args(["bench", "-p", "transport-nbd", "--bench", "nbd"]);
             run(c)
         }
-        _ => Err("usage: cargo xtask bench read|write|nbd".into()),
+        Some("backup") => {
+            let mut c = cargo();
+            c.args(["bench", "-p", "disklib", "--bench", "backup"]);
+            run(c)
+        }
+        _ => Err("usage: cargo xtask bench read|write|nbd|backup".into()),
     }
 }
 

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             run(c)
         }
         Some("test") => test(),
+        Some("integration") => integration(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("fuzz-list") => fuzz_list(),
         Some("bench") => bench::run_bench(&args[1..]),
@@ -99,6 +100,38 @@ fn test() -> Result {
     let mut c = cargo();
     c.env("RUSTFLAGS", "--cfg fuzzing");
     c.args(["build", "--manifest-path", "fuzz/Cargo.toml", "--bins"]);
+    run(c)
+}
+
+fn integration() -> Result {
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--locked",
+        "-p",
+        "disklib",
+        "--test",
+        "backup",
+        "-p",
+        "transport-nbd",
+        "--test",
+        "nbd",
+        "-p",
+        "vsphere-sim",
+        "--test",
+        "soap",
+    ]);
+    run(c)?;
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--locked",
+        "-p",
+        "vdisk",
+        "--test",
+        "integration",
+        "sim_cli",
+    ]);
     run(c)
 }
 

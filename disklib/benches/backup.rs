@@ -1,0 +1,106 @@
+//! `cargo xtask bench backup`: a full backup of a 1 GiB disk (half data)
+//! over nbd and nbdssl, next to reading the same disk over the same
+//! transport (what `vdisk cat` does), in one run.
+
+use std::time::Instant;
+
+use cbt::BackupKind;
+use disklib::api::{Config, ConnectParams, Connection, Credentials, Library, OpenFlags};
+use vsphere_sim::inventory::{Datastore, Disk, Inventory, Mode, User, Vm};
+use vsphere_sim::{NfcOptions, SimOptions, Simulator};
+
+const GIB: u64 = 1 << 30;
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = Inventory {
+        mode: Mode::Vcenter,
+        datacenter: "dc1".into(),
+        users: vec![User {
+            user: "u".into(),
+            password: "p".into(),
+        }],
+        hosts: vec![],
+        datastores: vec![Datastore {
+            name: "ds".into(),
+            path: dir.path().join("ds"),
+        }],
+        vms: vec![Vm {
+            name: "vm".into(),
+            host: None,
+            power: "poweredOn".into(),
+            uuid: None,
+            disks: vec![Disk {
+                file: "[ds] vm/vm.vmdk".into(),
+                capacity: GIB,
+                disk_type: "monolithicSparse".into(),
+                mode: "persistent".into(),
+                create: true,
+            }],
+            proxy: false,
+            cbt: true,
+        }],
+    };
+    let sim = Simulator::start(inv, SimOptions::default(), 0).unwrap();
+    let _nfc = sim
+        .start_nfc(NfcOptions {
+            memory_limit: 256 << 20,
+            ..NfcOptions::default()
+        })
+        .unwrap();
+    // Half data (alternate MiB), incompressible-ish.
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    for i in (0..GIB >> 20).step_by(2) {
+        for b in chunk.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        sim.guest_write("vm-100", 2000, i << 20, &chunk).unwrap();
+    }
+    let lib = Library::init(Config::default());
+    let params = ConnectParams::remote(
+        &sim.addr().to_string(),
+        sim.thumbprint(),
+        Credentials::password("u", "p"),
+        "vm-100",
+    );
+    println!("full backup of a 1 GiB disk (512 MiB data) vs reading the whole disk over the same transport");
+    for t in ["nbd", "nbdssl"] {
+        let conn = Connection::connect(&lib, &params, true, None, Some(t)).unwrap();
+        let d = conn
+            .open("[ds] vm/vm.vmdk", OpenFlags::read_only())
+            .unwrap();
+        let mut buf = vec![0u8; 8 << 20];
+        let start = Instant::now();
+        let mut off = 0;
+        while off < GIB {
+            d.read_at(off, &mut buf).unwrap();
+            off += buf.len() as u64;
+        }
+        let cat = start.elapsed().as_secs_f64();
+        d.close().unwrap();
+        let repo = dir.path().join(format!("repo-{t}"));
+        let start = Instant::now();
+        let s = disklib::backup::backup(
+            &lib,
+            &params,
+            &repo,
+            BackupKind::Full,
+            Some(t),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let backup = start.elapsed().as_secs_f64();
+        println!(
+            "{t:<6}: cat {:.0} MB/s ({cat:.2} s)   full backup {:.0} MB/s of disk ({backup:.2} s, {} MB read, {} MB stored)   backup / cat time {:.2}",
+            GIB as f64 / cat / 1e6,
+            GIB as f64 / backup / 1e6,
+            s.bytes_read >> 20,
+            s.bytes_stored >> 20,
+            backup / cat
+        );
+    }
+}

@@ -1,0 +1,575 @@
+//! The main job against the simulator: every transport × disk type ×
+//! backup kind, and the failures (a connection dropped mid-backup, CBT
+//! reset, a deleted snapshot, PrepareForAccess twice, deep snapshot
+//! trees, awkward datastore names, ESXi mode, independent disks).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cbt::BackupKind;
+use disklib::api::{Config, ConnectParams, Connection, Credentials, Library, OpenFlags};
+use disklib::backup::{self, RepoCatalog, RestoreTarget};
+use disklib::local::LocalDisk;
+use disklib::Error;
+use vim_soap::client::{Client, ClientConfig, Thumbprint};
+use vim_soap::codec::{self, ConfigSpec, MoRef};
+use vim_soap::FaultKind;
+use vsphere_sim::inventory::{Datastore, Disk, Inventory, Mode, User, Vm};
+use vsphere_sim::{Faults, NfcOptions, NfcServer, SimOptions, Simulator};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    sim: Simulator,
+    _nfc: NfcServer,
+    faults: Arc<std::sync::Mutex<Faults>>,
+    params: ConnectParams,
+    lib: Library,
+    ds: String,
+}
+
+fn inventory(
+    root: &Path,
+    mode: Mode,
+    ds: &str,
+    types: &[&str],
+    independent_extra: bool,
+) -> Inventory {
+    let mut disks: Vec<Disk> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Disk {
+            file: format!("[{ds}] vm dir/disk{i}.vmdk"),
+            capacity: (16 + 8 * i as u64) << 20,
+            disk_type: t.to_string(),
+            mode: "persistent".into(),
+            create: true,
+        })
+        .collect();
+    if independent_extra {
+        disks.push(Disk {
+            file: format!("[{ds}] vm dir/scratch.vmdk"),
+            capacity: 4 << 20,
+            disk_type: "monolithicSparse".into(),
+            mode: "independent_persistent".into(),
+            create: true,
+        });
+    }
+    Inventory {
+        mode,
+        datacenter: "dc1".into(),
+        users: vec![User {
+            user: "backup@local".into(),
+            password: "pw".into(),
+        }],
+        hosts: vec![],
+        datastores: vec![Datastore {
+            name: ds.into(),
+            path: root.join("ds"),
+        }],
+        vms: vec![Vm {
+            name: "vm".into(),
+            host: None,
+            power: "poweredOn".into(),
+            uuid: None,
+            disks,
+            proxy: false,
+            cbt: true,
+        }],
+    }
+}
+
+fn env(mode: Mode, ds: &str, types: &[&str], independent_extra: bool) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let sim = Simulator::start(
+        inventory(&root, mode, ds, types, independent_extra),
+        SimOptions {
+            qcda_page: 8 << 20,
+            ..SimOptions::default()
+        },
+        0,
+    )
+    .unwrap();
+    let o = NfcOptions::default();
+    let faults = Arc::clone(&o.faults);
+    let nfc = sim.start_nfc(o).unwrap();
+    let params = ConnectParams::remote(
+        &sim.addr().to_string(),
+        sim.thumbprint(),
+        Credentials::password("backup@local", "pw"),
+        "moref=vm-100",
+    );
+    Env {
+        _dir: dir,
+        root,
+        sim,
+        _nfc: nfc,
+        faults,
+        params,
+        lib: Library::init(Config::default()),
+        ds: ds.to_string(),
+    }
+}
+
+fn client(e: &Env) -> Client {
+    let c = Client::connect(ClientConfig::new(
+        e.sim.addr().to_string(),
+        Thumbprint::parse(e.sim.thumbprint()).unwrap(),
+    ))
+    .unwrap();
+    c.login("backup@local", &"pw".into()).unwrap();
+    c
+}
+
+fn write(e: &Env, key: i32, seed: u64, n: usize) {
+    let mut x = seed | 1;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + (x >> 30) % 300_000;
+        let cap = (16 + 8 * (key - 2000) as u64) << 20;
+        let off = (x >> 5) % (cap - len);
+        let fill = (x >> 50) as u8;
+        e.sim
+            .guest_write("vm-100", key, off, &vec![fill; len as usize])
+            .unwrap();
+    }
+}
+
+fn state(e: &Env, keys: &[i32]) -> Vec<Vec<u8>> {
+    keys.iter()
+        .map(|k| {
+            let d = LocalDisk::open(
+                e.root.join(format!("ds/vm dir/disk{}.vmdk", k - 2000)),
+                &Default::default(),
+            )
+            .unwrap();
+            let mut b = vec![0u8; d.capacity() as usize];
+            d.read_at(0, &mut b).unwrap();
+            b
+        })
+        .collect()
+}
+
+fn restored(dir: &Path, key: i32) -> Vec<u8> {
+    let d = LocalDisk::open(dir.join(format!("{key}.vmdk")), &Default::default()).unwrap();
+    let mut b = vec![0u8; d.capacity() as usize];
+    d.read_at(0, &mut b).unwrap();
+    b
+}
+
+/// Every transport × disk type × kind, each point in time restored.
+#[test]
+fn transports_types_and_kinds() {
+    let types = [
+        "monolithicSparse",
+        "vmfs",
+        "vmfsThin",
+        "twoGbMaxExtentSparse",
+        "monolithicFlat",
+    ];
+    let keys: Vec<i32> = (0..types.len() as i32).map(|i| 2000 + i).collect();
+    for transport in ["nbd", "nbdssl"] {
+        let e = env(Mode::Vcenter, "datastore 1@site ü", &types, false);
+        let repo = e.root.join("repo");
+        let mut expected = Vec::new();
+        for (i, kind) in [
+            BackupKind::Full,
+            BackupKind::Incremental,
+            BackupKind::Incremental,
+            BackupKind::Differential,
+            BackupKind::Full,
+            BackupKind::Incremental,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for &k in &keys {
+                write(&e, k, 100 * i as u64 + k as u64, 6);
+            }
+            if i == 2 {
+                // A snapshot the user took themselves: the backup reads through the chain.
+                let c = client(&e);
+                let t = codec::parse_moref(
+                    &c.call(&codec::create_snapshot_task(
+                        &MoRef::new("VirtualMachine", "vm-100"),
+                        "user",
+                        "",
+                        false,
+                        false,
+                    ))
+                    .unwrap(),
+                )
+                .unwrap()
+                .unwrap();
+                c.wait_task(&t, Duration::from_secs(30)).unwrap();
+                for &k in &keys {
+                    write(&e, k, 999 + k as u64, 3);
+                }
+            }
+            expected.push(if i >= 2 {
+                running_state(&e, &keys)
+            } else {
+                state(&e, &keys)
+            });
+            let s = backup::backup(
+                &e.lib,
+                &e.params,
+                &repo,
+                kind,
+                Some(transport),
+                &mut |_, _| {},
+            )
+            .unwrap();
+            assert!(
+                s.transports.iter().all(|t| t.ends_with(transport)),
+                "{:?}",
+                s.transports
+            );
+        }
+        for (i, want) in expected.iter().enumerate() {
+            let out = e.root.join(format!("r{i}"));
+            std::fs::create_dir_all(&out).unwrap();
+            backup::restore(
+                &e.lib,
+                &repo,
+                i as u64 + 1,
+                &RestoreTarget::Local(out.clone()),
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            for (j, k) in keys.iter().enumerate() {
+                assert!(
+                    restored(&out, *k) == want[j],
+                    "{transport}: backup {} disk {k}",
+                    i + 1
+                );
+            }
+        }
+        let (checked, bad) = backup::verify(&repo, None).unwrap();
+        assert!(checked > 0 && bad.is_empty());
+        // Incrementals store only what changed.
+        let cat = RepoCatalog::load(&repo).unwrap();
+        let stored = |id: usize| -> u64 {
+            cat.backups[id]
+                .disks
+                .iter()
+                .flat_map(|d| d.extents.iter().map(|e| e.1))
+                .sum()
+        };
+        assert!(
+            stored(1) < stored(0) / 2,
+            "incremental {} vs full {}",
+            stored(1),
+            stored(0)
+        );
+    }
+}
+
+/// The running state of each disk through the VM's current chain.
+fn running_state(e: &Env, keys: &[i32]) -> Vec<Vec<u8>> {
+    let c = client(e);
+    let disks = codec::virtual_disks(
+        &c.property(
+            &MoRef::new("VirtualMachine", "vm-100"),
+            "config.hardware.device",
+        )
+        .unwrap()
+        .unwrap(),
+    )
+    .unwrap();
+    keys.iter()
+        .map(|k| {
+            let d = disks.iter().find(|d| d.key == *k).unwrap();
+            let rel = d.file_name.split_once("] ").unwrap().1;
+            let disk = LocalDisk::open(e.root.join("ds").join(rel), &Default::default()).unwrap();
+            let mut b = vec![0u8; disk.capacity() as usize];
+            disk.read_at(0, &mut b).unwrap();
+            b
+        })
+        .collect()
+}
+
+fn snapshots(e: &Env) -> usize {
+    let c = client(e);
+    match c
+        .property(
+            &MoRef::new("VirtualMachine", "vm-100"),
+            "snapshot.rootSnapshotList",
+        )
+        .unwrap()
+    {
+        None => 0,
+        Some(v) => {
+            let mut n = 0;
+            let mut nodes = codec::snapshot_tree(&v).unwrap();
+            while let Some(x) = nodes.pop() {
+                n += 1;
+                nodes.extend(x.children);
+            }
+            n
+        }
+    }
+}
+
+fn relocate_allowed(e: &Env) -> bool {
+    let c = client(e);
+    match c.call(&codec::relocate_vm_task(
+        &MoRef::new("VirtualMachine", "vm-100"),
+        &MoRef::new("Datastore", "d"),
+    )) {
+        Ok(_) => true,
+        Err(err) => !matches!(err.fault_kind(), Some(FaultKind::MethodDisabled(_))),
+    }
+}
+
+#[test]
+fn a_dropped_connection_fails_cleanly_and_a_retry_succeeds() {
+    let e = env(Mode::Vcenter, "ds", &["monolithicSparse"], false);
+    let repo = e.root.join("repo");
+    write(&e, 2000, 1, 20);
+    e.faults.lock().unwrap().drop_after_bytes = Some(300_000);
+    let r = backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        Some("nbd"),
+        &mut |_, _| {},
+    );
+    assert!(r.is_err(), "a dropped connection must fail the backup");
+    assert!(
+        RepoCatalog::load(&repo).unwrap().backups.is_empty(),
+        "no catalog entry"
+    );
+    assert_eq!(
+        std::fs::read_dir(&repo).unwrap().count(),
+        0,
+        "no half-written backup left"
+    );
+    assert_eq!(snapshots(&e), 0, "the snapshot was removed");
+    assert!(relocate_allowed(&e), "EndAccess was called");
+    e.faults.lock().unwrap().drop_after_bytes = None;
+    let want = state(&e, &[2000]);
+    backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        Some("nbd"),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let out = e.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    backup::restore(
+        &e.lib,
+        &repo,
+        1,
+        &RestoreTarget::Local(out.clone()),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(restored(&out, 2000) == want[0]);
+}
+
+#[test]
+fn cbt_resets_plans_and_prepare_for_access() {
+    let e = env(Mode::Vcenter, "ds", &["monolithicSparse"], false);
+    let repo = e.root.join("repo");
+    // No full backup yet.
+    assert!(matches!(
+        backup::backup(
+            &e.lib,
+            &e.params,
+            &repo,
+            BackupKind::Incremental,
+            None,
+            &mut |_, _| {}
+        ),
+        Err(Error::Plan(cbt::PlanError::NoFullBackup))
+    ));
+    backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // CBT off and on: a new epoch; an incremental must be refused.
+    let c = client(&e);
+    for on in [false, true] {
+        let t = codec::parse_moref(
+            &c.call(&codec::reconfig_vm_task(
+                &MoRef::new("VirtualMachine", "vm-100"),
+                &ConfigSpec {
+                    change_tracking: Some(on),
+                    device_changes: vec![],
+                },
+            ))
+            .unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+        c.wait_task(&t, Duration::from_secs(30)).unwrap();
+    }
+    match backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Incremental,
+        None,
+        &mut |_, _| {},
+    ) {
+        Err(Error::Plan(cbt::PlanError::EpochChanged { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(relocate_allowed(&e) && snapshots(&e) == 0);
+    backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Incremental,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // PrepareForAccess twice: the already-disabled fault is reported.
+    let conn = Connection::connect(&e.lib, &e.params, true, None, None).unwrap();
+    conn.prepare_for_access("tool A").unwrap();
+    match conn.prepare_for_access("tool B") {
+        Err(Error::Soap(s)) => assert!(matches!(
+            s.fault_kind(),
+            Some(FaultKind::MethodAlreadyDisabled(_))
+        )),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        conn.prepare_for_access(&"x".repeat(51)).is_err(),
+        "identity longer than 50 characters"
+    );
+    conn.end_access("tool A").unwrap();
+    // A deleted snapshot's moref is an error, not a crash.
+    let snapped = Connection::connect(
+        &e.lib,
+        &e.params,
+        true,
+        Some("snapshot-424242"),
+        Some("nbd"),
+    )
+    .unwrap();
+    assert!(snapped
+        .open(
+            &format!("[{}] vm dir/disk0.vmdk", e.ds),
+            OpenFlags::read_only()
+        )
+        .is_err());
+    // Transport fallback: san and hotadd are unavailable here; nbd serves.
+    let fb = Connection::connect(&e.lib, &e.params, true, None, Some("san:hotadd:nbd")).unwrap();
+    let d = fb
+        .open(
+            &format!("[{}] vm dir/disk0.vmdk", e.ds),
+            OpenFlags::read_only(),
+        )
+        .unwrap();
+    assert_eq!(d.transport_mode(), "nbd");
+    let blocks = d
+        .query_allocated_blocks(0, d.capacity() / 512, 128)
+        .unwrap();
+    assert!(blocks.iter().all(|&(s, n)| s % 128 == 0 && n % 128 == 0));
+}
+
+#[test]
+fn esxi_mode_independent_disks_and_deep_snapshot_trees() {
+    let e = env(Mode::Esxi, "ds @ 2", &["monolithicSparse"], true);
+    let repo = e.root.join("repo");
+    // 33 snapshots taken by someone else; the backup reads through all.
+    let c = client(&e);
+    for i in 0..33 {
+        write(&e, 2000, 50 + i, 2);
+        let t = codec::parse_moref(
+            &c.call(&codec::create_snapshot_task(
+                &MoRef::new("VirtualMachine", "vm-100"),
+                &format!("s{i}"),
+                "",
+                false,
+                false,
+            ))
+            .unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+        c.wait_task(&t, Duration::from_secs(30)).unwrap();
+    }
+    let want = running_state(&e, &[2000]);
+    let s = backup::backup(
+        &e.lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        s.warnings.iter().any(|w| w.contains("PrepareForAccess")),
+        "{:?}",
+        s.warnings
+    );
+    assert!(
+        s.warnings.iter().any(|w| w.contains("independent")),
+        "{:?}",
+        s.warnings
+    );
+    let cat = RepoCatalog::load(&repo).unwrap();
+    assert_eq!(
+        cat.backups[0].disks.len(),
+        1,
+        "the independent disk is not backed up"
+    );
+    let out = e.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    backup::restore(
+        &e.lib,
+        &repo,
+        1,
+        &RestoreTarget::Local(out.clone()),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(restored(&out, 2000) == want[0]);
+    assert_eq!(snapshots(&e), 33, "only our own snapshot was removed");
+    // Back onto the VM over nbdssl.
+    write(&e, 2000, 7777, 10);
+    backup::restore(
+        &e.lib,
+        &repo,
+        1,
+        &RestoreTarget::Remote {
+            params: e.params.clone(),
+            key: 2000,
+            transports: Some("nbdssl".into()),
+        },
+        Some(2000),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(running_state(&e, &[2000])[0] == want[0]);
+}
