@@ -24,6 +24,10 @@ const TASKS: &[(&str, &str)] = &[
         "sequential read of 1 GiB sparse, stream and flat images vs qemu-img and dd",
     ),
     ("doc", "build the docs with warnings denied"),
+    (
+        "dist",
+        "release libvixDiskLib.so.8 and vixDiskLib.h under target/dist/{lib64,include}",
+    ),
     ("help", "this list"),
 ];
 
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Some("fuzz-list") => fuzz_list(),
         Some("bench") => bench::run_bench(&args[1..]),
         Some("doc") => doc(),
+        Some("dist") => dist(),
         Some("help") | None => {
             help();
             Ok(())
@@ -193,6 +198,47 @@ fn fuzz(args: &[String]) -> Result {
     // Seeds are whole tiny images, larger than libFuzzer's 4 KiB default.
     c.arg("-max_len=131072");
     run(c)
+}
+
+/// The layout nbdkit's `libdir=` (and VDDK users) expect:
+/// `lib64/libvixDiskLib.so.8` and `include/vixDiskLib.h`.
+fn dist() -> Result {
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "vixdisklib",
+        "--lib",
+    ]);
+    run(c)?;
+    let root = root();
+    let dist = root.join("target/dist");
+    let lib64 = dist.join("lib64");
+    let include = dist.join("include");
+    for d in [&lib64, &include] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let copy = |from: PathBuf, to: PathBuf| {
+        std::fs::copy(&from, &to)
+            .map(|_| ())
+            .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))
+    };
+    copy(
+        root.join("target/release/libvixDiskLib.so"),
+        lib64.join("libvixDiskLib.so.8"),
+    )?;
+    copy(
+        root.join("vixdisklib/include/vixDiskLib.h"),
+        include.join("vixDiskLib.h"),
+    )?;
+    println!(
+        "xtask: {}\n       {}",
+        lib64.join("libvixDiskLib.so.8").display(),
+        include.join("vixDiskLib.h").display()
+    );
+    Ok(())
 }
 
 fn doc() -> Result {

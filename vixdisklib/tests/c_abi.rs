@@ -1,0 +1,461 @@
+//! The C ABI from C: `tests/c/vixtest.c`, compiled with gcc against our
+//! header and `libvixDiskLib.so.8`, follows nbdkit's call sequence on
+//! local disks and on simulator disks over nbd and nbdssl; the data is
+//! checked against qemu-img. The same program runs under valgrind, and a
+//! Python ctypes plugin serves a disk through Debian's nbdkit to
+//! nbdinfo, nbdcopy and qemu-img.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use vsphere_sim::inventory::{DEMO_PASSWORD, DEMO_USER};
+use vsphere_sim::{Inventory, Mode, NfcOptions, SimOptions, Simulator};
+
+const CRATE: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `lib64/libvixDiskLib.so.8` (the layout nbdkit's `libdir=` expects) and
+/// the compiled C test program, built once per test process.
+struct Built {
+    _dir: tempfile::TempDir,
+    lib: PathBuf,
+    vixtest: PathBuf,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        // Integration tests link the rlib; the cdylib is built here, into
+        // the same target directory.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "vixdisklib", "--lib", "--target-dir"]);
+        build.arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        run(&mut build);
+        let so = profile_dir.join("libvixDiskLib.so");
+        let dir = tempfile::tempdir().unwrap();
+        let lib64 = dir.path().join("lib64");
+        std::fs::create_dir(&lib64).unwrap();
+        let lib = lib64.join("libvixDiskLib.so.8");
+        std::fs::copy(&so, &lib).unwrap();
+        let vixtest = dir.path().join("vixtest");
+        run(Command::new("gcc")
+            .args([
+                "-std=gnu11",
+                "-O1",
+                "-g",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-I",
+            ])
+            .arg(Path::new(CRATE).join("include"))
+            .arg(Path::new(CRATE).join("tests/c/vixtest.c"))
+            .arg("-o")
+            .arg(&vixtest)
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", lib64.display()))
+            .arg("-lpthread"));
+        Built {
+            _dir: dir,
+            lib,
+            vixtest,
+        }
+    })
+}
+
+fn run(c: &mut Command) -> Output {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{c:?}: {e} (is it installed? .ci/run installs it)"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn vixtest(args: &[&str]) -> String {
+    let out = run(Command::new(&built().vixtest).args(args));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn qemu_img(args: &[&str]) -> Output {
+    run(Command::new("qemu-img").args(args))
+}
+
+fn assert_same(img: &Path, fmt: &str, raw: &Path) {
+    qemu_img(&["compare", "-f", fmt, "-F", "raw", s(img), s(raw)]);
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// An 8 MiB VMDK written by qemu-io: data at 1 MiB..2 MiB and 5 MiB+64 KiB.
+fn qemu_disk(dir: &Path, name: &str, subformat: &str) -> PathBuf {
+    let p = dir.join(name);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        &format!("subformat={subformat}"),
+        s(&p),
+        "8M",
+    ]);
+    if subformat == "streamOptimized" {
+        // qemu writes stream-optimized images only by convert.
+        let raw = dir.join(format!("{name}.src.raw"));
+        let mut b = vec![0u8; 8 << 20];
+        b[1 << 20..2 << 20].copy_from_slice(&pattern(1 << 20, 1));
+        b[5 << 20..(5 << 20) + 65536].fill(0x11);
+        std::fs::write(&raw, b).unwrap();
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            s(&raw),
+            s(&p),
+        ]);
+    } else {
+        run(Command::new("qemu-io").args([
+            "-f",
+            "vmdk",
+            "-c",
+            "write -P 0x5a 1M 1M",
+            "-c",
+            "write -P 0x11 5M 64k",
+            s(&p),
+        ]));
+    }
+    p
+}
+
+#[test]
+fn library_exports_only_vixdisklib_symbols_with_soname_and_symbolic() {
+    let b = built();
+    let nm = run(Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&b.lib));
+    let syms: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    assert!(syms.len() >= 40, "{syms:?}");
+    let foreign: Vec<&String> = syms
+        .iter()
+        .filter(|s| !s.starts_with("VixDiskLib_"))
+        .collect();
+    assert!(foreign.is_empty(), "non-VixDiskLib exports: {foreign:?}");
+    // nbdkit's 19 required symbols and its 3 optional ones.
+    for f in [
+        "InitEx",
+        "Exit",
+        "GetErrorText",
+        "FreeErrorText",
+        "FreeConnectParams",
+        "ConnectEx",
+        "Open",
+        "GetTransportMode",
+        "Close",
+        "Disconnect",
+        "GetInfo",
+        "FreeInfo",
+        "Read",
+        "Write",
+        "Create",
+        "Flush",
+        "ReadAsync",
+        "WriteAsync",
+        "Wait",
+        "QueryAllocatedBlocks",
+        "FreeBlockList",
+        "AllocateConnectParams",
+    ] {
+        assert!(
+            syms.contains(&format!("VixDiskLib_{f}")),
+            "missing VixDiskLib_{f}"
+        );
+    }
+    let re = run(Command::new("readelf").arg("-d").arg(&b.lib));
+    let dynamic = String::from_utf8_lossy(&re.stdout);
+    assert!(
+        dynamic.contains("Library soname: [libvixDiskLib.so.8]"),
+        "{dynamic}"
+    );
+    assert!(dynamic.contains("SYMBOLIC"), "{dynamic}");
+}
+
+#[test]
+fn nbdkit_sequence_reads_local_disks_like_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "streamOptimized",
+        "twoGbMaxExtentSparse",
+    ] {
+        let img = qemu_disk(dir.path(), &format!("{sub}.vmdk"), sub);
+        let out = dir.path().join(format!("{sub}.out"));
+        let text = vixtest(&["read", &format!("local:{}", s(&img)), s(&out)]);
+        assert!(text.contains("transport file\n"), "{text}");
+        assert!(text.contains("capacity 16384\n"), "{text}");
+        assert_same(&img, "vmdk", &out);
+        // Allocated blocks cover what was written and nothing far away.
+        let blocks: Vec<(u64, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("block "))
+            .map(|l| {
+                let mut it = l.split(' ').map(|v| v.parse::<u64>().unwrap());
+                (it.next().unwrap(), it.next().unwrap())
+            })
+            .collect();
+        let covered = |sector: u64| blocks.iter().any(|&(o, n)| sector >= o && sector < o + n);
+        assert!(
+            covered(2048) && covered(4095) && covered(10240),
+            "{sub}: {blocks:?}"
+        );
+        if sub != "monolithicFlat" {
+            assert!(
+                !covered(14000),
+                "{sub}: hole reported allocated: {blocks:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn write_async_across_grains_then_qemu_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["monolithicSparse", "monolithicFlat"] {
+        let img = qemu_disk(dir.path(), &format!("w-{sub}.vmdk"), sub);
+        let data = pattern(300 * 512, 7);
+        let input = dir.path().join("in.raw");
+        std::fs::write(&input, &data).unwrap();
+        // Sector 100: crosses the grain boundary at 128 and at 256 and
+        // overlaps nothing qemu wrote.
+        vixtest(&["write", &format!("local:{}", s(&img)), s(&input), "100"]);
+        qemu_img(&["check", "-q", s(&img)]);
+        let raw = dir.path().join("w.raw");
+        qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+        let got = std::fs::read(&raw).unwrap();
+        assert_eq!(&got[100 * 512..400 * 512], &data[..], "{sub}");
+        assert!(got[1 << 20..2 << 20].iter().all(|&b| b == 0x5a), "{sub}");
+        assert!(got[..100 * 512].iter().all(|&b| b == 0), "{sub}");
+    }
+}
+
+#[test]
+fn create_write_across_a_grain_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    for (ty, name) in [(1, "sparse"), (2, "flat")] {
+        let img = dir.path().join(format!("c-{name}.vmdk"));
+        vixtest(&["create", s(&img), "20480", &ty.to_string()]);
+        qemu_img(&["check", "-q", s(&img)]);
+        let raw = dir.path().join("c.raw");
+        qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+        let got = std::fs::read(&raw).unwrap();
+        assert_eq!(got.len(), 20480 * 512);
+        let want: Vec<u8> = (0..16 * 512).map(|i: usize| (i * 7 + 3) as u8).collect();
+        assert_eq!(&got[120 * 512..136 * 512], &want[..], "{name}");
+        assert_eq!(&got[20479 * 512..], &want[..512], "{name}");
+        assert!(got[..120 * 512].iter().all(|&b| b == 0));
+        let info = String::from_utf8(qemu_img(&["info", s(&img)]).stdout).unwrap();
+        assert!(info.contains("virtual size: 10 MiB"), "{info}");
+        // The key went into the descriptor's DDB, as `ddb.vixtest.key`.
+        let head = std::fs::read(&img).unwrap();
+        let head = String::from_utf8_lossy(&head[..head.len().min(1 << 20)]);
+        assert!(head.contains("ddb.vixtest.key = \"hello world\""), "{name}");
+    }
+}
+
+#[test]
+fn errors_texts_double_close_and_reinit() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "e.vmdk", "monolithicSparse");
+    vixtest(&["errors", s(&img)]);
+}
+
+#[test]
+fn several_threads_with_several_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "t.vmdk", "monolithicSparse");
+    let text = vixtest(&["threads", s(&img), "6"]);
+    assert!(text.contains("checksum "), "{text}");
+}
+
+/// `definitely`, `indirectly` and `possibly` lost bytes from valgrind.
+fn valgrind(args: &[&str]) -> [u64; 3] {
+    let out = run(Command::new("valgrind")
+        .args([
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--track-origins=no",
+        ])
+        .arg(&built().vixtest)
+        .args(args));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
+    let lost = |kind: &str| {
+        err.lines()
+            .find_map(|l| l.split_once(&format!("{kind} lost: ")))
+            .map_or(0, |(_, rest)| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .replace(',', "")
+                    .parse()
+                    .unwrap()
+            })
+    };
+    [lost("definitely"), lost("indirectly"), lost("possibly")]
+}
+
+#[test]
+fn valgrind_memcheck_clean_and_no_leak_growing_with_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "v.vmdk", "monolithicSparse");
+    let once = valgrind(&["loop", s(&img), "1"]);
+    let many = valgrind(&["loop", s(&img), "5"]);
+    assert_eq!(once[..2], [0, 0], "definite/indirect leaks after one round");
+    assert_eq!(many, once, "leaks grow with the number of calls");
+    valgrind(&["errors", s(&img)]);
+    valgrind(&["threads", s(&img), "3"]);
+}
+
+fn sim_spec(sim: &Simulator, transports: &str) -> String {
+    format!(
+        "remote:127.0.0.1:{}:{}:{}:{}:moref=vm-100:{}:[datastore1] demo-vm/demo-vm.vmdk",
+        sim.addr().port(),
+        sim.thumbprint().replace(':', ","),
+        DEMO_USER,
+        DEMO_PASSWORD,
+        transports
+    )
+}
+
+#[test]
+fn simulator_disks_over_nbd_and_nbdssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Vcenter),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let _nfc = sim.start_nfc(NfcOptions::default()).unwrap();
+    sim.guest_write("vm-100", 2000, 3 << 20, &pattern(2 << 20, 3))
+        .unwrap();
+    let file = dir.path().join("datastore1/demo-vm/demo-vm.vmdk");
+    for mode in ["nbd", "nbdssl"] {
+        let out = dir.path().join(format!("{mode}.raw"));
+        let text = vixtest(&["read", &sim_spec(&sim, mode), s(&out)]);
+        assert!(text.contains(&format!("transport {mode}\n")), "{text}");
+        assert_same(&file, "vmdk", &out);
+        // A write over the wire lands in the datastore's file.
+        let data = pattern(200 * 512, 9);
+        let input = dir.path().join("in.raw");
+        std::fs::write(&input, &data).unwrap();
+        vixtest(&["write", &sim_spec(&sim, mode), s(&input), "1000"]);
+        let raw = dir.path().join("after.raw");
+        qemu_img(&["convert", "-O", "raw", s(&file), s(&raw)]);
+        assert_eq!(
+            &std::fs::read(&raw).unwrap()[1000 * 512..1200 * 512],
+            &data[..],
+            "{mode}"
+        );
+    }
+    // A fallback list: the first mode unavailable, the next one used.
+    let out = dir.path().join("fallback.raw");
+    let text = vixtest(&["read", &sim_spec(&sim, "san+hotadd+nbdssl"), s(&out)]);
+    assert!(text.contains("transport nbdssl\n"), "{text}");
+    assert_same(&file, "vmdk", &out);
+}
+
+#[test]
+fn nbdkit_python_plugin_serves_a_disk_to_nbdinfo_nbdcopy_and_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "n.vmdk", "monolithicSparse");
+    let plugin = Path::new(CRATE).join("tests/nbdkit/vixdisk_plugin.py");
+    let copy = dir.path().join("copy.raw");
+    let map = dir.path().join("map.txt");
+    let upload = dir.path().join("upload.raw");
+    let data = pattern(3 << 20, 11);
+    std::fs::write(&upload, &data).unwrap();
+    // Read through NBD: map, copy, compare; then write through NBD.
+    let script = format!(
+        "set -e; nbdinfo --map \"$uri\" > {map}; nbdcopy \"$uri\" {copy}; \
+         qemu-img compare -f vmdk -F raw {img} \"$uri\" && \
+         qemu-img compare -f raw -F raw {copy} \"$uri\"",
+        map = s(&map),
+        copy = s(&copy),
+        img = s(&img),
+    );
+    run(Command::new("nbdkit")
+        .args(["-U", "-", "--exit-with-parent", "-r", "python"])
+        .arg(&plugin)
+        .arg(format!("lib={}", s(&built().lib)))
+        .arg(format!("file={}", s(&img)))
+        .args(["--run", &script]));
+    assert_same(&img, "vmdk", &copy);
+    let map = std::fs::read_to_string(&map).unwrap();
+    // nbdinfo --map: "offset length type description"; the data written
+    // at 1 MiB is data, the area at 7 MiB a hole.
+    let is_data_at = |off: u64| {
+        map.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (o, n, t): (u64, u64, u32) = (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            );
+            off >= o && off < o + n && t == 0
+        })
+    };
+    assert!(is_data_at(1 << 20) && is_data_at((5 << 20) + 100), "{map}");
+    assert!(!is_data_at(7 << 20), "{map}");
+
+    // Writing: nbdcopy uploads 3 MiB at offset 0 via the plugin.
+    let script = format!("set -e; nbdcopy {} \"$uri\"", s(&upload));
+    run(Command::new("nbdkit")
+        .args(["-U", "-", "--exit-with-parent", "python"])
+        .arg(&plugin)
+        .arg(format!("lib={}", s(&built().lib)))
+        .arg(format!("file={}", s(&img)))
+        .args(["--run", &script]));
+    qemu_img(&["check", "-q", s(&img)]);
+    let raw = dir.path().join("after.raw");
+    qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+    let got = std::fs::read(&raw).unwrap();
+    assert_eq!(&got[..3 << 20], &data[..]);
+    assert!(got[5 << 20..(5 << 20) + 65536].iter().all(|&b| b == 0x11));
+}
