@@ -324,6 +324,12 @@ fn vm_moref(s: &str) -> MoRef {
 }
 
 impl Connection {
+    /// Whether every open through this connection is read-only
+    /// (`ConnectEx(readOnly = TRUE)`).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// Connects. A requested advanced transport that is unavailable does
     /// not fail here; `open` skips it.
     pub fn connect(

@@ -25,7 +25,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use disklib::api::{Config, ConnectParams, Connection, Credentials, Disk, Library, OpenFlags};
 use disklib::vix;
@@ -125,11 +125,39 @@ pub const SECTOR: u64 = 512;
 type Job = Box<dyn FnOnce() + Send>;
 
 struct DiskEntry {
-    disk: Arc<Disk>,
+    /// `None` once closed, or for the moment Shrink / Defragment rewrite
+    /// the file; I/O holds the read lock for its whole duration.
+    disk: RwLock<Option<Disk>>,
+    /// The connection and flags it was opened with, to reopen it.
+    conn: Arc<ConnEntry>,
+    flags: OpenFlags,
     path: String,
     local: bool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     pending: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// An open disk, borrowed for one call.
+struct DiskRef<'a>(RwLockReadGuard<'a, Option<Disk>>);
+
+impl std::ops::Deref for DiskRef<'_> {
+    type Target = Disk;
+    fn deref(&self) -> &Disk {
+        // Built only around `Some` (see `DiskEntry::disk`).
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("checked in DiskEntry::disk"))
+    }
+}
+
+impl DiskEntry {
+    fn disk(&self) -> Result<DiskRef<'_>, VixError> {
+        let g = self.disk.read().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            return Err(fail(vix::E_INVALID_HANDLE, "disk handle is closed"));
+        }
+        Ok(DiskRef(g))
+    }
 }
 
 struct ConnEntry {
@@ -730,7 +758,9 @@ pub unsafe extern "C" fn VixDiskLib_Open(
         };
         let id = new_id();
         let entry = DiskEntry {
-            disk: Arc::new(disk),
+            disk: RwLock::new(Some(disk)),
+            conn: Arc::clone(&c),
+            flags: f,
             path,
             local: c.local,
             jobs: Mutex::new(None),
@@ -764,9 +794,10 @@ pub extern "C" fn VixDiskLib_Close(handle: usize) -> VixError {
         };
         wait_disk(&d);
         d.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match d.disk.flush() {
-            Ok(()) => vix::OK,
-            Err(e) => from_err(e),
+        let disk = d.disk.write().unwrap_or_else(|p| p.into_inner()).take();
+        match disk.map(Disk::close) {
+            Some(Err(e)) => from_err(e),
+            _ => vix::OK,
         }
     })
 }
@@ -778,7 +809,7 @@ pub unsafe extern "C" fn VixDiskLib_GetInfo(handle: usize, out: *mut *mut InfoC)
             return fail(vix::E_INVALID_ARG, "out-pointer is NULL");
         }
         let d = tryv!(disk_of(handle));
-        let i = match d.disk.info() {
+        let i = match tryv!(d.disk()).info() {
             Ok(i) => i,
             Err(e) => return from_err(e),
         };
@@ -825,12 +856,13 @@ pub unsafe extern "C" fn VixDiskLib_FreeInfo(info: *mut InfoC) {
 #[no_mangle]
 pub extern "C" fn VixDiskLib_GetTransportMode(handle: usize) -> *const c_char {
     let r = catch_unwind(|| match disk_of(handle) {
-        Ok(d) => match d.disk.transport_mode() {
+        Ok(d) => match d.disk().map(|k| k.transport_mode()).unwrap_or("") {
             "file" => c"file".as_ptr(),
             "nbd" => c"nbd".as_ptr(),
             "nbdssl" => c"nbdssl".as_ptr(),
             "san" => c"san".as_ptr(),
-            _ => c"hotadd".as_ptr(),
+            "hotadd" => c"hotadd".as_ptr(),
+            _ => std::ptr::null(),
         },
         Err(_) => std::ptr::null(),
     });
@@ -863,7 +895,10 @@ pub unsafe extern "C" fn VixDiskLib_Read(
         let (off, len) = tryv!(byte_range(start, count));
         // SAFETY: the caller's buffer holds count sectors.
         let b = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-        d.disk.read_at(off, b).map_or_else(from_err, |()| vix::OK)
+        let r = tryv!(d.disk())
+            .read_at(off, b)
+            .map_or_else(from_err, |()| vix::OK);
+        r
     })
 }
 
@@ -882,7 +917,10 @@ pub unsafe extern "C" fn VixDiskLib_Write(
         let (off, len) = tryv!(byte_range(start, count));
         // SAFETY: the caller's buffer holds count sectors.
         let b = unsafe { std::slice::from_raw_parts(buf, len) };
-        d.disk.write_at(off, b).map_or_else(from_err, |()| vix::OK)
+        let r = tryv!(d.disk())
+            .write_at(off, b)
+            .map_or_else(from_err, |()| vix::OK);
+        r
     })
 }
 
@@ -932,13 +970,15 @@ fn async_io(
             Box::new(move || {
                 let p = p;
                 let r = catch_unwind(AssertUnwindSafe(|| {
+                    let disk = match d2.disk() {
+                        Ok(k) => k,
+                        Err(code) => return code,
+                    };
                     // SAFETY: see SendPtr; a write only reads the buffer.
                     let res = if write {
-                        d2.disk
-                            .write_at(off, unsafe { std::slice::from_raw_parts(p.0, len) })
+                        disk.write_at(off, unsafe { std::slice::from_raw_parts(p.0, len) })
                     } else {
-                        d2.disk
-                            .read_at(off, unsafe { std::slice::from_raw_parts_mut(p.0, len) })
+                        disk.read_at(off, unsafe { std::slice::from_raw_parts_mut(p.0, len) })
                     };
                     res.map_or_else(from_err, |()| vix::OK)
                 }))
@@ -997,7 +1037,8 @@ pub extern "C" fn VixDiskLib_Flush(handle: usize) -> VixError {
     guard(|| {
         let d = tryv!(disk_of(handle));
         wait_disk(&d);
-        d.disk.flush().map_or_else(from_err, |()| vix::OK)
+        let disk = tryv!(d.disk());
+        disk.flush().map_or_else(from_err, |()| vix::OK)
     })
 }
 
@@ -1020,7 +1061,7 @@ pub unsafe extern "C" fn VixDiskLib_QueryAllocatedBlocks(
             );
         }
         let d = tryv!(disk_of(handle));
-        let blocks = match d.disk.query_allocated_blocks(start, count, chunk) {
+        let blocks = match tryv!(d.disk()).query_allocated_blocks(start, count, chunk) {
             Ok(b) => b,
             Err(e) => return from_err(e),
         };
@@ -1099,7 +1140,8 @@ pub unsafe extern "C" fn VixDiskLib_ReadMetadata(
         let Some(key) = (unsafe { cstr(key) }) else {
             return fail(vix::E_INVALID_ARG, "key is NULL");
         };
-        match d.disk.read_metadata(&ddb_key(&key)) {
+        let disk = tryv!(d.disk());
+        match disk.read_metadata(&ddb_key(&key)) {
             Ok(Some(v)) => {
                 let mut bytes = v.into_bytes();
                 bytes.push(0);
@@ -1124,8 +1166,8 @@ pub unsafe extern "C" fn VixDiskLib_WriteMetadata(
         let (Some(k), Some(v)) = (unsafe { cstr(key) }, unsafe { cstr(val) }) else {
             return fail(vix::E_INVALID_ARG, "key or value is NULL");
         };
-        d.disk
-            .write_metadata(&ddb_key(&k), &v)
+        let disk = tryv!(d.disk());
+        disk.write_metadata(&ddb_key(&k), &v)
             .map_or_else(from_err, |()| vix::OK)
     })
 }
@@ -1139,7 +1181,8 @@ pub unsafe extern "C" fn VixDiskLib_GetMetadataKeys(
 ) -> VixError {
     guard(|| {
         let d = tryv!(disk_of(handle));
-        match d.disk.metadata_keys() {
+        let disk = tryv!(d.disk());
+        match disk.metadata_keys() {
             Ok(list) => {
                 let mut bytes = Vec::new();
                 for k in list {
@@ -1195,23 +1238,54 @@ pub unsafe extern "C" fn VixDiskLib_Grow(
     })
 }
 
+/// Shrink and Defragment: our compaction rewrites a sparse file with its
+/// grains in order and zero grains dropped, which does both. It runs on
+/// the closed file, so the handle must be the file's only one; the disk
+/// is reopened afterwards whatever happened.
 fn compact_handle(handle: usize, progress: ProgressFunc, data: *mut c_void) -> VixError {
     guard(|| {
         let d = tryv!(disk_of(handle));
         if !d.local {
             return fail(vix::E_NOT_SUPPORTED, "shrinking a remote disk");
         }
-        // Compaction rewrites the file: it runs on the closed file, so the
-        // handle must be the only user and is reopened afterwards.
-        fail(
-            vix::E_NOT_SUPPORTED,
-            format!(
-                "close {} and compact it (vdisk compact) while no handle is open",
-                d.path
-            ),
-        );
-        let _ = (progress, data);
-        vix::E_NOT_SUPPORTED
+        if d.flags.read_only || d.conn.conn.is_read_only() {
+            return fail(vix::E_FILE_READ_ONLY, "the disk was opened read-only");
+        }
+        let shared = state().as_ref().is_some_and(|g| {
+            g.disks
+                .iter()
+                .any(|(id, o)| *id != handle && o.path == d.path)
+        });
+        if shared {
+            return fail(
+                vix::E_OBJECT_IS_BUSY,
+                format!("{} is open through another handle", d.path),
+            );
+        }
+        wait_disk(&d);
+        let mut slot = d.disk.write().unwrap_or_else(|p| p.into_inner());
+        let Some(disk) = slot.take() else {
+            return fail(vix::E_INVALID_HANDLE, "disk handle is closed");
+        };
+        if let Err(e) = disk.close() {
+            let code = from_err(e);
+            if let Ok(again) = d.conn.conn.open(&d.path, d.flags) {
+                *slot = Some(again);
+            }
+            return code;
+        }
+        let compacted = disklib::maintain::compact(Path::new(&d.path));
+        match d.conn.conn.open(&d.path, d.flags) {
+            Ok(again) => *slot = Some(again),
+            Err(e) => return from_err(e),
+        }
+        match compacted {
+            Ok(_) => {
+                progress_done(progress, data);
+                vix::OK
+            }
+            Err(e) => from_err(e),
+        }
     })
 }
 
@@ -1358,7 +1432,7 @@ pub extern "C" fn VixDiskLib_IsAttachPossible(parent: usize, child: usize) -> Vi
         if !p.local || !c.local {
             return fail(vix::E_NOT_SUPPORTED, "attaching remote disks");
         }
-        if p.disk.capacity() != c.disk.capacity() {
+        if tryv!(p.disk()).capacity() != tryv!(c.disk()).capacity() {
             return fail(
                 vix::E_DISK_CAPACITY_MISMATCH,
                 "parent and child capacities differ",
@@ -1396,9 +1470,9 @@ pub unsafe extern "C" fn VixDiskLib_SpaceNeededForClone(
         let Some(t) = disk_type(disk_type_code) else {
             return fail(vix::E_INVALID_ARG, "unknown disk type");
         };
-        let cap = d.disk.capacity();
+        let cap = tryv!(d.disk()).capacity();
         let bytes = if t.is_sparse() {
-            match d.disk.query_allocated_blocks(0, cap / SECTOR, 128) {
+            match tryv!(d.disk()).query_allocated_blocks(0, cap / SECTOR, 128) {
                 Ok(b) => b.iter().map(|(_, n)| n * SECTOR).sum::<u64>() + (cap / 4096) + (1 << 20),
                 Err(e) => return from_err(e),
             }

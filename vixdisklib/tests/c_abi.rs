@@ -305,6 +305,21 @@ fn errors_texts_double_close_and_reinit() {
 }
 
 #[test]
+fn shrink_and_defragment_an_open_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "s.vmdk", "monolithicSparse");
+    let raw = dir.path().join("before.raw");
+    qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+    // What the C program writes at sector 256 before shrinking.
+    let mut want = std::fs::read(&raw).unwrap();
+    want[256 * 512..384 * 512].fill(0x77);
+    std::fs::write(&raw, &want).unwrap();
+    vixtest(&["shrink", s(&img)]);
+    qemu_img(&["check", "-q", s(&img)]);
+    assert_same(&img, "vmdk", &raw);
+}
+
+#[test]
 fn several_threads_with_several_handles() {
     let dir = tempfile::tempdir().unwrap();
     let img = qemu_disk(dir.path(), "t.vmdk", "monolithicSparse");
@@ -350,6 +365,7 @@ fn valgrind_memcheck_clean_and_no_leak_growing_with_calls() {
     assert_eq!(many, once, "leaks grow with the number of calls");
     valgrind(&["errors", s(&img)]);
     valgrind(&["threads", s(&img), "3"]);
+    valgrind(&["shrink", s(&img)]);
 }
 
 fn sim_spec(sim: &Simulator, transports: &str) -> String {

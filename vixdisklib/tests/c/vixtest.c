@@ -11,6 +11,7 @@
  *   vixtest write CONN IN.raw SECTOR  WriteAsync IN at SECTOR, Flush
  *   vixtest create PATH SECTORS TYPE  Create, write across a grain, metadata
  *   vixtest errors PATH               error codes and texts
+ *   vixtest shrink PATH               Shrink / Defragment on an open handle
  *   vixtest threads PATH N            N threads, one handle each
  *   vixtest loop PATH N               open/read/close N times (valgrind)
  * CONN is "local:PATH" or
@@ -496,6 +497,50 @@ static int cmd_errors(const char *path)
    return failures != 0;
 }
 
+/* ----------------------------------------------------------- shrink */
+
+static int cmd_shrink(const char *path)
+{
+   init();
+   struct conn c;
+   char spec[4096];
+   snprintf(spec, sizeof spec, "local:%s", path);
+   connect_spec(&c, spec, FALSE);
+   VixDiskLibHandle h = open_disk(&c, 0);
+   uint64_t cap = capacity_of(h);
+   uint8_t *before = malloc(cap * 512), *after = malloc(cap * 512);
+   EXPECT(VixDiskLib_Read(h, 0, cap, before), VIX_OK);
+
+   /* A second handle on the file: busy. */
+   VixDiskLibHandle other = open_disk(&c, VIXDISKLIB_FLAG_OPEN_READ_ONLY);
+   EXPECT(VixDiskLib_Shrink(h, NULL, NULL), VIX_E_OBJECT_IS_BUSY);
+   EXPECT(VixDiskLib_Defragment(other, NULL, NULL), VIX_E_FILE_READ_ONLY);
+   EXPECT(VixDiskLib_Close(other), VIX_OK);
+
+   /* Queued writes are finished before the file is rewritten. */
+   struct request r;
+   memset(&r, 0, sizeof r);
+   uint8_t grain[128 * 512];
+   memset(grain, 0x77, sizeof grain);
+   memcpy(before + 256 * 512, grain, sizeof grain);
+   EXPECT(VixDiskLib_WriteAsync(h, 256, 128, grain, completion, &r),
+          VIX_ASYNC);
+   progress_calls = 0;
+   EXPECT(VixDiskLib_Shrink(h, progress, NULL), VIX_OK);
+   CHECK(atomic_load(&r.calls) == 1 && r.result == VIX_OK, "queued write");
+   CHECK(progress_calls > 0, "no progress reported");
+   EXPECT(VixDiskLib_Defragment(h, NULL, NULL), VIX_OK);
+   /* The same handle still reads the same bytes. */
+   EXPECT(VixDiskLib_Read(h, 0, cap, after), VIX_OK);
+   CHECK(memcmp(before, after, cap * 512) == 0, "data changed by Shrink");
+   free(before);
+   free(after);
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 /* ---------------------------------------------------------- threads */
 
 struct worker {
@@ -598,6 +643,8 @@ int main(int argc, char **argv)
       return cmd_create(argv[2], strtoull(argv[3], NULL, 0), atoi(argv[4]));
    if (argc >= 3 && strcmp(argv[1], "errors") == 0)
       return cmd_errors(argv[2]);
+   if (argc >= 3 && strcmp(argv[1], "shrink") == 0)
+      return cmd_shrink(argv[2]);
    if (argc >= 4 && strcmp(argv[1], "threads") == 0)
       return cmd_threads(argv[2], atoi(argv[3]));
    if (argc >= 4 && strcmp(argv[1], "loop") == 0)
