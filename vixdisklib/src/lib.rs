@@ -114,6 +114,7 @@ pub struct BlockListC {
 }
 
 pub const CRED_UID: u32 = 1;
+pub const SPEC_VSTORAGE_OBJECT: u32 = 1;
 pub const CRED_SESSIONID: u32 = 2;
 pub const FLAG_OPEN_UNBUFFERED: u32 = 1;
 pub const FLAG_OPEN_SINGLE_LINK: u32 = 2;
@@ -362,6 +363,12 @@ unsafe fn read_params(p: *const ConnectParamsC) -> Result<OwnedParams, VixError>
     }
     // SAFETY: the caller passes a valid VixDiskLibConnectParams.
     let p = unsafe { &*p };
+    if p.spec_type == SPEC_VSTORAGE_OBJECT {
+        return Err(fail(
+            vix::E_NOT_SUPPORTED,
+            "first-class disks (specType VSTORAGE_OBJECT) are not supported",
+        ));
+    }
     // SAFETY: each pointer is a C string or NULL.
     unsafe {
         let mut o = OwnedParams {

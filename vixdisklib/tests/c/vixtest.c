@@ -432,6 +432,10 @@ static int cmd_errors(const char *path)
           VIX_E_INVALID_ARG);
    EXPECT(VixDiskLib_ConnectEx(&local, TRUE, NULL, NULL, NULL),
           VIX_E_INVALID_ARG);
+   local.specType = VIXDISKLIB_SPEC_VSTORAGE_OBJECT;
+   EXPECT(VixDiskLib_ConnectEx(&local, TRUE, NULL, NULL, &conn),
+          VIX_E_NOT_SUPPORTED);
+   local.specType = VIXDISKLIB_SPEC_VMX;
    EXPECT(VixDiskLib_ConnectEx(&local, TRUE, NULL, NULL, &conn), VIX_OK);
 
    VixDiskLibHandle h = NULL;
