@@ -301,7 +301,14 @@ fn create_write_across_a_grain_and_metadata() {
 fn errors_texts_double_close_and_reinit() {
     let dir = tempfile::tempdir().unwrap();
     let img = qemu_disk(dir.path(), "e.vmdk", "monolithicSparse");
-    vixtest(&["errors", s(&img)]);
+    let out = run(Command::new(&built().vixtest).args(["errors", s(&img)]));
+    // The InitEx warning callback got the unknown configuration key,
+    // formatted through the va_list shim.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vixlog: VixDiskLib: unknown configuration key `vixDiskLib.no.such.key`"),
+        "{err}"
+    );
 }
 
 #[test]

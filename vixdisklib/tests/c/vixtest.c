@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vixDiskLib.h"
 
@@ -422,6 +423,25 @@ static int cmd_errors(const char *path)
    memset(&local, 0, sizeof local);
    CHECK(VixDiskLib_ConnectEx(&local, TRUE, NULL, NULL, &conn) != VIX_OK,
          "ConnectEx before InitEx succeeded");
+
+   /* The InitEx configuration file: known keys, an unknown one (warned,
+    * not fatal), and a missing file (an error). */
+   char cfg[] = "/tmp/vixtest-config-XXXXXX";
+   int fd = mkstemp(cfg);
+   CHECK(fd >= 0, "mkstemp");
+   const char *text_cfg =
+      "# comment\n"
+      "tmpDirectory = \"/tmp\"\n"
+      "vixDiskLib.nfc.ReadTimeoutMs = 60000\n"
+      "vixDiskLib.no.such.key = 1\n";
+   CHECK(write(fd, text_cfg, strlen(text_cfg)) == (ssize_t)strlen(text_cfg),
+         "write config");
+   close(fd);
+   EXPECT(VixDiskLib_InitEx(6, 5, log_fn, log_fn, log_fn, NULL, cfg), VIX_OK);
+   VixDiskLib_Exit();
+   unlink(cfg);
+   CHECK(VixDiskLib_InitEx(6, 5, log_fn, log_fn, log_fn, NULL, cfg) != VIX_OK,
+         "InitEx with a missing configuration file succeeded");
 
    /* init -> exit -> init. */
    init();
