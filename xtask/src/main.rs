@@ -137,6 +137,18 @@ fn integration() -> Result {
         "integration",
         "sim_cli",
     ]);
+    run(c)?;
+    // The C library against simulator disks over nbd / nbdssl.
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--locked",
+        "-p",
+        "vixdisklib",
+        "--test",
+        "c_abi",
+        "simulator",
+    ]);
     run(c)
 }
 
