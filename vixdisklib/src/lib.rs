@@ -1385,21 +1385,24 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
                 return from_err(e);
             }
         }
+        let mut report = |done: u64, total: u64| {
+            if let (Some(f), Some(pct)) = (progress, (done * 100).checked_div(total)) {
+                // SAFETY: the caller's progress function with its data.
+                unsafe { f(data, pct.min(100) as c_int) };
+            }
+        };
         let r = if sc.local {
             match disklib::local::LocalDisk::open(&s, &Default::default()) {
                 Ok(src) => disklib::convert::convert(
                     &disklib::convert::Source::Disk(&src),
                     &dpath,
                     &disklib::convert::Target::Disk(o),
-                    &mut |_, _| {},
+                    &mut report,
                 ),
                 Err(e) => Err(e),
             }
         } else {
-            return fail(
-                vix::E_NOT_SUPPORTED,
-                "cloning from a remote disk: read it and write a local one",
-            );
+            clone_remote(&sc, &s, &dpath, o, &mut report)
         };
         match r {
             Ok(_) => {
@@ -1409,6 +1412,106 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
             Err(e) => from_err(e),
         }
     })
+}
+
+/// Clone from a remote disk: its allocated blocks are read over the
+/// connection's transport into a local sparse or flat disk; other types
+/// go through a temporary sparse copy and a local conversion.
+fn clone_remote(
+    sc: &ConnEntry,
+    src: &str,
+    dst: &Path,
+    mut o: disklib::create::CreateOptions,
+    report: &mut dyn FnMut(u64, u64),
+) -> Result<u64, Error> {
+    use disklib::create::DiskType;
+    let disk = sc.conn.open(
+        src,
+        OpenFlags {
+            read_only: true,
+            ..OpenFlags::default()
+        },
+    )?;
+    let capacity = disk.capacity();
+    o.capacity = capacity;
+    let direct = matches!(
+        o.disk_type,
+        DiskType::MonolithicSparse
+            | DiskType::MonolithicFlat
+            | DiskType::TwoGbMaxExtentSparse
+            | DiskType::TwoGbMaxExtentFlat
+            | DiskType::Vmfs
+            | DiskType::VmfsThin
+    );
+    let target = if direct {
+        dst.to_path_buf()
+    } else {
+        let mut t = dst.as_os_str().to_owned();
+        t.push(".clone-tmp.vmdk");
+        PathBuf::from(t)
+    };
+    let mut sparse = o.clone();
+    if !direct {
+        sparse.disk_type = DiskType::MonolithicSparse;
+    }
+    disklib::create::create(&target, &sparse)?;
+    let copied = (|| -> Result<u64, Error> {
+        let out = disklib::local::LocalDisk::open(
+            &target,
+            &disklib::local::OpenOptions {
+                writable: true,
+                ..Default::default()
+            },
+        )?;
+        let sectors = capacity / SECTOR;
+        let whole = sectors / 128 * 128;
+        let mut ranges = if whole > 0 {
+            disk.query_allocated_blocks(0, whole, 128)?
+        } else {
+            Vec::new()
+        };
+        if whole < sectors {
+            ranges.push((whole, sectors - whole));
+        }
+        let total: u64 = ranges.iter().map(|r| r.1 * SECTOR).sum();
+        let mut done = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for (start, count) in ranges {
+            let (mut off, end) = (start * SECTOR, (start + count) * SECTOR);
+            while off < end {
+                let n = (end - off).min(buf.len() as u64) as usize;
+                disk.read_at(off, &mut buf[..n])?;
+                if buf[..n].iter().any(|&b| b != 0) {
+                    out.write_at(off, &buf[..n])?;
+                }
+                off += n as u64;
+                done += n as u64;
+                report(done, total);
+            }
+        }
+        out.close()?;
+        Ok(done)
+    })();
+    let copied = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = disklib::create::delete(&target);
+            return Err(e);
+        }
+    };
+    if direct {
+        return Ok(copied);
+    }
+    let r = disklib::local::LocalDisk::open(&target, &Default::default()).and_then(|t| {
+        disklib::convert::convert(
+            &disklib::convert::Source::Disk(&t),
+            dst,
+            &disklib::convert::Target::Disk(o),
+            &mut |_, _| {},
+        )
+    });
+    let _ = disklib::create::delete(&target);
+    r
 }
 
 fn create_options_lenient(

@@ -312,6 +312,37 @@ fn errors_texts_double_close_and_reinit() {
 }
 
 #[test]
+fn clone_to_every_local_type_and_create_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "src.vmdk", "monolithicSparse");
+    for (ty, name) in [(1, "sparse"), (2, "flat"), (3, "split"), (6, "stream")] {
+        let dst = dir.path().join(format!("clone-{name}.vmdk"));
+        vixtest(&[
+            "clone",
+            &format!("local:{}", s(&img)),
+            s(&dst),
+            &ty.to_string(),
+        ]);
+        qemu_img(&["compare", "-f", "vmdk", "-F", "vmdk", s(&img), s(&dst)]);
+    }
+    // A child: qemu reads the chain with the write on top of the parent.
+    let base_raw = dir.path().join("base.raw");
+    qemu_img(&["convert", "-O", "raw", s(&img), s(&base_raw)]);
+    let child = dir.path().join("child.vmdk");
+    vixtest(&["child", s(&img), s(&child)]);
+    qemu_img(&["check", "-q", s(&child)]);
+    let chain_raw = dir.path().join("chain.raw");
+    qemu_img(&["convert", "-O", "raw", s(&child), s(&chain_raw)]);
+    let mut want = std::fs::read(&base_raw).unwrap();
+    for (i, b) in want[2040 * 512..2056 * 512].iter_mut().enumerate() {
+        *b = (i * 13 + 1) as u8;
+    }
+    assert!(std::fs::read(&chain_raw).unwrap() == want, "chain differs");
+    // The parent is untouched.
+    assert_same(&img, "vmdk", &base_raw);
+}
+
+#[test]
 fn shrink_and_defragment_an_open_handle() {
     let dir = tempfile::tempdir().unwrap();
     let img = qemu_disk(dir.path(), "s.vmdk", "monolithicSparse");
@@ -416,6 +447,12 @@ fn simulator_disks_over_nbd_and_nbdssl() {
             &data[..],
             "{mode}"
         );
+    }
+    // Clone from the remote disk to local sparse and stream-optimized.
+    for (ty, name) in [(1, "sparse"), (6, "stream")] {
+        let dst = dir.path().join(format!("remote-clone-{name}.vmdk"));
+        vixtest(&["clone", &sim_spec(&sim, "nbdssl"), s(&dst), &ty.to_string()]);
+        qemu_img(&["compare", "-f", "vmdk", "-F", "vmdk", s(&file), s(&dst)]);
     }
     // A fallback list: the first mode unavailable, the next one used.
     let out = dir.path().join("fallback.raw");

@@ -11,6 +11,8 @@
  *   vixtest write CONN IN.raw SECTOR  WriteAsync IN at SECTOR, Flush
  *   vixtest create PATH SECTORS TYPE  Create, write across a grain, metadata
  *   vixtest errors PATH               error codes and texts
+ *   vixtest clone CONN DST TYPE       Clone to a local disk of TYPE
+ *   vixtest child PATH CHILD          CreateChild, write through the child
  *   vixtest shrink PATH               Shrink / Defragment on an open handle
  *   vixtest threads PATH N            N threads, one handle each
  *   vixtest loop PATH N               open/read/close N times (valgrind)
@@ -521,6 +523,67 @@ static int cmd_errors(const char *path)
    return failures != 0;
 }
 
+/* ------------------------------------------------------------ clone */
+
+static int cmd_clone(const char *src_spec, const char *dst, int type)
+{
+   init();
+   struct conn src, local;
+   connect_spec(&src, src_spec, TRUE);
+   char spec[4096];
+   snprintf(spec, sizeof spec, "local:%s", dst);
+   connect_spec(&local, spec, FALSE);
+   VixDiskLibCreateParams cp;
+   memset(&cp, 0, sizeof cp);
+   cp.diskType = (VixDiskLibDiskType)type;
+   cp.adapterType = VIXDISKLIB_ADAPTER_SCSI_LSILOGIC;
+   cp.hwVersion = VIXDISKLIB_HWVERSION_ESX65;
+   progress_calls = 0;
+   EXPECT(VixDiskLib_Clone(local.conn, dst, src.conn, src.path, &cp, progress,
+                           NULL, TRUE),
+          VIX_OK);
+   CHECK(progress_calls > 0, "no progress reported");
+   EXPECT(VixDiskLib_Clone(local.conn, dst, src.conn, src.path, &cp, NULL,
+                           NULL, FALSE),
+          VIX_E_FILE_ALREADY_EXISTS);
+   disconnect(&local);
+   disconnect(&src);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
+/* A child of PATH at CHILD, then 16 sectors written through the child. */
+static int cmd_child(const char *path, const char *child)
+{
+   init();
+   struct conn c;
+   char spec[4096];
+   snprintf(spec, sizeof spec, "local:%s", path);
+   connect_spec(&c, spec, FALSE);
+   VixDiskLibHandle h = open_disk(&c, VIXDISKLIB_FLAG_OPEN_READ_ONLY);
+   EXPECT(VixDiskLib_CreateChild(h, child, VIXDISKLIB_DISK_MONOLITHIC_SPARSE,
+                                 NULL, NULL),
+          VIX_OK);
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   VixDiskLibHandle ch = NULL;
+   EXPECT(VixDiskLib_Open(c.conn, child, 0, &ch), VIX_OK);
+   VixDiskLibInfo *info = NULL;
+   EXPECT(VixDiskLib_GetInfo(ch, &info), VIX_OK);
+   if (info) {
+      CHECK(info->numLinks == 2, "numLinks %d", info->numLinks);
+      CHECK(info->parentFileNameHint != NULL, "no parent hint");
+      VixDiskLib_FreeInfo(info);
+   }
+   uint8_t buf[16 * 512];
+   for (size_t i = 0; i < sizeof buf; i++)
+      buf[i] = (uint8_t)(i * 13 + 1);
+   EXPECT(VixDiskLib_Write(ch, 2040, 16, buf), VIX_OK);
+   EXPECT(VixDiskLib_Close(ch), VIX_OK);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 /* ----------------------------------------------------------- shrink */
 
 static int cmd_shrink(const char *path)
@@ -667,6 +730,10 @@ int main(int argc, char **argv)
       return cmd_create(argv[2], strtoull(argv[3], NULL, 0), atoi(argv[4]));
    if (argc >= 3 && strcmp(argv[1], "errors") == 0)
       return cmd_errors(argv[2]);
+   if (argc >= 5 && strcmp(argv[1], "clone") == 0)
+      return cmd_clone(argv[2], argv[3], atoi(argv[4]));
+   if (argc >= 4 && strcmp(argv[1], "child") == 0)
+      return cmd_child(argv[2], argv[3]);
    if (argc >= 3 && strcmp(argv[1], "shrink") == 0)
       return cmd_shrink(argv[2]);
    if (argc >= 4 && strcmp(argv[1], "threads") == 0)
