@@ -111,12 +111,33 @@ impl Config {
         c
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file of at most [`Config::MAX_FILE_BYTES`].
     pub fn load(path: &Path) -> Result<Self> {
-        Ok(Self::parse(
-            &std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
-        ))
+        use std::io::Read;
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut bytes = Vec::new();
+        f.take(Self::MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > Self::MAX_FILE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "{}: a configuration file larger than {} bytes",
+                path.display(),
+                Self::MAX_FILE_BYTES
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "{}: the configuration file is not UTF-8",
+                path.display()
+            ))
+        })?;
+        Ok(Self::parse(&text))
     }
+
+    /// VDDK configuration files are a few lines; anything past this is
+    /// refused rather than read.
+    pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
     /// nbd/nbdssl options these settings imply.
     pub fn nbd_options(&self, ssl: bool) -> NbdOptions {
@@ -961,5 +982,23 @@ mod tests {
             TransportMode::parse_list(DEFAULT_TRANSPORTS).unwrap().len(),
             4
         );
+    }
+
+    #[test]
+    fn config_files_too_big_binary_or_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.conf");
+        std::fs::write(&big, vec![b'#'; Config::MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(matches!(Config::load(&big), Err(Error::InvalidArgument(_))));
+        let binary = dir.path().join("bin.conf");
+        std::fs::write(&binary, [0xff, 0xfe, b'=', 0x80]).unwrap();
+        assert!(matches!(
+            Config::load(&binary),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(Config::load(&dir.path().join("missing.conf")).is_err());
+        let ok = dir.path().join("ok.conf");
+        std::fs::write(&ok, "vixDiskLib.nfc.LogLevel = 2\n").unwrap();
+        assert_eq!(Config::load(&ok).unwrap().nfc_log_level, Some(2));
     }
 }
