@@ -887,6 +887,34 @@ fn byte_range(start: u64, count: u64) -> Result<(u64, usize), VixError> {
     Ok((off, len))
 }
 
+/// Reads `len` bytes at `off` into the caller's buffer, or writes them
+/// from it.
+fn transfer(d: &DiskEntry, off: u64, buf: *mut u8, len: usize, write: bool) -> VixError {
+    let disk = match d.disk() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    // SAFETY: the caller's buffer holds `len` bytes (checked non-NULL by
+    // the callers) and stays valid for the call; a write only reads it.
+    let res = if write {
+        disk.write_at(off, unsafe { std::slice::from_raw_parts(buf, len) })
+    } else {
+        disk.read_at(off, unsafe { std::slice::from_raw_parts_mut(buf, len) })
+    };
+    res.map_or_else(from_err, |()| vix::OK)
+}
+
+fn sync_io(handle: usize, start: u64, count: u64, buf: *mut u8, write: bool) -> VixError {
+    guard(|| {
+        if buf.is_null() {
+            return fail(vix::E_INVALID_ARG, "buffer is NULL");
+        }
+        let d = tryv!(disk_of(handle));
+        let (off, len) = tryv!(byte_range(start, count));
+        transfer(&d, off, buf, len, write)
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn VixDiskLib_Read(
     handle: usize,
@@ -894,19 +922,7 @@ pub unsafe extern "C" fn VixDiskLib_Read(
     count: u64,
     buf: *mut u8,
 ) -> VixError {
-    guard(|| {
-        if buf.is_null() {
-            return fail(vix::E_INVALID_ARG, "buffer is NULL");
-        }
-        let d = tryv!(disk_of(handle));
-        let (off, len) = tryv!(byte_range(start, count));
-        // SAFETY: the caller's buffer holds count sectors.
-        let b = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-        let r = tryv!(d.disk())
-            .read_at(off, b)
-            .map_or_else(from_err, |()| vix::OK);
-        r
-    })
+    sync_io(handle, start, count, buf, false)
 }
 
 #[no_mangle]
@@ -916,19 +932,7 @@ pub unsafe extern "C" fn VixDiskLib_Write(
     count: u64,
     buf: *const u8,
 ) -> VixError {
-    guard(|| {
-        if buf.is_null() {
-            return fail(vix::E_INVALID_ARG, "buffer is NULL");
-        }
-        let d = tryv!(disk_of(handle));
-        let (off, len) = tryv!(byte_range(start, count));
-        // SAFETY: the caller's buffer holds count sectors.
-        let b = unsafe { std::slice::from_raw_parts(buf, len) };
-        let r = tryv!(d.disk())
-            .write_at(off, b)
-            .map_or_else(from_err, |()| vix::OK);
-        r
-    })
+    sync_io(handle, start, count, buf.cast_mut(), true)
 }
 
 /// A caller's buffer and callback data, moved to the worker thread: the
@@ -977,17 +981,8 @@ fn async_io(
             Box::new(move || {
                 let p = p;
                 let r = catch_unwind(AssertUnwindSafe(|| {
-                    let disk = match d2.disk() {
-                        Ok(k) => k,
-                        Err(code) => return code,
-                    };
-                    // SAFETY: see SendPtr; a write only reads the buffer.
-                    let res = if write {
-                        disk.write_at(off, unsafe { std::slice::from_raw_parts(p.0, len) })
-                    } else {
-                        disk.read_at(off, unsafe { std::slice::from_raw_parts_mut(p.0, len) })
-                    };
-                    res.map_or_else(from_err, |()| vix::OK)
+                    // See SendPtr: the caller keeps the buffer valid.
+                    transfer(&d2, off, p.0, len, write)
                 }))
                 .unwrap_or(vix::E_FAIL);
                 if let Some(cb) = cb {
