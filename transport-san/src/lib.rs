@@ -1,0 +1,449 @@
+//! # transport-san
+//!
+//! VMware's `san` transport: a VM's disk read and written straight off the
+//! shared LUN it lives on, never through the host's network stack.
+//!
+//! The host says where the disk lies: the LUN's identity (an NAA id) and
+//! the `(virtual offset, LUN offset, length)` extents of the base disk — a
+//! [`BlockMap`]. This crate finds that LUN among the proxy's block devices
+//! (a device directory, `/dev/disk/by-id` by default, honouring the
+//! allow / deny lists of the InitEx configuration) and does the I/O with
+//! `O_DIRECT` through aligned bounce buffers, in requests of up to
+//! [`MAX_REQUEST`] bytes.
+//!
+//! Errors, not silence: a LUN that is not visible fails the open; a LUN
+//! that goes away or returns an I/O error fails the read or write that hit
+//! it ([`Error::Offline`]); writing to a redo log (a snapshot child) is
+//! refused; a thin disk (a map with holes) is declined for writing, so the
+//! caller falls back to another transport; a range the map does not cover
+//! is an error, never zeros.
+//!
+//! Status: the LUN access layer. The simulator's LUN, the vim-soap call
+//! that fetches the map, and the wiring into `disklib`'s transport
+//! selection are still to come (issue 8).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Alignment of `O_DIRECT` offsets, lengths and buffers (the largest
+/// logical block size in common use).
+pub const ALIGN: u64 = 4096;
+/// Largest single request to the LUN.
+pub const MAX_REQUEST: u64 = 1 << 20;
+/// Where Linux lists block devices by identity.
+pub const DEFAULT_DEVICE_DIR: &str = "/dev/disk/by-id";
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The host's block map is inconsistent.
+    #[error("invalid block map: {0}")]
+    InvalidMap(String),
+    /// No device of the proxy has the LUN's identity.
+    #[error("LUN {id} is not visible in {dir}")]
+    NotVisible {
+        /// The LUN's NAA id.
+        id: String,
+        /// The directory searched.
+        dir: PathBuf,
+    },
+    /// The configuration's allow / deny lists exclude the LUN.
+    #[error("LUN {0} is excluded by the san allow/deny lists")]
+    Denied(String),
+    /// The transport does not take this disk; the caller should fall back.
+    #[error("san transport declined: {0}")]
+    Declined(String),
+    /// Writes to a redo log (snapshot child) are never made over SAN.
+    #[error("san transport refuses to write a redo log (snapshot child)")]
+    RedoLog,
+    /// Opened read-only.
+    #[error("the disk was opened read-only")]
+    ReadOnly,
+    /// Outside the disk.
+    #[error("range {offset}+{len} is outside the disk's {capacity} bytes")]
+    OutOfRange {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// Disk size.
+        capacity: u64,
+    },
+    /// The block map does not say where these bytes are.
+    #[error("byte {0} of the disk is not mapped on the LUN")]
+    Unmapped(u64),
+    /// The LUN failed, vanished or came back short.
+    #[error("LUN {path} is offline or failing: {source}")]
+    Offline {
+        /// The device.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Another I/O error (opening, listing the device directory).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+/// Results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One piece of the disk on the LUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LunExtent {
+    /// Byte offset in the virtual disk.
+    pub virtual_offset: u64,
+    /// Byte offset on the LUN.
+    pub lun_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Where a disk lives on a LUN, as the host reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockMap {
+    /// The LUN's identity, e.g. `naa.600508b1001c4d2a`.
+    pub lun_id: String,
+    /// Size of the virtual disk in bytes.
+    pub capacity: u64,
+    /// Extents, in any order (validated and sorted by [`BlockMap::new`]).
+    pub extents: Vec<LunExtent>,
+}
+
+impl BlockMap {
+    /// Checks and normalises a map: extents sorted by virtual offset,
+    /// sector-aligned, non-empty, not overlapping, inside the capacity, and
+    /// not wrapping the LUN's address space.
+    pub fn new(lun_id: &str, capacity: u64, mut extents: Vec<LunExtent>) -> Result<Self> {
+        let bad = |m: String| Err(Error::InvalidMap(m));
+        if lun_id.is_empty() {
+            return bad("empty LUN id".into());
+        }
+        if !capacity.is_multiple_of(512) {
+            return bad(format!("capacity {capacity} is not whole sectors"));
+        }
+        extents.sort_by_key(|e| e.virtual_offset);
+        let mut end = 0u64;
+        for e in &extents {
+            if e.len == 0 || (e.virtual_offset | e.lun_offset | e.len) % 512 != 0 {
+                return bad(format!("extent {e:?} is empty or not sector-aligned"));
+            }
+            if e.virtual_offset < end {
+                return bad(format!("extent {e:?} overlaps the one before it"));
+            }
+            let (Some(v_end), Some(_)) = (
+                e.virtual_offset.checked_add(e.len),
+                e.lun_offset.checked_add(e.len),
+            ) else {
+                return bad(format!("extent {e:?} wraps around"));
+            };
+            if v_end > capacity {
+                return bad(format!("extent {e:?} ends past the capacity {capacity}"));
+            }
+            end = v_end;
+        }
+        Ok(Self {
+            lun_id: lun_id.to_string(),
+            capacity,
+            extents,
+        })
+    }
+
+    /// True when every byte of the disk is mapped (a thick disk).
+    pub fn is_complete(&self) -> bool {
+        let mut pos = 0u64;
+        for e in &self.extents {
+            if e.virtual_offset != pos {
+                return false;
+            }
+            pos += e.len;
+        }
+        pos == self.capacity
+    }
+
+    /// The last LUN byte the map uses, plus one.
+    pub fn lun_end(&self) -> u64 {
+        self.extents
+            .iter()
+            .map(|e| e.lun_offset + e.len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `(LUN offset, length)` pieces of a range of the disk, in order.
+    pub fn resolve(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        if offset.checked_add(len).is_none_or(|e| e > self.capacity) {
+            return Err(Error::OutOfRange {
+                offset,
+                len,
+                capacity: self.capacity,
+            });
+        }
+        let mut out = Vec::new();
+        let (mut pos, end) = (offset, offset + len);
+        // The first extent that ends after `pos`.
+        let mut i = self
+            .extents
+            .partition_point(|e| e.virtual_offset + e.len <= pos);
+        while pos < end {
+            let Some(e) = self.extents.get(i).filter(|e| e.virtual_offset <= pos) else {
+                return Err(Error::Unmapped(pos));
+            };
+            let n = (e.virtual_offset + e.len).min(end) - pos;
+            out.push((e.lun_offset + (pos - e.virtual_offset), n));
+            pos += n;
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// How to reach the LUN.
+#[derive(Clone, Debug)]
+pub struct SanOptions {
+    /// Directory of device entries named by identity.
+    pub device_dir: PathBuf,
+    /// `vixDiskLib.transport.san.allowList`: when not empty, only these.
+    pub allow: Vec<String>,
+    /// `vixDiskLib.transport.san.denyList`: never these.
+    pub deny: Vec<String>,
+    /// Open for writing (a restore).
+    pub writable: bool,
+    /// The disk is a redo log (snapshot child): never written over SAN.
+    pub redo_log: bool,
+}
+
+impl Default for SanOptions {
+    fn default() -> Self {
+        Self {
+            device_dir: PathBuf::from(DEFAULT_DEVICE_DIR),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            writable: false,
+            redo_log: false,
+        }
+    }
+}
+
+/// The hex digits of an NAA id (`naa.600…`, `0x600…` or bare), lower case.
+fn naa_hex(id: &str) -> String {
+    let id = id.trim();
+    let id = id
+        .strip_prefix("naa.")
+        .or_else(|| id.strip_prefix("0x"))
+        .unwrap_or(id);
+    id.to_ascii_lowercase()
+}
+
+/// Finds the device with the LUN's identity in `dir`: entries named
+/// `naa.<hex>`, `wwn-0x<hex>` or `scsi-3<hex>` (udev's names).
+pub fn find_lun(dir: &Path, id: &str, allow: &[String], deny: &[String]) -> Result<PathBuf> {
+    let hex = naa_hex(id);
+    let listed = |l: &[String]| l.iter().any(|x| naa_hex(x) == hex);
+    if listed(deny) || (!allow.is_empty() && !listed(allow)) {
+        return Err(Error::Denied(id.to_string()));
+    }
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let wanted = [
+        format!("naa.{hex}"),
+        format!("wwn-0x{hex}"),
+        format!("scsi-3{hex}"),
+    ];
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().to_ascii_lowercase();
+        if wanted.contains(&name) {
+            return Ok(entry.path());
+        }
+    }
+    Err(Error::NotVisible {
+        id: id.to_string(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// A disk on a LUN, opened with `O_DIRECT`. `Send + Sync`: reads and
+/// writes use explicit offsets, so many threads may share one.
+#[derive(Debug)]
+pub struct SanDisk {
+    file: File,
+    path: PathBuf,
+    map: BlockMap,
+    writable: bool,
+}
+
+/// A zeroed buffer of `len` bytes whose start is `ALIGN`-aligned, carved
+/// out of a slightly larger vector (no unsafe allocation needed).
+struct Aligned {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let storage = vec![0u8; len + ALIGN as usize];
+        let addr = storage.as_ptr() as usize;
+        let start = (ALIGN as usize - addr % ALIGN as usize) % ALIGN as usize;
+        Self {
+            storage,
+            start,
+            len,
+        }
+    }
+    fn get(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl SanDisk {
+    /// Finds the LUN and opens it. Fails early when the LUN is not
+    /// visible or is smaller than the map says; declines thin disks for
+    /// writing and refuses redo logs.
+    pub fn open(map: BlockMap, opts: &SanOptions) -> Result<Self> {
+        let map = BlockMap::new(&map.lun_id, map.capacity, map.extents)?;
+        if opts.writable && opts.redo_log {
+            return Err(Error::RedoLog);
+        }
+        if opts.writable && !map.is_complete() {
+            return Err(Error::Declined(
+                "a thin disk is not restored over SAN (blocks would need allocating on the host)"
+                    .into(),
+            ));
+        }
+        let path = find_lun(&opts.device_dir, &map.lun_id, &opts.allow, &opts.deny)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(opts.writable)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        // Works for block devices, whose metadata length is 0.
+        let size = file.seek(SeekFrom::End(0)).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if size < map.lun_end() {
+            return Err(Error::Offline {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the LUN has {size} bytes, the map needs {}", map.lun_end()),
+                ),
+            });
+        }
+        Ok(Self {
+            file,
+            path,
+            map,
+            writable: opts.writable,
+        })
+    }
+
+    /// The device used.
+    pub fn device(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the virtual disk in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.map.capacity
+    }
+
+    fn offline(&self, source: io::Error) -> Error {
+        Error::Offline {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads `buf.len()` bytes of the disk at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut pos = 0usize;
+        for (lun, len) in self.map.resolve(offset, buf.len() as u64)? {
+            self.read_lun(lun, &mut buf[pos..pos + len as usize])?;
+            pos += len as usize;
+        }
+        Ok(())
+    }
+
+    /// Reads LUN bytes through aligned requests of at most `MAX_REQUEST`.
+    fn read_lun(&self, lun: u64, out: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        let mut bounce = Aligned::new(MAX_REQUEST as usize);
+        while done < out.len() {
+            let at = lun + done as u64;
+            let start = at / ALIGN * ALIGN;
+            let skip = (at - start) as usize;
+            let want = (out.len() - done).min(MAX_REQUEST as usize - skip);
+            let span = (skip + want).div_ceil(ALIGN as usize) * ALIGN as usize;
+            let b = &mut bounce.get()[..span];
+            self.file
+                .read_exact_at(b, start)
+                .map_err(|e| self.offline(e))?;
+            out[done..done + want].copy_from_slice(&b[skip..skip + want]);
+            done += want;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to the disk at `offset`; partial blocks at either end
+    /// are read, patched and written back.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let mut pos = 0usize;
+        for (lun, len) in self.map.resolve(offset, data.len() as u64)? {
+            self.write_lun(lun, &data[pos..pos + len as usize])?;
+            pos += len as usize;
+        }
+        Ok(())
+    }
+
+    fn write_lun(&self, lun: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0usize;
+        let mut bounce = Aligned::new(MAX_REQUEST as usize);
+        while done < data.len() {
+            let at = lun + done as u64;
+            let start = at / ALIGN * ALIGN;
+            let skip = (at - start) as usize;
+            let put = (data.len() - done).min(MAX_REQUEST as usize - skip);
+            let span = (skip + put).div_ceil(ALIGN as usize) * ALIGN as usize;
+            let b = &mut bounce.get()[..span];
+            if skip != 0 || !put.is_multiple_of(ALIGN as usize) {
+                // Keep the bytes around the write that share its blocks.
+                self.file
+                    .read_exact_at(b, start)
+                    .map_err(|e| self.offline(e))?;
+            }
+            b[skip..skip + put].copy_from_slice(&data[done..done + put]);
+            self.file
+                .write_all_at(b, start)
+                .map_err(|e| self.offline(e))?;
+            done += put;
+        }
+        Ok(())
+    }
+
+    /// Makes written data durable on the LUN.
+    pub fn flush(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| self.offline(e))
+    }
+}
