@@ -112,6 +112,16 @@ fn reads_across_extents_and_unaligned_ranges() {
         Err(Error::OutOfRange { .. })
     ));
     assert!(matches!(d.write_at(0, &[0u8; 512]), Err(Error::ReadOnly)));
+    // Several streams read the same bytes.
+    for streams in [1, 3, 6, 64] {
+        let mut b = vec![0u8; 5 * MIB as usize + 777];
+        d.read_streams(333, &mut b, streams).unwrap();
+        assert!(b[..] == l.disk[333..333 + b.len()], "{streams} streams");
+    }
+    assert!(matches!(
+        d.read_streams(MIB, &mut vec![0u8; 6 * MIB as usize], 6),
+        Err(Error::OutOfRange { .. })
+    ));
 }
 
 #[test]
