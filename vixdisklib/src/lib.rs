@@ -674,7 +674,17 @@ fn progress_done(f: ProgressFunc, data: *mut c_void) {
     }
 }
 
+/// Create parameters for Create (a capacity is required).
 fn create_options(p: *const CreateParamsC) -> Result<disklib::create::CreateOptions, VixError> {
+    create_options_with(p, true)
+}
+
+/// `VixDiskLibCreateParams` as disklib's options. Clone takes the
+/// capacity from its source, so it does not require one.
+fn create_options_with(
+    p: *const CreateParamsC,
+    need_capacity: bool,
+) -> Result<disklib::create::CreateOptions, VixError> {
     if p.is_null() {
         return Err(fail(vix::E_INVALID_ARG, "create parameters are NULL"));
     }
@@ -686,13 +696,16 @@ fn create_options(p: *const CreateParamsC) -> Result<disklib::create::CreateOpti
             format!("unknown disk type {}", p.disk_type),
         )
     })?;
-    if p.capacity == 0 {
-        return Err(fail(vix::E_INVALID_ARG, "capacity is 0"));
-    }
-    let cap = p
-        .capacity
-        .checked_mul(SECTOR)
-        .ok_or_else(|| fail(vix::E_INVALID_ARG, "capacity too large"))?;
+    let cap = if need_capacity {
+        if p.capacity == 0 {
+            return Err(fail(vix::E_INVALID_ARG, "capacity is 0"));
+        }
+        p.capacity
+            .checked_mul(SECTOR)
+            .ok_or_else(|| fail(vix::E_INVALID_ARG, "capacity too large"))?
+    } else {
+        0
+    };
     Ok(disklib::create::CreateOptions {
         disk_type: t,
         capacity: cap,
@@ -1368,7 +1381,7 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
         let mut o = if params.is_null() {
             disklib::create::CreateOptions::new(disklib::create::DiskType::MonolithicSparse, 0)
         } else {
-            tryv!(create_options_lenient(params))
+            tryv!(create_options_with(params, false))
         };
         o.capacity = 0;
         let dpath = PathBuf::from(&d);
@@ -1507,26 +1520,6 @@ fn clone_remote(
     });
     let _ = disklib::create::delete(&target);
     r
-}
-
-fn create_options_lenient(
-    p: *const CreateParamsC,
-) -> Result<disklib::create::CreateOptions, VixError> {
-    // SAFETY: a valid VixDiskLibCreateParams.
-    let c = unsafe { *p };
-    let t = disk_type(c.disk_type).ok_or_else(|| {
-        fail(
-            vix::E_INVALID_ARG,
-            format!("unknown disk type {}", c.disk_type),
-        )
-    })?;
-    Ok(disklib::create::CreateOptions {
-        disk_type: t,
-        capacity: 0,
-        adapter: adapter(c.adapter_type),
-        hw_version: u32::from(c.hw_version).max(4),
-        zeroed_grain: true,
-    })
 }
 
 #[no_mangle]
