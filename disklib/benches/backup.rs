@@ -24,6 +24,7 @@ fn main() {
         datastores: vec![Datastore {
             name: "ds".into(),
             path: dir.path().join("ds"),
+            lun: None,
         }],
         vms: vec![Vm {
             name: "vm".into(),
@@ -39,7 +40,9 @@ fn main() {
             }],
             proxy: false,
             cbt: true,
+            scsi_controllers: 1,
         }],
+        proxy_host: None,
     };
     let sim = Simulator::start(inv, SimOptions::default(), 0).unwrap();
     let _nfc = sim

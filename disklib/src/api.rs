@@ -12,12 +12,14 @@
 //! # Ok::<(), disklib::Error>(())
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use transport_hotadd::{HotAddDisk, HotAddOptions};
 use transport_nbd::{NbdDisk, NbdOptions, Timeouts};
+use transport_san::{BlockMap, LunExtent, SanDisk, SanOptions};
 use vim_soap::client::{Client, ClientConfig, Thumbprint};
 use vim_soap::codec::{self, MoRef};
 use vim_soap::Secret;
@@ -48,6 +50,19 @@ pub struct Config {
     pub tmp_directory: Option<String>,
     /// `vixDiskLib.disklib.EnableCache`.
     pub enable_cache: bool,
+    /// `vixDiskLib.transport.deviceRoot` (this kit's key): the root under
+    /// which the proxy's `dev` and `sys` are found (`/`; a simulator's
+    /// proxy host directory in tests).
+    pub device_root: Option<String>,
+    /// `vixDiskLib.transport.san.streams` (this kit's key): parallel
+    /// requests per SAN / HotAdd disk (default [`DEFAULT_STREAMS`]).
+    pub san_streams: Option<usize>,
+    /// `vixDiskLib.transport.hotadd.proxyVm` (this kit's key): the proxy
+    /// VM's moref or BIOS UUID (default: this machine's SMBIOS UUID).
+    pub hotadd_proxy_vm: Option<String>,
+    /// `vixDiskLib.transport.hotadd.stateFile` (this kit's key): where
+    /// attaches are recorded for `Cleanup` (default: in `tmpDirectory`).
+    pub hotadd_state_file: Option<String>,
     /// Keys that were not understood (warned about, not fatal).
     pub unknown: Vec<String>,
 }
@@ -101,6 +116,12 @@ impl Config {
                 "vixdisklib.disklib.enablecache" => {
                     c.enable_cache = v == "1" || v.eq_ignore_ascii_case("true")
                 }
+                "vixdisklib.transport.deviceroot" => c.device_root = Some(v.to_string()),
+                "vixdisklib.transport.san.streams" => c.san_streams = v.parse().ok(),
+                "vixdisklib.transport.hotadd.proxyvm" => c.hotadd_proxy_vm = Some(v.to_string()),
+                "vixdisklib.transport.hotadd.statefile" => {
+                    c.hotadd_state_file = Some(v.to_string())
+                }
                 "linuxssl.verifycertificates" => {} // certificates are always verified
                 _ => c.unknown.push(key.to_string()),
             }
@@ -138,6 +159,43 @@ impl Config {
     /// VDDK configuration files are a few lines; anything past this is
     /// refused rather than read.
     pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+    fn device_root(&self) -> PathBuf {
+        PathBuf::from(self.device_root.as_deref().unwrap_or("/"))
+    }
+
+    /// Parallel requests per SAN / HotAdd disk.
+    pub fn streams(&self) -> usize {
+        self.san_streams.unwrap_or(DEFAULT_STREAMS).clamp(1, 64)
+    }
+
+    /// san options these settings imply.
+    pub fn san_options(&self, writable: bool, redo_log: bool, thin: bool) -> SanOptions {
+        SanOptions {
+            device_dir: self.device_root().join("dev/disk/by-id"),
+            allow: self.san_allow.clone(),
+            deny: self.san_deny.clone(),
+            writable,
+            redo_log,
+            thin,
+        }
+    }
+
+    /// hotadd options these settings imply.
+    pub fn hotadd_options(&self, writable: bool) -> HotAddOptions {
+        let state_file = match (&self.hotadd_state_file, &self.tmp_directory) {
+            (Some(f), _) => PathBuf::from(f),
+            (None, Some(t)) => Path::new(t).join("vddk-rs-hotadd.state"),
+            (None, None) => std::env::temp_dir().join("vddk-rs-hotadd.state"),
+        };
+        HotAddOptions {
+            proxy_vm: self.hotadd_proxy_vm.clone(),
+            device_root: self.device_root(),
+            state_file,
+            writable,
+            ..HotAddOptions::default()
+        }
+    }
 
     /// nbd/nbdssl options these settings imply.
     pub fn nbd_options(&self, ssl: bool) -> NbdOptions {
@@ -230,12 +288,16 @@ impl TransportMode {
     }
 }
 
+/// Parallel requests per SAN / HotAdd disk (VMware's advice is about six
+/// SAN streams per host).
+pub const DEFAULT_STREAMS: usize = 6;
+
 /// The default order when a connection names none.
 pub const DEFAULT_TRANSPORTS: &str = "san:hotadd:nbdssl:nbd";
 
 /// Transports this build implements.
 pub fn list_transport_modes() -> &'static str {
-    "file:nbdssl:nbd"
+    "file:san:hotadd:nbdssl:nbd"
 }
 
 /// How to log in.
@@ -443,12 +505,50 @@ impl Connection {
             return Ok(Disk::new(Backend::Local(d), TransportMode::File, None));
         };
         let mut tried = Vec::new();
+        let remote = || {
+            Some((
+                Arc::clone(&r.client),
+                r.vm.clone(),
+                r.snapshot.clone(),
+                path.to_string(),
+            ))
+        };
+        let streams = self.lib.config.streams();
         for &mode in &self.transports {
             let ssl = match mode {
                 TransportMode::NbdSsl => true,
                 TransportMode::Nbd => false,
-                other => {
-                    tried.push(format!("{}: not available on this proxy", other.as_str()));
+                TransportMode::San => {
+                    match self.open_san(r, path, read_only) {
+                        Ok((d, meta)) => {
+                            let mut disk = Disk::new(Backend::San(d, streams), mode, remote());
+                            disk.meta = Some(meta);
+                            return Ok(disk);
+                        }
+                        Err(e) => tried.push(format!("san: {e}")),
+                    }
+                    continue;
+                }
+                TransportMode::HotAdd => {
+                    match HotAddDisk::attach(
+                        Arc::clone(&r.client),
+                        &r.vm,
+                        r.snapshot.as_ref(),
+                        path,
+                        &self.lib.config.hotadd_options(!read_only),
+                    ) {
+                        Ok(d) => {
+                            let meta = d.disk_info().clone();
+                            let mut disk = Disk::new(Backend::HotAdd(d, streams), mode, remote());
+                            disk.meta = Some(meta);
+                            return Ok(disk);
+                        }
+                        Err(e) => tried.push(format!("hotadd: {e}")),
+                    }
+                    continue;
+                }
+                TransportMode::File => {
+                    tried.push("file: only for local disks".into());
                     continue;
                 }
             };
@@ -462,18 +562,7 @@ impl Connection {
                 read_only,
                 opts,
             ) {
-                Ok(d) => {
-                    return Ok(Disk::new(
-                        Backend::Nbd(d),
-                        mode,
-                        Some((
-                            Arc::clone(&r.client),
-                            r.vm.clone(),
-                            r.snapshot.clone(),
-                            path.to_string(),
-                        )),
-                    ))
-                }
+                Ok(d) => return Ok(Disk::new(Backend::Nbd(d), mode, remote())),
                 Err(e @ transport_nbd::Error::InvalidArgument(_)) => return Err(e.into()),
                 Err(e) => tried.push(format!("{}: {e}", mode.as_str())),
             }
@@ -482,6 +571,36 @@ impl Connection {
             disk: path.into(),
             tried: tried.join("; "),
         })
+    }
+
+    /// The san transport: the host's block map (the simulator's stand-in
+    /// call), then the LUN among this machine's devices.
+    fn open_san(
+        &self,
+        r: &Remote,
+        path: &str,
+        read_only: bool,
+    ) -> Result<(SanDisk, codec::VirtualDiskInfo)> {
+        let meta = disk_info(&r.client, &r.vm, r.snapshot.as_ref(), path)?;
+        let m = codec::parse_disk_block_map(&r.client.call(&codec::sim_query_disk_block_map(
+            &r.vm,
+            r.snapshot.as_ref(),
+            meta.key,
+        ))?)?;
+        let map = BlockMap::new(
+            &m.lun_id,
+            m.capacity,
+            m.extents
+                .iter()
+                .map(|e| LunExtent {
+                    virtual_offset: e.virtual_offset,
+                    lun_offset: e.lun_offset,
+                    len: e.length,
+                })
+                .collect(),
+        )?;
+        let opts = self.lib.config.san_options(!read_only, m.redo_log, m.thin);
+        Ok((SanDisk::open(map, &opts)?, meta))
     }
 
     /// `PrepareForAccess`: keeps Storage vMotion away from the VM. The
@@ -520,10 +639,17 @@ impl Connection {
         Ok(())
     }
 
-    /// `Cleanup`: state left by unclean shutdowns. This build keeps none
-    /// (no HotAdd yet), so the counts are (cleaned, remaining) = (0, 0).
+    /// `Cleanup`: detaches disks an unclean shutdown left HotAdded to the
+    /// proxy VM (from the state file and the proxy's configuration).
+    /// Returns (cleaned, remaining); (0, 0) for local connections.
     pub fn cleanup(&self) -> Result<(u32, u32)> {
-        Ok((0, 0))
+        let Some(r) = &self.remote else {
+            return Ok((0, 0));
+        };
+        Ok(transport_hotadd::cleanup(
+            &r.client,
+            &self.lib.config.hotadd_options(false),
+        )?)
     }
 }
 
@@ -539,6 +665,10 @@ fn check_identity(identity: &str) -> Result<()> {
 enum Backend {
     Local(LocalDisk),
     Nbd(NbdDisk),
+    /// With the number of parallel requests.
+    San(SanDisk, usize),
+    /// With the number of parallel requests.
+    HotAdd(HotAddDisk, usize),
 }
 
 /// `VixDiskLibInfo`, in bytes and sectors.
@@ -572,6 +702,8 @@ pub struct Disk {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     outstanding: Arc<Outstanding>,
     remote: Option<(Arc<Client>, MoRef, Option<MoRef>, String)>,
+    /// The disk as the VM's configuration describes it (san, hotadd).
+    meta: Option<codec::VirtualDiskInfo>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -601,6 +733,7 @@ impl Disk {
                 zero: Condvar::new(),
             }),
             remote,
+            meta: None,
         }
     }
 
@@ -614,6 +747,8 @@ impl Disk {
         match &*self.backend {
             Backend::Local(d) => d.capacity(),
             Backend::Nbd(d) => d.capacity(),
+            Backend::San(d, _) => d.capacity(),
+            Backend::HotAdd(d, _) => d.capacity(),
         }
     }
 
@@ -627,6 +762,8 @@ impl Disk {
     pub fn read_scattered(&self, buf: &mut [u8], parts: &[(u64, usize, usize)]) -> Result<()> {
         match &*self.backend {
             Backend::Nbd(d) => Ok(d.read_scattered(buf, parts)?),
+            Backend::San(d, n) => Ok(d.read_many(disjoint(buf, parts)?, *n)?),
+            Backend::HotAdd(d, n) => Ok(d.read_many(disjoint(buf, parts)?, *n)?),
             Backend::Local(d) => {
                 for &(off, at, len) in parts {
                     let dest = buf.get_mut(at..at + len).ok_or_else(|| {
@@ -748,6 +885,8 @@ impl Disk {
             Backend::Local(d) if d.is_writable() => d.flush(),
             Backend::Local(_) => Ok(()),
             Backend::Nbd(d) => Ok(d.flush()?),
+            Backend::San(d, _) => Ok(d.flush()?),
+            Backend::HotAdd(d, _) => Ok(d.flush()?),
         }
     }
 
@@ -776,6 +915,21 @@ impl Disk {
                     uuid: desc.ddb_get("ddb.uuid").map(str::to_string),
                 })
             }
+            Backend::San(..) | Backend::HotAdd(..) => {
+                let m = self.meta.as_ref().ok_or_else(|| {
+                    Error::InvalidArgument("the disk's configuration is not known".into())
+                })?;
+                // VMware's geometry for SCSI disks: 255 heads, 63 sectors.
+                let sectors = m.capacity / 512;
+                Ok(Info {
+                    capacity_sectors: sectors,
+                    geometry: ((sectors / (255 * 63)).clamp(1, 65535) as u32, 255, 63),
+                    adapter_type: 256,
+                    num_links: 1,
+                    parent_file_name_hint: None,
+                    uuid: m.uuid.clone(),
+                })
+            }
             Backend::Nbd(d) => {
                 let i = d.info()?;
                 Ok(Info {
@@ -794,9 +948,9 @@ impl Disk {
     pub fn metadata_keys(&self) -> Result<Vec<String>> {
         match &*self.backend {
             Backend::Local(d) => Ok(d.descriptor().ddb.iter().map(|(k, _)| k.clone()).collect()),
-            Backend::Nbd(_) => Err(Error::Unsupported {
+            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => Err(Error::Unsupported {
                 path: "remote disk".into(),
-                what: "listing DDB keys over NFC".into(),
+                what: format!("listing DDB keys over {}", self.mode.as_str()),
             }),
         }
     }
@@ -806,6 +960,16 @@ impl Disk {
         match &*self.backend {
             Backend::Local(d) => Ok(d.descriptor().ddb_get(key).map(str::to_string)),
             Backend::Nbd(d) => Ok(d.ddb(key)?),
+            Backend::San(..) | Backend::HotAdd(..) => match key {
+                "uuid" | "ddb.uuid" => Ok(self.meta.as_ref().and_then(|m| m.uuid.clone())),
+                _ => Err(Error::Unsupported {
+                    path: "remote disk".into(),
+                    what: format!(
+                        "reading DDB key {key} over {} (use nbd or nbdssl)",
+                        self.mode.as_str()
+                    ),
+                }),
+            },
         }
     }
 
@@ -813,9 +977,9 @@ impl Disk {
     pub fn write_metadata(&self, key: &str, value: &str) -> Result<()> {
         match &*self.backend {
             Backend::Local(d) => d.set_metadata(key, value),
-            Backend::Nbd(_) => Err(Error::Unsupported {
+            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => Err(Error::Unsupported {
                 path: "remote disk".into(),
-                what: "writing DDB keys over NFC".into(),
+                what: format!("writing DDB keys over {}", self.mode.as_str()),
             }),
         }
     }
@@ -848,7 +1012,7 @@ impl Disk {
                 .filter(|e| e.kind == AllocKind::Data)
                 .map(|e| cbt::Extent::new(e.start, e.length))
                 .collect(),
-            Backend::Nbd(_) => {
+            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => {
                 let (client, vm, snap, path) = self
                     .remote
                     .as_ref()
@@ -871,6 +1035,8 @@ impl Disk {
         match Arc::try_unwrap(self.backend) {
             Ok(Backend::Local(d)) => d.close(),
             Ok(Backend::Nbd(d)) => Ok(d.close()?),
+            Ok(Backend::San(d, _)) => Ok(d.flush()?),
+            Ok(Backend::HotAdd(d, _)) => Ok(d.close()?),
             Err(_) => Ok(()), // the worker still holds it; it is dropped with the worker
         }
     }
@@ -880,6 +1046,8 @@ fn read(b: &Backend, offset: u64, buf: &mut [u8]) -> Result<()> {
     match b {
         Backend::Local(d) => d.read_at(offset, buf),
         Backend::Nbd(d) => Ok(d.read_at(offset, buf)?),
+        Backend::San(d, n) => Ok(d.read_streams(offset, buf, *n)?),
+        Backend::HotAdd(d, n) => Ok(d.read_at(offset, buf, *n)?),
     }
 }
 
@@ -887,7 +1055,35 @@ fn write(b: &Backend, offset: u64, data: &[u8]) -> Result<()> {
     match b {
         Backend::Local(d) => d.write_at(offset, data),
         Backend::Nbd(d) => Ok(d.write_at(offset, data)?),
+        Backend::San(d, n) => Ok(d.write_streams(offset, data, *n)?),
+        Backend::HotAdd(d, n) => Ok(d.write_at(offset, data, *n)?),
     }
+}
+
+/// Splits `buf` into the disjoint pieces `parts` (disk offset, buffer
+/// offset, length) name; overlapping or out-of-buffer parts are refused.
+fn disjoint<'a>(
+    buf: &'a mut [u8],
+    parts: &[(u64, usize, usize)],
+) -> Result<Vec<(u64, &'a mut [u8])>> {
+    let mut order: Vec<&(u64, usize, usize)> = parts.iter().collect();
+    order.sort_by_key(|p| p.1);
+    let mut out = Vec::with_capacity(parts.len());
+    let mut rest = buf;
+    let mut consumed = 0usize;
+    for &&(off, at, len) in &order {
+        let bad = || Error::InvalidArgument("ranges overlap or do not fit the buffer".into());
+        let skip = at.checked_sub(consumed).ok_or_else(bad)?;
+        if skip.checked_add(len).is_none_or(|e| e > rest.len()) {
+            return Err(bad());
+        }
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+        let (piece, tail) = tail.split_at_mut(len);
+        out.push((off, piece));
+        rest = tail;
+        consumed = at + len;
+    }
+    Ok(out)
 }
 
 /// The disk key of `path` in the VM's (or snapshot's) configuration.
@@ -897,17 +1093,25 @@ pub fn disk_key(
     snapshot: Option<&MoRef>,
     path: &str,
 ) -> Result<(i32, u64)> {
+    let d = disk_info(client, vm, snapshot, path)?;
+    Ok((d.key, d.capacity))
+}
+
+/// The disk `path` as the VM's (or snapshot's) configuration shows it.
+pub fn disk_info(
+    client: &Client,
+    vm: &MoRef,
+    snapshot: Option<&MoRef>,
+    path: &str,
+) -> Result<codec::VirtualDiskInfo> {
     let owner = snapshot.unwrap_or(vm);
     let val = client
         .property(owner, "config.hardware.device")?
         .ok_or_else(|| Error::InvalidArgument("no devices".into()))?;
-    let d = codec::virtual_disks(&val)?
+    codec::virtual_disks(&val)?
         .into_iter()
         .find(|d| d.file_name == path)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!("{path} is not a disk of {}", owner.value))
-        })?;
-    Ok((d.key, d.capacity))
+        .ok_or_else(|| Error::InvalidArgument(format!("{path} is not a disk of {}", owner.value)))
 }
 
 /// `QueryChangedDiskAreas`, every page, assembled and checked.

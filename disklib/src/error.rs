@@ -134,6 +134,12 @@ pub enum Error {
     /// An nbd/nbdssl transport error.
     #[error(transparent)]
     Nbd(#[from] transport_nbd::Error),
+    /// A san transport error.
+    #[error(transparent)]
+    San(#[from] transport_san::Error),
+    /// A hotadd transport error.
+    #[error(transparent)]
+    HotAdd(#[from] transport_hotadd::Error),
     /// No transport of the connection's list can reach the disk.
     #[error("no transport can reach {disk}: {tried}")]
     NoTransport {
@@ -270,6 +276,12 @@ impl Error {
             Error::NotInitialized => vix::E_FAIL,
             Error::Repository { .. } | Error::Plan(_) | Error::Changes(_) => vix::E_FAIL,
             Error::NoTransport { .. } => vix::E_NOT_SUPPORTED,
+            Error::San(transport_san::Error::OutOfRange { .. })
+            | Error::HotAdd(transport_hotadd::Error::Device(transport_san::Error::OutOfRange {
+                ..
+            })) => vix::E_INVALID_ARG,
+            Error::San(transport_san::Error::ReadOnly) => vix::E_FILE_READ_ONLY,
+            Error::San(_) | Error::HotAdd(_) => vix::E_FAIL,
             Error::Soap(e) => match e.fault_kind() {
                 Some(F::InvalidLogin) | Some(F::NotAuthenticated) => vix::E_AUTHENTICATION_FAIL,
                 Some(F::ManagedObjectNotFound(_)) => vix::E_OBJECT_NOT_FOUND,

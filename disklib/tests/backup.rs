@@ -67,6 +67,7 @@ fn inventory(
         datastores: vec![Datastore {
             name: ds.into(),
             path: root.join("ds"),
+            lun: None,
         }],
         vms: vec![Vm {
             name: "vm".into(),
@@ -76,7 +77,9 @@ fn inventory(
             disks,
             proxy: false,
             cbt: true,
+            scsi_controllers: 1,
         }],
+        proxy_host: None,
     }
 }
 

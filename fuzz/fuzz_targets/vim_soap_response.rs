@@ -16,10 +16,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = codec::parse_internal_content(&resp);
     let _ = codec::parse_host_service_ticket(&resp);
     let _ = codec::parse_disk_change_info(&resp);
+    let _ = codec::parse_disk_block_map(&resp);
     if let Ok(r) = codec::parse_retrieve_result(&resp) {
         for o in &r.objects {
             for (_, v) in &o.props {
                 let _ = codec::virtual_disks(v);
+                let _ = codec::virtual_controllers(v);
                 let _ = codec::task_info(v);
                 let _ = codec::snapshot_tree(v);
             }

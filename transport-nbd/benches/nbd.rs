@@ -107,6 +107,7 @@ fn main() {
         datastores: vec![Datastore {
             name: "ds".into(),
             path: dir.path().join("ds"),
+            lun: None,
         }],
         vms: vec![Vm {
             name: "bench".into(),
@@ -122,7 +123,9 @@ fn main() {
             }],
             proxy: false,
             cbt: false,
+            scsi_controllers: 1,
         }],
+        proxy_host: None,
     };
     let sim = Simulator::start(inv, SimOptions::default(), 0).unwrap();
     let _nfc = sim

@@ -18,9 +18,16 @@
 //! caller falls back to another transport; a range the map does not cover
 //! is an error, never zeros.
 //!
-//! Status: the LUN access layer. The simulator's LUN, the vim-soap call
-//! that fetches the map, and the wiring into `disklib`'s transport
-//! selection are still to come (issue 8).
+//! The map comes from the host; with the kit's simulator that is
+//! `vim_soap::codec::sim_query_disk_block_map`, a documented stand-in for
+//! VMware's internal interfaces. `disklib` tries this transport first in
+//! its default order and falls back when it declines.
+//!
+//! A LUN that is a regular file (an image, as the simulator and many test
+//! rigs use) cannot go offline under an open descriptor the way a block
+//! device does; every request therefore checks the file still reaches
+//! the bytes it touches, so a truncated image fails instead of reading
+//! short or being silently extended by a write.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -221,6 +228,9 @@ pub struct SanOptions {
     pub writable: bool,
     /// The disk is a redo log (snapshot child): never written over SAN.
     pub redo_log: bool,
+    /// The host reports the disk thin-provisioned: never written over
+    /// SAN (the host would have to allocate blocks under us).
+    pub thin: bool,
 }
 
 impl Default for SanOptions {
@@ -231,6 +241,7 @@ impl Default for SanOptions {
             deny: Vec::new(),
             writable: false,
             redo_log: false,
+            thin: false,
         }
     }
 }
@@ -283,6 +294,8 @@ pub struct SanDisk {
     path: PathBuf,
     map: BlockMap,
     writable: bool,
+    /// An image file rather than a block device: sizes are checked.
+    regular: bool,
 }
 
 /// A zeroed buffer of `len` bytes whose start is `ALIGN`-aligned, carved
@@ -315,16 +328,34 @@ impl SanDisk {
     /// writing and refuses redo logs.
     pub fn open(map: BlockMap, opts: &SanOptions) -> Result<Self> {
         let map = BlockMap::new(&map.lun_id, map.capacity, map.extents)?;
-        if opts.writable && opts.redo_log {
-            return Err(Error::RedoLog);
+        if opts.redo_log {
+            if opts.writable {
+                return Err(Error::RedoLog);
+            }
+            return Err(Error::Declined(
+                "a redo log (snapshot delta) is not on the LUN as flat extents; read it through another transport".into(),
+            ));
         }
-        if opts.writable && !map.is_complete() {
+        if opts.writable && (opts.thin || !map.is_complete()) {
             return Err(Error::Declined(
                 "a thin disk is not restored over SAN (blocks would need allocating on the host)"
                     .into(),
             ));
         }
         let path = find_lun(&opts.device_dir, &map.lun_id, &opts.allow, &opts.deny)?;
+        Self::open_device(&path, map, opts.writable)
+    }
+
+    /// Opens a known device with `O_DIRECT` and serves `map` from it (no
+    /// lookup, no allow / deny lists): what HotAdd uses for the disk the
+    /// proxy was given, with a one-extent map.
+    pub fn open_device(path: &Path, map: BlockMap, writable: bool) -> Result<Self> {
+        let map = BlockMap::new(&map.lun_id, map.capacity, map.extents)?;
+        let path = path.to_path_buf();
+        let opts = SanOptions {
+            writable,
+            ..SanOptions::default()
+        };
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(opts.writable)
@@ -348,11 +379,13 @@ impl SanDisk {
                 ),
             });
         }
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
         Ok(Self {
             file,
             path,
             map,
             writable: opts.writable,
+            regular,
         })
     }
 
@@ -387,14 +420,30 @@ impl SanDisk {
     /// each taking whole `MAX_REQUEST` pieces of the range in turn (VMware
     /// advises about six streams per host for SAN).
     pub fn read_streams(&self, offset: u64, buf: &mut [u8], streams: usize) -> Result<()> {
-        self.map.resolve(offset, buf.len() as u64)?;
-        let chunks: Vec<(u64, &mut [u8])> = buf
-            .chunks_mut(MAX_REQUEST as usize)
-            .enumerate()
-            .map(|(i, c)| (offset + i as u64 * MAX_REQUEST, c))
-            .collect();
-        let streams = streams.clamp(1, chunks.len().max(1));
-        let queue = std::sync::Mutex::new(chunks.into_iter());
+        self.read_many(vec![(offset, buf)], streams)
+    }
+
+    /// Reads several `(disk offset, buffer)` ranges on up to `streams`
+    /// threads, all ranges cut into `MAX_REQUEST` pieces that any thread
+    /// may take, so small and large ranges alike keep every stream busy.
+    pub fn read_many(&self, ranges: Vec<(u64, &mut [u8])>, streams: usize) -> Result<()> {
+        let mut pieces: Vec<(u64, &mut [u8])> = Vec::new();
+        for (offset, buf) in ranges {
+            self.map.resolve(offset, buf.len() as u64)?;
+            let mut at = offset;
+            for c in buf.chunks_mut(MAX_REQUEST as usize) {
+                let n = c.len() as u64;
+                pieces.push((at, c));
+                at += n;
+            }
+        }
+        let streams = streams.clamp(1, pieces.len().max(1));
+        if streams == 1 {
+            return pieces
+                .into_iter()
+                .try_for_each(|(at, c)| self.read_at(at, c));
+        }
+        let queue = std::sync::Mutex::new(pieces.into_iter());
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..streams)
                 .map(|_| {
@@ -416,6 +465,70 @@ impl SanDisk {
         })
     }
 
+    /// Writes like [`SanDisk::write_at`] on up to `streams` threads, each
+    /// taking pieces of at most `MAX_REQUEST` that end on `MAX_REQUEST`
+    /// boundaries of the LUN. Two threads never read-modify-write the
+    /// same LUN block: with a map whose extents are not all `ALIGN`ed on
+    /// the LUN (adjacent extents could share a block), one stream is used.
+    pub fn write_streams(&self, offset: u64, data: &[u8], streams: usize) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let mut pieces = Vec::new();
+        let mut at = 0usize;
+        for (lun, len) in self.map.resolve(offset, data.len() as u64)? {
+            let (mut pos, end) = (lun, lun + len);
+            while pos < end {
+                let next = ((pos / MAX_REQUEST + 1) * MAX_REQUEST).min(end);
+                let n = (next - pos) as usize;
+                pieces.push((pos, &data[at..at + n]));
+                at += n;
+                pos = next;
+            }
+        }
+        let aligned = self
+            .map
+            .extents
+            .iter()
+            .all(|e| (e.lun_offset | e.len).is_multiple_of(ALIGN));
+        let streams = if aligned { streams } else { 1 }.clamp(1, pieces.len().max(1));
+        let queue = std::sync::Mutex::new(pieces.into_iter());
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..streams)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        loop {
+                            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                            let Some((lun, piece)) = next else {
+                                return Ok(());
+                            };
+                            self.write_lun(lun, piece)?;
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    /// Fails when an image-file LUN no longer reaches `end` (truncated,
+    /// emptied): a block device would fail the request itself.
+    fn check_reaches(&self, end: u64) -> Result<()> {
+        if !self.regular {
+            return Ok(());
+        }
+        let len = self.file.metadata().map_err(|e| self.offline(e))?.len();
+        if len < end {
+            return Err(self.offline(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the LUN ends at byte {len}; the request needs {end}"),
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads LUN bytes through aligned requests of at most `MAX_REQUEST`.
     fn read_lun(&self, lun: u64, out: &mut [u8]) -> Result<()> {
         let mut done = 0usize;
@@ -427,6 +540,7 @@ impl SanDisk {
             let want = (out.len() - done).min(MAX_REQUEST as usize - skip);
             let span = (skip + want).div_ceil(ALIGN as usize) * ALIGN as usize;
             let b = &mut bounce.get()[..span];
+            self.check_reaches(at + want as u64)?;
             self.file
                 .read_exact_at(b, start)
                 .map_err(|e| self.offline(e))?;
@@ -460,6 +574,7 @@ impl SanDisk {
             let put = (data.len() - done).min(MAX_REQUEST as usize - skip);
             let span = (skip + put).div_ceil(ALIGN as usize) * ALIGN as usize;
             let b = &mut bounce.get()[..span];
+            self.check_reaches(at + put as u64)?;
             if skip != 0 || !put.is_multiple_of(ALIGN as usize) {
                 // Keep the bytes around the write that share its blocks.
                 self.file

@@ -280,3 +280,82 @@ fn a_lun_that_shrinks_under_us_fails_the_read() {
     // The part still there reads.
     d.read_at(5 * MIB, &mut b).unwrap();
 }
+
+#[test]
+fn writes_on_several_streams_equal_one_stream() {
+    for aligned in [false, true] {
+        let l = lun();
+        let map = if aligned {
+            // Whole 4 KiB LUN blocks: several streams may run.
+            BlockMap::new(
+                ID,
+                6 * MIB,
+                vec![
+                    LunExtent {
+                        virtual_offset: 0,
+                        lun_offset: 9 * MIB,
+                        len: 2 * MIB + 4096,
+                    },
+                    LunExtent {
+                        virtual_offset: 2 * MIB + 4096,
+                        lun_offset: 4 * MIB + 8192,
+                        len: 4 * MIB - 4096,
+                    },
+                ],
+            )
+            .unwrap()
+        } else {
+            l.map.clone()
+        };
+        let d = SanDisk::open(map, &opts(&l, true)).unwrap();
+        let mut want = vec![0u8; 6 * MIB as usize];
+        d.read_at(0, &mut want).unwrap();
+        for (off, len, seed, streams) in [
+            (0u64, 6 * MIB as usize, 7u32, 6usize),
+            (777, 3 * MIB as usize + 99, 8, 3),
+            (2 * MIB + 1, 1, 9, 6),
+        ] {
+            let data = pattern(len, seed);
+            d.write_streams(off, &data, streams).unwrap();
+            want[off as usize..off as usize + len].copy_from_slice(&data);
+            let mut got = vec![0u8; 6 * MIB as usize];
+            d.read_at(0, &mut got).unwrap();
+            assert!(got == want, "aligned {aligned}: {off}+{len} on {streams}");
+        }
+        assert!(matches!(
+            d.write_streams(6 * MIB - 1, &[1, 2], 4),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_thin_disk_is_declined_for_writing_and_a_shrunk_lun_fails_writes() {
+    let l = lun();
+    let mut o = opts(&l, true);
+    o.thin = true;
+    assert!(matches!(
+        SanDisk::open(l.map.clone(), &o),
+        Err(Error::Declined(_))
+    ));
+    o.writable = false;
+    assert!(SanDisk::open(l.map.clone(), &o).is_ok(), "thin is readable");
+    // An image LUN cut short after open: the write must fail, not extend it.
+    let d = SanDisk::open(l.map.clone(), &opts(&l, true)).unwrap();
+    let file = l.dir.path().join("lun0");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
+    // Virtual 0 lies at LUN 9 MiB, past the cut.
+    assert!(matches!(
+        d.write_at(0, &[7u8; 4096]),
+        Err(Error::Offline { .. })
+    ));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), MIB, "not extended");
+    // Virtual 5 MiB lies at LUN 512, before the cut: still served.
+    let mut b = [0u8; 512];
+    d.read_at(5 * MIB, &mut b).unwrap();
+}

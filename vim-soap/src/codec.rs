@@ -1086,6 +1086,171 @@ pub fn virtual_disks_xml(disks: &[VirtualDiskInfo]) -> String {
     s
 }
 
+/// What kind of controller a device hangs off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControllerKind {
+    /// A SCSI controller (LSI Logic, LSI Logic SAS, BusLogic, ParaVirtual):
+    /// units 0–15, unit 7 is the controller's own.
+    Scsi,
+    /// An IDE controller (no hot add).
+    Ide,
+    /// Anything else (SATA, NVMe, ...), by its type name.
+    Other(String),
+}
+
+/// A disk controller of a VM configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualController {
+    /// Device key.
+    pub key: i32,
+    /// Bus number (SCSI0, SCSI1, ... in this order).
+    pub bus_number: i32,
+    /// Kind.
+    pub kind: ControllerKind,
+    /// The `xsi:type` as sent, e.g. `ParaVirtualSCSIController`.
+    pub type_name: String,
+}
+
+const SCSI_CONTROLLERS: [&str; 4] = [
+    "ParaVirtualSCSIController",
+    "VirtualLsiLogicController",
+    "VirtualLsiLogicSASController",
+    "VirtualBusLogicController",
+];
+
+/// The controllers in an `ArrayOfVirtualDevice` value (anything with a
+/// `busNumber`).
+pub fn virtual_controllers(val: &Element) -> Result<Vec<VirtualController>> {
+    let mut out = Vec::new();
+    for d in &val.children {
+        let Some(t) = d.xsi_type() else { continue };
+        if d.child("busNumber").is_none() {
+            continue;
+        }
+        let kind = if SCSI_CONTROLLERS.contains(&t) || t == "VirtualSCSIController" {
+            ControllerKind::Scsi
+        } else if t == "VirtualIDEController" {
+            ControllerKind::Ide
+        } else {
+            ControllerKind::Other(t.to_string())
+        };
+        out.push(VirtualController {
+            key: num(d, "key")?,
+            bus_number: num(d, "busNumber")?,
+            kind,
+            type_name: t.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Serialises controllers and disks as one `ArrayOfVirtualDevice` value
+/// (server side), controllers first, in the order given.
+pub fn virtual_devices_xml(controllers: &[VirtualController], disks: &[VirtualDiskInfo]) -> String {
+    let disks_xml = virtual_disks_xml(disks);
+    let mut s = String::from("<val xsi:type=\"ArrayOfVirtualDevice\">");
+    for c in controllers {
+        let _ = write!(
+            s,
+            "<VirtualDevice xsi:type=\"{}\"><key>{}</key><busNumber>{}</busNumber></VirtualDevice>",
+            escape(&c.type_name),
+            c.key,
+            c.bus_number
+        );
+    }
+    s.push_str(
+        disks_xml
+            .strip_prefix("<val xsi:type=\"ArrayOfVirtualDevice\">")
+            .unwrap_or(&disks_xml),
+    );
+    s
+}
+
+/// Name of the simulator's block-map call (see [`sim_query_disk_block_map`]).
+pub const SIM_QUERY_DISK_BLOCK_MAP: &str = "SimQueryDiskBlockMap";
+
+/// `SimQueryDiskBlockMap`: where a disk's bytes lie on its LUN.
+///
+/// **A model, not a vSphere API.** VMware's SAN transport learns a disk's
+/// LUN and block layout through internal, undocumented host interfaces
+/// (VMFS metadata). This call stands in for them so the SAN transport can
+/// be tested against the simulator; a real vCenter answers it with a
+/// `MethodNotFound`-style fault, and the SAN transport then declines.
+pub fn sim_query_disk_block_map(vm: &MoRef, snapshot: Option<&MoRef>, device_key: i32) -> Request {
+    let mut p = String::new();
+    if let Some(s) = snapshot {
+        p.push_str(&s.xml("snapshot"));
+    }
+    let _ = write!(p, "<deviceKey>{device_key}</deviceKey>");
+    request(Namespace::Vim25, SIM_QUERY_DISK_BLOCK_MAP, vm, &p)
+}
+
+/// One piece of a disk on its LUN (bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockMapExtent {
+    /// Offset in the virtual disk.
+    pub virtual_offset: u64,
+    /// Offset on the LUN.
+    pub lun_offset: u64,
+    /// Length.
+    pub length: u64,
+}
+
+/// The answer of `SimQueryDiskBlockMap`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskBlockMap {
+    /// The LUN's NAA id, e.g. `naa.6000c2912345678`.
+    pub lun_id: String,
+    /// Virtual disk size in bytes.
+    pub capacity: u64,
+    /// Thin provisioned (blocks are allocated by the host on first write).
+    pub thin: bool,
+    /// The file is a redo log (a snapshot's delta), not the base disk.
+    pub redo_log: bool,
+    /// The extents of the base disk on the LUN.
+    pub extents: Vec<BlockMapExtent>,
+}
+
+/// Parses a `SimQueryDiskBlockMapResponse`.
+pub fn parse_disk_block_map(resp: &Element) -> Result<DiskBlockMap> {
+    let r = returnval(resp)?;
+    let mut extents = Vec::new();
+    for e in r.children_named("extent") {
+        extents.push(BlockMapExtent {
+            virtual_offset: num(e, "virtualOffset")?,
+            lun_offset: num(e, "lunOffset")?,
+            length: num(e, "length")?,
+        });
+    }
+    Ok(DiskBlockMap {
+        lun_id: req_text(r, "lunId")?.to_string(),
+        capacity: num(r, "capacity")?,
+        thin: r.child_text("thin") == Some("true"),
+        redo_log: r.child_text("redoLog") == Some("true"),
+        extents,
+    })
+}
+
+/// Serialises a `DiskBlockMap` returnval (server side).
+pub fn disk_block_map_xml(m: &DiskBlockMap) -> String {
+    let mut s = format!(
+        "<returnval>{}<capacity>{}</capacity><thin>{}</thin><redoLog>{}</redoLog>",
+        tag("lunId", &m.lun_id),
+        m.capacity,
+        m.thin,
+        m.redo_log
+    );
+    for e in &m.extents {
+        let _ = write!(
+            s,
+            "<extent><virtualOffset>{}</virtualOffset><lunOffset>{}</lunOffset><length>{}</length></extent>",
+            e.virtual_offset, e.lun_offset, e.length
+        );
+    }
+    s.push_str("</returnval>");
+    s
+}
+
 /// A node of a VM's snapshot tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotNode {
@@ -1408,6 +1573,56 @@ mod tests {
             parse_disk_change_info(&parse_response(body.as_bytes()).unwrap()).unwrap(),
             dci
         );
+
+        let map = DiskBlockMap {
+            lun_id: "naa.6000c29a1b2c3d4e".into(),
+            capacity: 1 << 30,
+            thin: true,
+            redo_log: false,
+            extents: vec![BlockMapExtent {
+                virtual_offset: 0,
+                lun_offset: 1 << 20,
+                length: 1 << 30,
+            }],
+        };
+        let body = response_envelope(SIM_QUERY_DISK_BLOCK_MAP, &disk_block_map_xml(&map));
+        assert_eq!(
+            parse_disk_block_map(&parse_response(body.as_bytes()).unwrap()).unwrap(),
+            map
+        );
+        let vm42 = MoRef::new("VirtualMachine", "vm-42");
+        let r = sim_query_disk_block_map(&vm42, None, 2001);
+        assert!(r.body.contains(r#"<SimQueryDiskBlockMap xmlns="urn:vim25"><_this type="VirtualMachine">vm-42</_this><deviceKey>2001</deviceKey></SimQueryDiskBlockMap>"#), "{}", r.body);
+        let no_lun = response_envelope(
+            SIM_QUERY_DISK_BLOCK_MAP,
+            "<returnval><capacity>1</capacity></returnval>",
+        );
+        assert!(parse_disk_block_map(&parse_response(no_lun.as_bytes()).unwrap()).is_err());
+
+        let ctrls = vec![
+            VirtualController {
+                key: 1001,
+                bus_number: 1,
+                kind: ControllerKind::Scsi,
+                type_name: "ParaVirtualSCSIController".into(),
+            },
+            VirtualController {
+                key: 200,
+                bus_number: 0,
+                kind: ControllerKind::Ide,
+                type_name: "VirtualIDEController".into(),
+            },
+            VirtualController {
+                key: 15000,
+                bus_number: 0,
+                kind: ControllerKind::Other("VirtualAHCIController".into()),
+                type_name: "VirtualAHCIController".into(),
+            },
+        ];
+        let xml = virtual_devices_xml(&ctrls, &disks);
+        let el = Element::parse(xml.as_bytes()).unwrap();
+        assert_eq!(virtual_controllers(&el).unwrap(), ctrls);
+        assert_eq!(virtual_disks(&el).unwrap(), disks);
 
         assert!(parse_response(b"<notsoap/>").is_err());
         assert!(parse_retrieve_result(&Element::default())

@@ -38,6 +38,18 @@ pub struct Datastore {
     pub name: String,
     /// Directory (relative paths are relative to the inventory file).
     pub path: PathBuf,
+    /// The SAN LUN holding this (VMFS) datastore's thick and thin disks.
+    #[serde(default)]
+    pub lun: Option<LunSpec>,
+}
+
+/// A simulated SAN LUN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunSpec {
+    /// NAA id, e.g. `naa.6000c29a5e8d2b41c3f0a9b7d6e41f02`.
+    pub id: String,
+    /// Size in bytes (whole MiB).
+    pub size: u64,
 }
 
 /// A disk of a VM.
@@ -89,6 +101,14 @@ pub struct Vm {
     /// Start with changed-block tracking on.
     #[serde(default)]
     pub cbt: bool,
+    /// SCSI controllers (SCSI0, SCSI1, ...); every VM also has two IDE
+    /// controllers.
+    #[serde(default = "default_scsi")]
+    pub scsi_controllers: u32,
+}
+
+fn default_scsi() -> u32 {
+    1
 }
 
 fn default_power() -> String {
@@ -114,11 +134,19 @@ pub struct Inventory {
     /// Virtual machines.
     #[serde(default)]
     pub vms: Vec<Vm>,
+    /// The backup proxy host's view, a root holding `dev/disk/by-id` (the
+    /// LUNs), `dev/sdX` and `sys/block` (HotAdded disks) and
+    /// `sys/class/dmi/id/product_uuid` (the proxy VM's identity).
+    #[serde(default)]
+    pub proxy_host: Option<PathBuf>,
 }
 
 fn default_dc() -> String {
     "dc1".into()
 }
+
+/// The demo datastore's LUN.
+pub const DEMO_LUN: &str = "naa.6000c29a5e8d2b41c3f0a9b7d6e41f02";
 
 /// User and password of the demo inventory.
 pub const DEMO_USER: &str = "administrator@vsphere.local";
@@ -137,6 +165,9 @@ impl Inventory {
             if ds.path.is_relative() {
                 ds.path = base.join(&ds.path);
             }
+        }
+        if let Some(p) = inv.proxy_host.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
         }
         Ok(inv)
     }
@@ -157,7 +188,12 @@ impl Inventory {
             datastores: vec![Datastore {
                 name: "datastore1".into(),
                 path: root.join("datastore1"),
+                lun: Some(LunSpec {
+                    id: DEMO_LUN.into(),
+                    size: 256 << 20,
+                }),
             }],
+            proxy_host: Some(root.join("proxy-host")),
             vms: vec![
                 Vm {
                     name: "demo-vm".into(),
@@ -182,15 +218,23 @@ impl Inventory {
                     ],
                     proxy: false,
                     cbt: true,
+                    scsi_controllers: 1,
                 },
                 Vm {
                     name: "backup-proxy".into(),
                     host: Some("esx1.sim.local".into()),
                     power: "poweredOn".into(),
                     uuid: None,
-                    disks: vec![],
+                    disks: vec![Disk {
+                        file: "[datastore1] backup-proxy/backup-proxy.vmdk".into(),
+                        capacity: 16 << 20,
+                        disk_type: "monolithicSparse".into(),
+                        mode: "persistent".into(),
+                        create: true,
+                    }],
                     proxy: true,
                     cbt: false,
+                    scsi_controllers: 2,
                 },
             ],
         }

@@ -18,8 +18,19 @@
 //! `EnableMethods` (vCenter mode; refused in ESXi mode) that block
 //! `RelocateVM_Task`; and NFC tickets bound to one disk.
 //!
-//! Simulator-only call: `SimGuestWrite` (what a guest OS writing to its
-//! disk would do), used by `vdisk sim guest-write`.
+//! Storage fabric ([`san`]): a datastore may sit on a simulated SAN LUN
+//! (a file laid out like a thick VMFS volume holding the flat extents of
+//! its `vmfs` / `vmfsThin` disks), shown to a proxy host as
+//! `dev/disk/by-id/naa.…` under [`Inventory::proxy_host`], with switches
+//! to take it offline or make it fail; a proxy VM's HotAdd
+//! reconfigurations create and remove `sys/block/sdX` and `dev/sdX`
+//! there. `RemoveSnapshot_Task` fails with `FileLocked` while a disk of
+//! the snapshot is attached to another VM.
+//!
+//! Simulator-only calls: `SimGuestWrite` (what a guest OS writing to its
+//! disk would do), used by `vdisk sim guest-write`; `SimQueryDiskBlockMap`
+//! (where a disk lies on its LUN), a stand-in for the internal host
+//! interfaces VMware's SAN transport uses.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -27,6 +38,7 @@
 pub mod inventory;
 pub mod model;
 pub mod nfc;
+pub mod san;
 mod server;
 
 use std::net::{SocketAddr, TcpListener};
@@ -36,6 +48,7 @@ use std::sync::Arc;
 pub use inventory::{Inventory, Mode};
 pub use model::{NfcGrant, Shared, SimOptions};
 pub use nfc::{Faults, NfcOptions, NfcServer};
+pub use san::LunState;
 
 /// A running simulator. Stops when dropped.
 #[derive(Debug)]
@@ -113,6 +126,12 @@ impl Simulator {
         self.shared
             .guest_write(vm, disk_key, offset, data)
             .map_err(|(_, m)| m)
+    }
+
+    /// Takes a LUN offline, makes it fail from a byte on, or brings it
+    /// back online.
+    pub fn set_lun_state(&self, id: &str, state: LunState) -> Result<(), String> {
+        self.shared.set_lun_state(id, state)
     }
 
     /// Starts the NFC server beside the SOAP endpoint (same certificate);

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use cbt::{Extent, ExtentList};
 use disklib::create::{CreateOptions, DiskType};
 use disklib::local::{AllocKind, LocalDisk, OpenOptions};
-use vim_soap::codec::{self, MoRef, SnapshotNode, TaskInfo, TaskState, VirtualDiskInfo};
+use vim_soap::codec::{
+    self, ControllerKind, MoRef, SnapshotNode, TaskInfo, TaskState, VirtualController,
+    VirtualDiskInfo,
+};
 use vim_soap::xml::{escape, Element};
 use vim_soap::FaultKind;
 
 use crate::inventory::{split_datastore_path, Inventory, Mode};
+use crate::san::{self, Lun, LunState};
 
 /// A fault to answer with.
 pub type Fault = (FaultKind, String);
@@ -51,6 +55,8 @@ pub(crate) struct SimDisk {
     /// Files from base to running (the last is written by the guest).
     pub chain: Vec<PathBuf>,
     pub cbt: Cbt,
+    /// On a proxy VM: the block device a HotAdd gave the guest (`sdb`).
+    pub device: Option<String>,
 }
 
 impl SimDisk {
@@ -79,6 +85,7 @@ pub(crate) struct SimVm {
     pub uuid: String,
     pub power: String,
     pub proxy: bool,
+    pub controllers: Vec<VirtualController>,
     pub disks: Vec<SimDisk>,
     /// Linear snapshot chain, oldest first.
     pub snapshots: Vec<SimSnapshot>,
@@ -165,6 +172,37 @@ pub struct Shared {
     pub(crate) opts: SimOptions,
     pub(crate) thumbprint: String,
     pub(crate) nfc_endpoint: Mutex<Option<(String, u16)>>,
+    /// LUNs, with the directory of the datastore each holds.
+    pub(crate) luns: Mutex<Vec<(PathBuf, Lun)>>,
+}
+
+/// A VMware-style disk UUID: its hex digits are the SCSI serial Linux
+/// shows (`6000c29…`).
+fn disk_uuid() -> String {
+    san::uuid_dashed(&format!("6000c29{}", &random_hex(13)[..25]))
+}
+
+/// Two IDE controllers and `scsi` SCSI controllers, listed SCSI first in
+/// descending bus order (clients must sort, not trust the order).
+fn controllers(scsi: u32) -> Vec<VirtualController> {
+    let mut c: Vec<VirtualController> = (0..scsi as i32)
+        .rev()
+        .map(|bus| VirtualController {
+            key: 1000 + bus,
+            bus_number: bus,
+            kind: ControllerKind::Scsi,
+            type_name: "ParaVirtualSCSIController".into(),
+        })
+        .collect();
+    for bus in 0..2 {
+        c.push(VirtualController {
+            key: 200 + bus,
+            bus_number: bus,
+            kind: ControllerKind::Ide,
+            type_name: "VirtualIDEController".into(),
+        });
+    }
+    c
 }
 
 fn random_hex(n: usize) -> String {
@@ -223,7 +261,30 @@ impl Shared {
             opts,
             thumbprint,
             nfc_endpoint: Mutex::new(None),
+            luns: Mutex::new(Vec::new()),
         };
+        let mut luns = Vec::new();
+        for ds in &me.inv.datastores {
+            if let Some(l) = &ds.lun {
+                let lun = Lun::prepare(&ds.path, &l.id, l.size)?;
+                if let Some(root) = &me.inv.proxy_host {
+                    san::expose_lun(root, &lun)?;
+                }
+                luns.push((ds.path.clone(), lun));
+            }
+        }
+        // Disks already on a LUN keep their space.
+        for v in &me.inv.vms {
+            for d in &v.disks {
+                if let Ok(path) = me.resolve(&d.file) {
+                    for (dir, lun) in luns.iter_mut() {
+                        if path.starts_with(&*dir) && path.exists() {
+                            lun.account(&path);
+                        }
+                    }
+                }
+            }
+        }
         for (n, v) in me.inv.vms.iter().enumerate() {
             let moref = format!("vm-{}", 100 + n);
             let mut disks = Vec::new();
@@ -240,10 +301,18 @@ impl Shared {
                         std::fs::create_dir_all(dir)
                             .map_err(|e| format!("{}: {e}", dir.display()))?;
                     }
-                    let t = DiskType::from_name(&d.disk_type)
-                        .ok_or_else(|| format!("unknown disk type {}", d.disk_type))?;
-                    disklib::create::create(&path, &CreateOptions::new(t, d.capacity))
-                        .map_err(|e| e.to_string())?;
+                    let on_lun = luns
+                        .iter_mut()
+                        .find(|(dir, _)| path.starts_with(dir))
+                        .zip(san::lun_disk_type(&d.disk_type));
+                    if let Some(((_, lun), thin)) = on_lun {
+                        lun.create_disk(&path, d.capacity, thin)?;
+                    } else {
+                        let t = DiskType::from_name(&d.disk_type)
+                            .ok_or_else(|| format!("unknown disk type {}", d.disk_type))?;
+                        disklib::create::create(&path, &CreateOptions::new(t, d.capacity))
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
                 let disk =
                     LocalDisk::open(&path, &OpenOptions::default()).map_err(|e| e.to_string())?;
@@ -259,11 +328,12 @@ impl Shared {
                 disks.push(SimDisk {
                     key: 2000 + i as i32,
                     controller_key: 1000,
-                    unit: i as i32,
+                    // Unit 7 is the SCSI controller's own.
+                    unit: if i >= 7 { i as i32 + 1 } else { i as i32 },
                     mode: d.mode.clone(),
                     capacity: disk.capacity(),
                     thin,
-                    uuid: random_hex(16),
+                    uuid: disk_uuid(),
                     chain: vec![path],
                     cbt: Cbt {
                         enabled: v.cbt,
@@ -271,6 +341,7 @@ impl Shared {
                         current: 1,
                         log: Vec::new(),
                     },
+                    device: None,
                 });
             }
             state.vms.insert(
@@ -281,13 +352,20 @@ impl Shared {
                     uuid: v.uuid.clone().unwrap_or_else(|| random_hex(16)),
                     power: v.power.clone(),
                     proxy: v.proxy,
+                    controllers: controllers(v.scsi_controllers),
                     disks,
                     snapshots: Vec::new(),
                     disabled: BTreeMap::new(),
                 },
             );
         }
+        if let Some(root) = &me.inv.proxy_host {
+            if let Some(p) = state.vms.values().find(|v| v.proxy) {
+                san::expose_proxy_identity(root, &p.uuid)?;
+            }
+        }
         *me.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        *me.luns.lock().unwrap_or_else(|p| p.into_inner()) = luns;
         Ok(me)
     }
 
@@ -380,6 +458,83 @@ impl Shared {
         let mut st = self.lock();
         let g = st.nfc_tickets.remove(ticket)?;
         (g.expires > Instant::now()).then_some(g)
+    }
+
+    /// Takes a LUN offline, makes it fail from a byte on, or brings it
+    /// back (see [`crate::san`]).
+    pub fn set_lun_state(&self, id: &str, state: LunState) -> Result<(), String> {
+        let mut luns = self.luns.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, lun) = luns
+            .iter_mut()
+            .find(|(_, l)| san::naa_hex(&l.id) == san::naa_hex(id))
+            .ok_or_else(|| format!("no LUN {id}"))?;
+        lun.set_state(state, self.inv.proxy_host.as_deref())
+    }
+
+    /// The LUN image of a LUN id.
+    pub fn lun_image(&self, id: &str) -> Option<PathBuf> {
+        let luns = self.luns.lock().unwrap_or_else(|p| p.into_inner());
+        luns.iter()
+            .find(|(_, l)| san::naa_hex(&l.id) == san::naa_hex(id))
+            .map(|(_, l)| l.image.clone())
+    }
+
+    /// The proxy host's view of devices, when simulated.
+    pub fn proxy_host(&self) -> Option<&Path> {
+        self.inv.proxy_host.as_deref()
+    }
+
+    fn block_map(&self, el: &Element) -> Reply {
+        let vm = this(el)?;
+        let key: i32 = arg(el, "deviceKey")?.parse().map_err(|_| {
+            fault(
+                FaultKind::InvalidArgument("deviceKey".into()),
+                "not a number",
+            )
+        })?;
+        let st = self.lock();
+        let v = st.vm(&vm.value)?;
+        let d = v.disks.iter().find(|d| d.key == key).ok_or_else(|| {
+            fault(
+                FaultKind::InvalidArgument("deviceKey".into()),
+                format!("no disk {key}"),
+            )
+        })?;
+        let file = match el.child("snapshot").and_then(MoRef::from_element) {
+            Some(s) => {
+                let snap = v
+                    .snapshots
+                    .iter()
+                    .find(|x| x.moref == s.value)
+                    .ok_or_else(|| not_found("VirtualMachineSnapshot", &s.value))?;
+                snap.disks
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, f, _)| f.clone())
+                    .ok_or_else(|| {
+                        fault(
+                            FaultKind::InvalidArgument("deviceKey".into()),
+                            "disk not in snapshot",
+                        )
+                    })?
+            }
+            None => d.running().to_path_buf(),
+        };
+        drop(st);
+        let luns = self.luns.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, lun) = luns
+            .iter()
+            .find(|(dir, _)| file.starts_with(dir))
+            .ok_or_else(|| {
+                fault(
+                    FaultKind::NotSupported,
+                    format!("{} is not on a SAN LUN", self.datastore_name(&file)),
+                )
+            })?;
+        let map = lun
+            .map_of(&file)
+            .map_err(|m| fault(FaultKind::NotSupported, m))?;
+        Ok(codec::disk_block_map_xml(&map))
     }
 
     /// Tells the model where its NFC server listens.
@@ -524,10 +679,11 @@ impl Shared {
             "FindByUuid" => {
                 let uuid = arg(el, "uuid")?;
                 let st = self.lock();
+                let bare = |u: &str| u.replace('-', "").to_ascii_lowercase();
                 let found = st
                     .vms
                     .values()
-                    .find(|v| v.uuid.eq_ignore_ascii_case(uuid))
+                    .find(|v| bare(&v.uuid) == bare(uuid))
                     .map(|v| MoRef::new("VirtualMachine", &v.moref));
                 plain(found.map(|r| rv_moref(&r)).unwrap_or_default())
             }
@@ -585,6 +741,10 @@ impl Shared {
                 plain(rv_moref(&self.task(|_| Ok(None))))
             }
             "QueryChangedDiskAreas" => self.qcda(el).map(|b| Outcome {
+                body: b,
+                cookie: None,
+            }),
+            codec::SIM_QUERY_DISK_BLOCK_MAP => self.block_map(el).map(|b| Outcome {
                 body: b,
                 cookie: None,
             }),
@@ -765,6 +925,30 @@ impl Shared {
     fn remove_snapshot(&self, snap: &str, children: bool) -> Result<(), Fault> {
         let mut st = self.lock();
         let vm_id = st.snapshot_owner(snap)?.moref.clone();
+        // A disk of the snapshot still attached elsewhere (a HotAdd proxy)
+        // keeps the snapshot: its files are locked.
+        let owner = st.vm(&vm_id)?;
+        let files: Vec<PathBuf> = owner
+            .snapshots
+            .iter()
+            .filter(|s| s.moref == snap)
+            .flat_map(|s| s.disks.iter().map(|(_, f, _)| f.clone()))
+            .collect();
+        for other in st.vms.values().filter(|o| o.moref != vm_id) {
+            for d in &other.disks {
+                if let Some(f) = d.chain.iter().find(|p| files.contains(p)) {
+                    return Err(fault(
+                        FaultKind::Other("FileLocked".into()),
+                        format!(
+                            "{} is in use by {} (device {}): detach it first",
+                            self.datastore_name(f),
+                            other.name,
+                            d.key
+                        ),
+                    ));
+                }
+            }
+        }
         let v = st.vm_mut(&vm_id)?;
         let idx = v
             .snapshots
@@ -862,7 +1046,35 @@ impl Shared {
                         .child_text("unitNumber")
                         .and_then(|t| t.parse().ok())
                         .unwrap_or(-1);
+                    drop(disk);
                     let v = st.vm_mut(vm)?;
+                    let ctrl = v
+                        .controllers
+                        .iter()
+                        .find(|c| c.key == controller_key)
+                        .ok_or_else(|| {
+                            fault(
+                                FaultKind::InvalidArgument("controllerKey".into()),
+                                format!("no controller {controller_key}"),
+                            )
+                        })?;
+                    match ctrl.kind {
+                        ControllerKind::Ide if v.power == "poweredOn" => {
+                            return Err(fault(
+                                FaultKind::NotSupported,
+                                "IDE controllers do not support hot add",
+                            ))
+                        }
+                        ControllerKind::Scsi if !(0..=15).contains(&unit) || unit == 7 => {
+                            return Err(fault(
+                                FaultKind::InvalidArgument("unitNumber".into()),
+                                format!(
+                                    "SCSI unit {unit} does not exist or is the controller's own"
+                                ),
+                            ))
+                        }
+                        _ => {}
+                    }
                     if v.disks
                         .iter()
                         .any(|d| d.controller_key == controller_key && d.unit == unit)
@@ -873,6 +1085,14 @@ impl Shared {
                         ));
                     }
                     let key = v.disks.iter().map(|d| d.key).max().unwrap_or(1999) + 1;
+                    let uuid = disk_uuid();
+                    let device = match (&self.inv.proxy_host, v.proxy) {
+                        (Some(root), true) => Some(
+                            san::attach_device(root, &path, &uuid)
+                                .map_err(|m| fault(FaultKind::Other("SystemError".into()), m))?,
+                        ),
+                        _ => None,
+                    };
                     v.disks.push(SimDisk {
                         key,
                         controller_key,
@@ -880,7 +1100,7 @@ impl Shared {
                         mode: b.child_text("diskMode").unwrap_or("persistent").to_string(),
                         capacity: cap,
                         thin: true,
-                        uuid: random_hex(16),
+                        uuid,
                         chain: vec![path],
                         cbt: Cbt {
                             enabled: false,
@@ -888,6 +1108,7 @@ impl Shared {
                             current: 1,
                             log: Vec::new(),
                         },
+                        device,
                     });
                 }
                 "remove" => {
@@ -895,14 +1116,25 @@ impl Shared {
                         fault(FaultKind::InvalidArgument("key".into()), "not a number")
                     })?;
                     let v = st.vm_mut(vm)?;
-                    let before = v.disks.len();
-                    v.disks.retain(|d| d.key != key);
-                    if v.disks.len() == before {
-                        return Err(fault(
+                    let pos = v.disks.iter().position(|d| d.key == key).ok_or_else(|| {
+                        fault(
                             FaultKind::InvalidArgument("key".into()),
                             format!("no device {key}"),
-                        ));
+                        )
+                    })?;
+                    let d = &v.disks[pos];
+                    if let (Some(root), Some(name)) = (&self.inv.proxy_host, &d.device) {
+                        // Changes the proxy made reach the disk before it
+                        // is detached (never for a non-persistent attach).
+                        san::detach_device(
+                            root,
+                            name,
+                            d.running(),
+                            !d.mode.contains("nonpersistent"),
+                        )
+                        .map_err(|m| fault(FaultKind::Other("SystemError".into()), m))?;
                     }
+                    v.disks.remove(pos);
                 }
                 other => {
                     return Err(fault(
@@ -943,7 +1175,7 @@ impl Shared {
 
     fn config_xml(&self, v: &SimVm, snapshot: Option<&SimSnapshot>) -> String {
         let cbt = v.disks.iter().any(|d| d.cbt.enabled);
-        let devices = codec::virtual_disks_xml(&self.disk_infos(v, snapshot));
+        let devices = codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, snapshot));
         let devices = devices.replacen("<val xsi:type=\"ArrayOfVirtualDevice\">", "", 1);
         let devices = devices.strip_suffix("</val>").unwrap_or(&devices);
         format!(
@@ -986,7 +1218,7 @@ impl Shared {
                     match path {
                         "name" | "config.name" => Some(codec::simple_val("string", &v.name)),
                         "config.uuid" => Some(codec::simple_val("string", &v.uuid)),
-                        "config.hardware.device" => Some(codec::virtual_disks_xml(&self.disk_infos(v, None))),
+                        "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, None))),
                         "config.changeTrackingEnabled" => Some(codec::simple_val("boolean", &v.disks.iter().any(|d| d.cbt.enabled).to_string())),
                         "config" => Some(self.config_xml(v, None)),
                         "runtime.powerState" => Some(format!("<val xsi:type=\"VirtualMachinePowerState\">{}</val>", v.power)),
@@ -1013,7 +1245,7 @@ impl Shared {
                     let s = v.snapshots.iter().find(|s| s.moref == obj.value).ok_or_else(|| not_found("VirtualMachineSnapshot", &obj.value))?;
                     match path {
                         "name" => Some(codec::simple_val("string", &s.name)),
-                        "config.hardware.device" => Some(codec::virtual_disks_xml(&self.disk_infos(v, Some(s)))),
+                        "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, Some(s)))),
                         "config" => Some(self.config_xml(v, Some(s))),
                         "vm" => Some(codec::moref_val(&MoRef::new("VirtualMachine", &v.moref))),
                         _ => None,

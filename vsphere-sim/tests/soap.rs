@@ -575,7 +575,7 @@ fn reconfigure_disks_and_failing_tasks() {
             file_name: "[datastore1] demo-vm/demo-vm.vmdk".into(),
             disk_mode: "independent_nonpersistent".into(),
             controller_key: 1000,
-            unit_number: 0,
+            unit_number: 1,
         })],
     };
     let t = codec::parse_moref(&c.call(&codec::reconfig_vm_task(&proxy, &add)).unwrap())
@@ -588,10 +588,11 @@ fn reconfigure_disks_and_failing_tasks() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(disks.len(), 1);
+    assert_eq!(disks.len(), 2, "the proxy's own disk and the one added");
+    let added = disks.iter().find(|d| d.unit_number == 1).unwrap();
     let rm = ConfigSpec {
         change_tracking: None,
-        device_changes: vec![DeviceChange::RemoveDisk(disks[0].key)],
+        device_changes: vec![DeviceChange::RemoveDisk(added.key)],
     };
     let t = codec::parse_moref(&c.call(&codec::reconfig_vm_task(&proxy, &rm)).unwrap())
         .unwrap()
