@@ -36,7 +36,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,14 +158,9 @@ fn with_state<T>(path: &Path, f: impl FnOnce(&mut Vec<Record>) -> T) -> Result<T
         .open(path)
         .map_err(io(path))?;
     file.lock().map_err(io(path))?;
-    let mut records = Vec::new();
-    for line in std::io::BufReader::new(&file).lines() {
-        let line = line.map_err(io(path))?;
-        // A torn last line (a crash mid-write) is skipped, not fatal.
-        if let Ok(r) = serde_json::from_str::<Record>(&line) {
-            records.push(r);
-        }
-    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut (&file).take(MAX_STATE_BYTES), &mut bytes).map_err(io(path))?;
+    let mut records = parse_state(&bytes);
     let out = f(&mut records);
     let mut text = String::new();
     for r in &records {
@@ -177,6 +172,19 @@ fn with_state<T>(path: &Path, f: impl FnOnce(&mut Vec<Record>) -> T) -> Result<T
     file.write_all(text.as_bytes()).map_err(io(path))?;
     file.sync_data().map_err(io(path))?;
     Ok(out)
+}
+
+/// The most of a state file read (a proxy has at most a few dozen
+/// attaches at once; anything past this is not a file we wrote).
+pub const MAX_STATE_BYTES: u64 = 4 << 20;
+
+/// Parses state file bytes: one JSON record per line; lines that do not
+/// parse (a torn last line after a crash, foreign text) are skipped.
+pub fn parse_state(bytes: &[u8]) -> Vec<Record> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Record>(line).ok())
+        .collect()
 }
 
 /// Reads the attaches recorded in a state file.
@@ -507,9 +515,25 @@ impl Drop for HotAddDisk {
 
 /// Detaches disks a crash left on the proxy: those the state file
 /// records, and those the proxy's configuration shows attached read-only
-/// from outside its own directory. Returns (cleaned, remaining).
+/// from outside its own directory. Returns (cleaned, remaining). On a
+/// machine that is not a proxy VM of this server nothing is detached and
+/// the records kept for the server count as remaining.
 pub fn cleanup(client: &Client, opts: &HotAddOptions) -> Result<(u32, u32)> {
-    let proxy = find_proxy(client, opts)?;
+    let proxy = match find_proxy(client, opts) {
+        Ok(p) => p,
+        // Not a proxy VM of this server: nothing can be detached from
+        // here; what the state file still records for it is "remaining".
+        Err(Error::Declined(why)) => {
+            let server = client.server().to_string();
+            let left = recorded(&opts.state_file)?
+                .iter()
+                .filter(|r| r.server == server)
+                .count() as u32;
+            tracing::warn!(reason = %why, remaining = left, "HotAdd cleanup skipped");
+            return Ok((0, left));
+        }
+        Err(e) => return Err(e),
+    };
     let name = client
         .property(&proxy, "name")?
         .map(|e| e.text.trim().to_string())

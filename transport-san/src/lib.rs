@@ -298,6 +298,11 @@ pub struct SanDisk {
     regular: bool,
 }
 
+/// Whether a buffer may be handed to an `O_DIRECT` request as it is.
+fn is_aligned(b: &[u8]) -> bool {
+    (b.as_ptr() as usize).is_multiple_of(ALIGN as usize)
+}
+
 /// A zeroed buffer of `len` bytes whose start is `ALIGN`-aligned, carved
 /// out of a slightly larger vector (no unsafe allocation needed).
 struct Aligned {
@@ -535,6 +540,16 @@ impl SanDisk {
         let mut bounce = Aligned::new(MAX_REQUEST as usize);
         while done < out.len() {
             let at = lun + done as u64;
+            let whole = ((out.len() - done) as u64 / ALIGN * ALIGN).min(MAX_REQUEST) as usize;
+            if at.is_multiple_of(ALIGN) && whole > 0 && is_aligned(&out[done..]) {
+                // The caller's buffer is fit for O_DIRECT: no bounce copy.
+                self.check_reaches(at + whole as u64)?;
+                self.file
+                    .read_exact_at(&mut out[done..done + whole], at)
+                    .map_err(|e| self.offline(e))?;
+                done += whole;
+                continue;
+            }
             let start = at / ALIGN * ALIGN;
             let skip = (at - start) as usize;
             let want = (out.len() - done).min(MAX_REQUEST as usize - skip);
@@ -569,6 +584,15 @@ impl SanDisk {
         let mut bounce = Aligned::new(MAX_REQUEST as usize);
         while done < data.len() {
             let at = lun + done as u64;
+            let whole = ((data.len() - done) as u64 / ALIGN * ALIGN).min(MAX_REQUEST) as usize;
+            if at.is_multiple_of(ALIGN) && whole > 0 && is_aligned(&data[done..]) {
+                self.check_reaches(at + whole as u64)?;
+                self.file
+                    .write_all_at(&data[done..done + whole], at)
+                    .map_err(|e| self.offline(e))?;
+                done += whole;
+                continue;
+            }
             let start = at / ALIGN * ALIGN;
             let skip = (at - start) as usize;
             let put = (data.len() - done).min(MAX_REQUEST as usize - skip);

@@ -359,3 +359,30 @@ fn a_thin_disk_is_declined_for_writing_and_a_shrunk_lun_fails_writes() {
     let mut b = [0u8; 512];
     d.read_at(5 * MIB, &mut b).unwrap();
 }
+
+/// Buffers fit for O_DIRECT are read into and written from directly;
+/// the result must not differ from the bounce-buffer path.
+#[test]
+fn aligned_caller_buffers_take_the_direct_path_with_the_same_bytes() {
+    let l = lun();
+    let d = SanDisk::open(l.map.clone(), &opts(&l, true)).unwrap();
+    let align = transport_san::ALIGN as usize;
+    let mut store = vec![0u8; 6 * MIB as usize + align];
+    let start = (align - store.as_ptr() as usize % align) % align;
+    let buf = &mut store[start..start + 6 * MIB as usize];
+    d.read_streams(0, buf, 4).unwrap();
+    assert!(buf[..] == l.disk[..], "aligned read");
+    let data = pattern(2 * MIB as usize, 11);
+    buf[..data.len()].copy_from_slice(&data);
+    // Disk offset 0 lies at LUN 9 MiB (aligned): a direct write.
+    d.write_at(0, &buf[..data.len()]).unwrap();
+    let mut got = vec![0u8; data.len()];
+    d.read_at(0, &mut got).unwrap();
+    assert!(got == data);
+    let mut rest = vec![0u8; 4 * MIB as usize];
+    d.read_at(2 * MIB, &mut rest).unwrap();
+    assert!(
+        rest[..] == l.disk[2 * MIB as usize..],
+        "nothing else changed"
+    );
+}

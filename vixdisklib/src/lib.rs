@@ -499,15 +499,28 @@ pub unsafe extern "C" fn VixDiskLib_Cleanup(
     remaining: *mut u32,
 ) -> VixError {
     guard(|| {
+        let lib = tryv!(lib());
         // SAFETY: as documented.
-        tryv!(unsafe { read_params(params) });
+        let owned = tryv!(unsafe { read_params(params) });
+        let p = tryv!(to_params(&owned));
+        // Local connections have nothing to clean; remote ones detach
+        // disks a crash left HotAdded to the proxy.
+        let counts = if p.server.is_none() {
+            Ok((0, 0))
+        } else {
+            Connection::connect(&lib, &p, true, None, None).and_then(|c| c.cleanup())
+        };
+        let (c, r) = match counts {
+            Ok(x) => x,
+            Err(e) => return from_err(e),
+        };
         // SAFETY: optional out-pointers.
         unsafe {
             if !cleaned.is_null() {
-                *cleaned = 0;
+                *cleaned = c;
             }
             if !remaining.is_null() {
-                *remaining = 0;
+                *remaining = r;
             }
         }
         vix::OK

@@ -23,7 +23,12 @@ pub(crate) fn run_bench(args: &[String]) -> Result {
             c.args(["bench", "-p", "disklib", "--bench", "backup"]);
             run(c)
         }
-        _ => Err("usage: cargo xtask bench read|write|nbd|backup".into()),
+        Some("san") => {
+            let mut c = cargo();
+            c.args(["bench", "-p", "transport-san", "--bench", "san"]);
+            run(c)
+        }
+        _ => Err("usage: cargo xtask bench read|write|nbd|backup|san".into()),
     }
 }
 
