@@ -1,9 +1,11 @@
 //! `vdisk demo` (what `cargo xtask demo` runs): the main job end to end on
 //! an in-process simulator. A VM with a thin sparse disk and a thick flat
-//! disk, CBT on; a full backup over nbdssl; guest writes; an incremental;
-//! more writes; a differential; every point in time restored and compared
-//! byte for byte with the VM's disks as they were; every CRC verified; a
-//! restore back onto the VM over the network.
+//! disk, CBT on; a full backup over nbdssl; guest writes; an incremental
+//! over san and hotadd (the thick disk lies on the simulator's LUN, the
+//! thin one is HotAdded to the proxy VM); more writes; a differential over
+//! hotadd; every point in time restored and compared byte for byte with
+//! the VM's disks as they were; every CRC verified; restores back onto the
+//! VM over nbdssl and over san.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -91,8 +93,13 @@ fn demo(dir: &Path) -> Result<bool, AnyError> {
         sim.addr(),
         sim.thumbprint()
     );
-    println!("VM demo-vm (vm-100): thin sparse disk 2000 (64 MiB), thick flat disk 2001 (32 MiB), CBT on");
-    let lib = Library::init(Config::default());
+    println!("VM demo-vm (vm-100): thin sparse disk 2000 (64 MiB), thick disk 2001 (32 MiB) on the SAN LUN, CBT on; proxy VM backup-proxy (vm-101)");
+    // The proxy host's view of the simulator's LUN and HotAdd devices.
+    let lib = Library::init(Config::parse(&format!(
+        "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
+        root.join("proxy-host").display(),
+        dir.join("hotadd.state").display()
+    )));
     let params = ConnectParams::remote(
         &sim.addr().to_string(),
         sim.thumbprint(),
@@ -112,18 +119,18 @@ fn demo(dir: &Path) -> Result<bool, AnyError> {
     }
     let mut expected = Vec::new();
     let mut ids = Vec::new();
-    let steps: [(BackupKind, u64, usize); 3] = [
-        (BackupKind::Full, 0, 0),
-        (BackupKind::Incremental, 7, 40),
-        (BackupKind::Differential, 11, 25),
+    let steps: [(BackupKind, u64, usize, &str); 3] = [
+        (BackupKind::Full, 0, 0, "nbdssl"),
+        (BackupKind::Incremental, 7, 40, "san:hotadd:nbdssl"),
+        (BackupKind::Differential, 11, 25, "hotadd:nbdssl"),
     ];
-    for (kind, seed, writes) in steps {
+    for (kind, seed, writes, transports) in steps {
         if writes > 0 {
             let n = guest_writes(&sim, seed, writes)?;
             println!("guest: {writes} writes, {:.1} MB", mb(n));
         }
         expected.push(capture(&root)?);
-        let s = backup::backup(&lib, &params, &repo, kind, Some("nbdssl"), &mut |_, _| {})?;
+        let s = backup::backup(&lib, &params, &repo, kind, Some(transports), &mut |_, _| {})?;
         ids.push(s.id);
         let read_rate = mb(s.bytes_read) / s.elapsed.as_secs_f64().max(1e-6);
         println!(
@@ -191,6 +198,21 @@ fn demo(dir: &Path) -> Result<bool, AnyError> {
     println!(
         "restore of backup {} onto the VM's disk 2000 over nbdssl: {}",
         ids[0],
+        if same { "identical" } else { "MISMATCH" }
+    );
+    // And the thick disk straight onto its LUN.
+    let remote = RestoreTarget::Remote {
+        params: params.clone(),
+        key: 2001,
+        transports: Some("san".into()),
+    };
+    backup::restore(&lib, &repo, ids[1], &remote, Some(2001), &mut |_, _| {})?;
+    let now = capture(&root)?;
+    let same = now[1] == expected[1][1];
+    all_ok &= same;
+    println!(
+        "restore of backup {} onto the VM's disk 2001 over san: {}",
+        ids[1],
         if same { "identical" } else { "MISMATCH" }
     );
     println!(
