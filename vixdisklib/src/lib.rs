@@ -352,8 +352,12 @@ pub extern "C" fn VixDiskLib_Exit() {
 
 #[no_mangle]
 pub extern "C" fn VixDiskLib_ListTransportModes() -> *const c_char {
-    c"file:nbdssl:nbd".as_ptr()
+    TRANSPORT_MODES.as_ptr()
 }
+
+/// `disklib::api::list_transport_modes()` as a static C string (a unit
+/// test keeps the two equal).
+const TRANSPORT_MODES: &std::ffi::CStr = c"file:san:hotadd:nbdssl:nbd";
 
 // ---------------------------------------------------------- connections
 
@@ -1696,6 +1700,14 @@ pub unsafe extern "C" fn VixDiskLib_FreeErrorText(text: *mut c_char) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_c_transport_list_is_disklibs() {
+        assert_eq!(
+            super::TRANSPORT_MODES.to_str().unwrap(),
+            disklib::api::list_transport_modes()
+        );
+    }
+
     use super::*;
     use std::mem::{offset_of, size_of};
 

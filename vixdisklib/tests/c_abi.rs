@@ -407,14 +407,84 @@ fn valgrind_memcheck_clean_and_no_leak_growing_with_calls() {
 }
 
 fn sim_spec(sim: &Simulator, transports: &str) -> String {
+    sim_disk_spec(sim, transports, "demo-vm/demo-vm.vmdk")
+}
+
+fn sim_disk_spec(sim: &Simulator, transports: &str, file: &str) -> String {
     format!(
-        "remote:127.0.0.1:{}:{}:{}:{}:moref=vm-100:{}:[datastore1] demo-vm/demo-vm.vmdk",
+        "remote:127.0.0.1:{}:{}:{}:{}:moref=vm-100:{}:[datastore1] {file}",
         sim.addr().port(),
         sim.thumbprint().replace(':', ","),
         DEMO_USER,
         DEMO_PASSWORD,
         transports
     )
+}
+
+/// The simulator's LUN and proxy VM through the C library: the thick
+/// disk over san, the thin one over hotadd (both compared with qemu-img),
+/// a process killed while holding a HotAdded disk, then `Cleanup`.
+#[test]
+fn simulator_san_hotadd_and_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Vcenter),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let _nfc = sim.start_nfc(NfcOptions::default()).unwrap();
+    sim.guest_write("vm-100", 2000, 1 << 20, &pattern(3 << 20, 4))
+        .unwrap();
+    sim.guest_write("vm-100", 2001, 5 << 20, &pattern(17 << 20, 5))
+        .unwrap();
+    let config = dir.path().join("vix.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
+            dir.path().join("proxy-host").display(),
+            dir.path().join("hotadd.state").display()
+        ),
+    )
+    .unwrap();
+    let vix = || {
+        let mut c = Command::new(&built().vixtest);
+        c.env("VIXTEST_CONFIG", &config);
+        c
+    };
+    let text = |o: Output| String::from_utf8(o.stdout).unwrap();
+    for (mode, file) in [
+        ("san", "demo-vm/demo-vm_1.vmdk"),
+        ("hotadd", "demo-vm/demo-vm.vmdk"),
+    ] {
+        let out = dir.path().join(format!("{mode}.raw"));
+        let t = text(run(vix().args([
+            "read",
+            &sim_disk_spec(&sim, mode, file),
+            s(&out),
+        ])));
+        assert!(t.contains(&format!("transport {mode}\n")), "{t}");
+        assert_same(&dir.path().join("datastore1").join(file), "vmdk", &out);
+    }
+    // Killed while holding a HotAdded disk: Cleanup detaches it.
+    let mut child = vix()
+        .args(["hold", &sim_spec(&sim, "hotadd")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(line, "held hotadd\n");
+    let spec = sim_spec(&sim, "nbdssl");
+    assert_eq!(text(run(vix().args(["cleanup", &spec]))), "cleanup 1 0\n");
+    assert_eq!(text(run(vix().args(["cleanup", &spec]))), "cleanup 0 0\n");
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //! - The LUN is a regular file `<datastore>/.lun/<naa id>.img`. Thick
 //!   (`vmfs`, `vmfsThin`) disks of a LUN-backed datastore have their flat
 //!   extents inside it: the descriptor's extents name a hard link of the
-//!   image (`<disk>-flat.vmdk`) with sector offsets, so NFC, guest writes
+//!   image (`<disk>-flat.vmdk`) as FLAT extents with sector offsets (the
+//!   form qemu also reads; VMFS extent lines carry no offset), so NFC,
+//!   guest writes
 //!   and the SAN transport all see the same bytes. Each disk is placed in
 //!   two runs, the second half first, with a block between them, so block
 //!   maps are never a single trivial extent.
@@ -162,7 +164,7 @@ impl Lun {
         let spt = 63u64;
         let cylinders = (sectors / (heads * spt)).clamp(1, 65535);
         let text = format!(
-            "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"{}\"\n\n# Extent description\nRW {} VMFS \"{flat_name}\" {}\nRW {} VMFS \"{flat_name}\" {}\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = \"lsilogic\"\nddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\nddb.geometry.sectors = \"{spt}\"\nddb.thinProvisioned = \"{}\"\nddb.virtualHWVersion = \"14\"\n",
+            "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"{}\"\n\n# Extent description\nRW {} FLAT \"{flat_name}\" {}\nRW {} FLAT \"{flat_name}\" {}\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = \"lsilogic\"\nddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\nddb.geometry.sectors = \"{spt}\"\nddb.thinProvisioned = \"{}\"\nddb.virtualHWVersion = \"14\"\n",
             if thin { "vmfsThin" } else { "vmfs" },
             first / 512,
             first_at / 512,
