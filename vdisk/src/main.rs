@@ -637,7 +637,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                 cbt::BackupKind::Full
             };
             let params = conn.params(&vm)?;
-            let lib = disklib::api::Library::init(disklib::api::Config::default());
+            let lib = conn.library()?;
             let mut bar = progress_bar(false);
             let s =
                 disklib::backup::backup(&lib, &params, &to, kind, transport.as_deref(), &mut bar)?;
@@ -665,7 +665,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             transport,
             conn,
         } => {
-            let lib = disklib::api::Library::init(disklib::api::Config::default());
+            let lib = conn.library()?;
             let target = match (to, vm) {
                 (Some(p), None) => disklib::backup::RestoreTarget::Local(p),
                 (None, Some(vm)) => disklib::backup::RestoreTarget::Remote {

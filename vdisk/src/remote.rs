@@ -34,9 +34,22 @@ pub(crate) struct Connection {
     /// The server certificate's SHA-1 or SHA-256 thumbprint (colon hex).
     #[arg(long, env = "VDISK_THUMBPRINT")]
     pub thumbprint: Option<String>,
+    /// A VixDiskLib (InitEx) configuration file: timeouts, SAN allow/deny
+    /// lists, where the proxy's devices are (`vixDiskLib.transport.deviceRoot`).
+    #[arg(long, env = "VDISK_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl Connection {
+    /// The library, initialised from `--config` when given.
+    pub(crate) fn library(&self) -> Result<disklib::api::Library, AnyError> {
+        let config = match &self.config {
+            Some(p) => disklib::api::Config::load(p)?,
+            None => disklib::api::Config::default(),
+        };
+        Ok(disklib::api::Library::init(config))
+    }
+
     /// disklib's connection parameters for a VM.
     pub(crate) fn params(&self, vm: &str) -> Result<disklib::api::ConnectParams, AnyError> {
         let server = self
@@ -288,6 +301,27 @@ pub(crate) fn sim(cmd: SimCommand) -> Result<ExitCode, AnyError> {
                 .iter()
                 .map(|d| format!("# datastore {}: {}", d.name, d.path.display()))
                 .collect();
+            // The proxy host's view (SAN LUN, HotAdd devices): a
+            // configuration file that points the library at it.
+            let config = match &inv.proxy_host {
+                Some(host) => {
+                    let file = host.with_extension("conf");
+                    std::fs::create_dir_all(host)
+                        .and_then(|()| {
+                            std::fs::write(
+                                &file,
+                                format!(
+                                    "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
+                                    host.display(),
+                                    host.with_extension("hotadd-state").display()
+                                ),
+                            )
+                        })
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    Some(file)
+                }
+                None => None,
+            };
             let sim = vsphere_sim::Simulator::start(inv, vsphere_sim::SimOptions::default(), port)?;
             let _nfc = sim.start_nfc(vsphere_sim::NfcOptions::default())?;
             // Whoever reads these may stop listening after them: a closed
@@ -297,6 +331,13 @@ pub(crate) fn sim(cmd: SimCommand) -> Result<ExitCode, AnyError> {
             let _ = writeln!(out, "VDISK_USER={}", shell_quote(&user.user));
             let _ = writeln!(out, "VDISK_PASSWORD={}", shell_quote(&user.password));
             let _ = writeln!(out, "VDISK_THUMBPRINT={}", sim.thumbprint());
+            if let Some(c) = &config {
+                let _ = writeln!(
+                    out,
+                    "VDISK_CONFIG={}",
+                    shell_quote(&c.display().to_string())
+                );
+            }
             for r in roots {
                 let _ = writeln!(out, "{r}");
             }

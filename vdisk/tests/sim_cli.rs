@@ -26,7 +26,7 @@ fn serve(root: &std::path::Path, extra: &[&str]) -> Server {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut env = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let l = lines.next().unwrap().unwrap();
         let (k, v) = l.split_once('=').unwrap();
         env.push((k.to_string(), v.trim_matches('\'').to_string()));
@@ -38,7 +38,8 @@ fn serve(root: &std::path::Path, extra: &[&str]) -> Server {
             "VDISK_SERVER",
             "VDISK_USER",
             "VDISK_PASSWORD",
-            "VDISK_THUMBPRINT"
+            "VDISK_THUMBPRINT",
+            "VDISK_CONFIG"
         ]
     );
     Server { child, env }
@@ -362,4 +363,74 @@ fn cat_and_write_through_nbd_and_nbdssl() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// `vdisk backup` over san and hotadd with the configuration `sim serve`
+/// prints: the thick disk from the LUN, the thin one HotAdded; restored
+/// and verified.
+#[test]
+fn backup_over_san_and_hotadd_from_the_cli() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    let repo = dir.path().join("repo");
+    for (disk, offset, pattern) in [("2000", "1048576", "7"), ("2001", "5000192", "9")] {
+        ok(
+            &srv,
+            &[
+                "sim",
+                "guest-write",
+                "--vm",
+                "moref=vm-100",
+                "--disk",
+                disk,
+                "--offset",
+                offset,
+                "--pattern",
+                pattern,
+                "--length",
+                "3000000",
+            ],
+        );
+    }
+    let out = ok(
+        &srv,
+        &[
+            "backup",
+            "--vm",
+            "moref=vm-100",
+            "--to",
+            s(&repo),
+            "--transport",
+            "san:hotadd:nbdssl",
+        ],
+    );
+    assert!(out.contains("disk 2000: hotadd, disk 2001: san"), "{out}");
+    let to = dir.path().join("restored");
+    std::fs::create_dir_all(&to).unwrap();
+    ok(
+        &srv,
+        &[
+            "restore",
+            "--from",
+            s(&repo),
+            "--backup",
+            "1",
+            "--to",
+            s(&to),
+        ],
+    );
+    for (key, file) in [(2000, "demo-vm.vmdk"), (2001, "demo-vm_1.vmdk")] {
+        assert_eq!(
+            vdisk_raw(&to.join(format!("{key}.vmdk"))),
+            vdisk_raw(&dir.path().join("datastore1/demo-vm").join(file)),
+            "disk {key}"
+        );
+    }
+    assert!(
+        vdisk_raw(&to.join("2001.vmdk"))[5000192..8000192]
+            .iter()
+            .all(|&b| b == 9),
+        "the guest's data came back"
+    );
+    ok(&srv, &["verify", "--from", s(&repo)]);
 }
