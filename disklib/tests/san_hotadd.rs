@@ -569,15 +569,16 @@ fn hotadd_units_devices_and_independent_disks() {
 
 const CHILD_ENV: &str = "VDDK_RS_HOTADD_CRASH_CHILD";
 
-/// The child of `a_crash_mid_hotadd_backup_is_cleaned_up`: attaches a
-/// snapshot's disk over HotAdd, says so, and waits to be killed.
+/// The child of `a_crash_mid_hotadd_backup_is_cleaned_up`: a HotAdd
+/// backup that stops in the middle (its first progress report) to be
+/// killed.
 #[test]
 fn hotadd_crash_child() {
     let Ok(args) = std::env::var(CHILD_ENV) else {
         return; // only meaningful as the child process
     };
     let a: Vec<&str> = args.split('\t').collect();
-    let [addr, thumb, snap, path, root, state] = a[..] else {
+    let [addr, thumb, repo, root, state] = a[..] else {
         panic!("bad child arguments {args}");
     };
     let lib = Library::init(Config::parse(&format!(
@@ -589,28 +590,33 @@ fn hotadd_crash_child() {
         Credentials::password("backup@local", "pw"),
         "vm-100",
     );
-    let conn = Connection::connect(&lib, &params, true, Some(snap), Some("hotadd")).unwrap();
-    let d = conn.open(path, OpenFlags::read_only()).unwrap();
-    let mut b = vec![0u8; 1 << 20];
-    d.read_at(0, &mut b).unwrap();
-    println!("ATTACHED {}", d.transport_mode());
-    std::io::Write::flush(&mut std::io::stdout()).unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(600));
+    let _ = backup::backup(
+        &lib,
+        &params,
+        Path::new(repo),
+        BackupKind::Full,
+        Some("hotadd"),
+        &mut |_, _| {
+            println!("IN BACKUP");
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(600));
+        },
+    );
+    panic!("the backup was meant to be killed");
 }
 
-/// A backup process killed while its disk is HotAdded: the snapshot
-/// cannot be removed until `Cleanup` detaches the disk it reports.
+/// A backup process killed while its disk is HotAdded: the snapshot it
+/// took cannot be removed until `Cleanup` detaches the disk it reports.
 #[test]
 fn a_crash_mid_hotadd_backup_is_cleaned_up() {
     let e = env();
     let lib = e.lib();
     let c = e.client();
-    let snap = e.snapshot(&c);
+    e.scribble(THICK, 3);
     let args = [
         e.sim.addr().to_string(),
         e.sim.thumbprint().to_string(),
-        snap.value.clone(),
-        e.path(THICK),
+        e.dir.path().join("repo").display().to_string(),
         e.proxy_host.display().to_string(),
         e.state_file.display().to_string(),
     ]
@@ -628,25 +634,28 @@ fn a_crash_mid_hotadd_backup_is_cleaned_up() {
         .unwrap();
     let out = child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(out).lines();
-    let attached = lines
+    let in_backup = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains("ATTACHED hotadd"));
-    // SIGKILL: no destructor, no detach.
+        .any(|l| l.contains("IN BACKUP"));
+    // SIGKILL: no destructor, no detach, no snapshot removal.
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(attached, "the child never attached");
+    assert!(in_backup, "the child never got into its backup");
     assert_eq!(
         e.proxy_disks(&c).len(),
         2,
         "the crashed backup's disk is still attached"
     );
     assert_eq!(transport_hotadd::recorded(&e.state_file).unwrap().len(), 1);
+    let vm = MoRef::new("VirtualMachine", "vm-100");
+    let snap = c
+        .property(&vm, "snapshot.currentSnapshot")
+        .unwrap()
+        .and_then(|v| MoRef::from_element(&v))
+        .expect("the backup's snapshot is still there");
     let err = e.remove_snapshot(&c, &snap).unwrap_err().to_string();
-    assert!(
-        err.contains("FileLocked") || err.contains("in use"),
-        "{err}"
-    );
+    assert!(err.contains("in use by proxy"), "{err}");
 
     let conn = Connection::connect(&lib, &e.params, true, None, None).unwrap();
     assert_eq!(
@@ -664,8 +673,26 @@ fn a_crash_mid_hotadd_backup_is_cleaned_up() {
             .count(),
         0
     );
+    // Detached first, now the snapshot goes; the crashed backup's
+    // PrepareForAccess is undone with EndAccess.
     e.remove_snapshot(&c, &snap).unwrap();
+    conn.end_access(backup::IDENTITY).unwrap();
     assert_eq!(conn.cleanup().unwrap(), (0, 0));
+    // And the next backup over HotAdd works.
+    let s = backup::backup(
+        &lib,
+        &e.params,
+        &e.dir.path().join("repo2"),
+        BackupKind::Full,
+        Some("hotadd"),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        s.transports.iter().all(|t| t.ends_with("hotadd")),
+        "{:?}",
+        s.transports
+    );
 }
 
 /// Without a record (the state file lost too), the proxy's configuration
