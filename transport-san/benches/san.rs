@@ -13,7 +13,7 @@ use transport_san::{BlockMap, LunExtent, SanDisk, SanOptions, ALIGN};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-const RUNS: usize = 7;
+const RUNS: usize = 9;
 const ID: &str = "naa.6000c29bec4ba5e0d1c2b3a495867f01";
 fn streams() -> usize {
     std::env::var("SAN_BENCH_STREAMS")
@@ -156,6 +156,20 @@ fn main() {
         o.push(ours_once());
         f.push(time_cmd(fio_cmd));
         q.push(time_cmd(qemu_cmd));
+    }
+    if std::env::var_os("SAN_BENCH_VERBOSE").is_some() {
+        let mbs = |v: &[f64]| {
+            v.iter()
+                .map(|s| format!("{:.0}", GIB as f64 / s / 1e6))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        eprintln!(
+            "rounds (MB/s of 1 GiB): ours {} | fio {} | qemu {}",
+            mbs(&o),
+            mbs(&f),
+            mbs(&q)
+        );
     }
     let (ours, fio, qemu) = (median(o), median(f), median(q));
     let mbs = |bytes: u64, s: f64| bytes as f64 / s / 1e6;
