@@ -298,6 +298,50 @@ pub struct SanDisk {
     regular: bool,
 }
 
+/// Runs `op` on every item on up to `streams` threads, each taking the
+/// next item in turn. After a failure no new item is started; the first
+/// error is returned once every thread has stopped.
+fn on_streams<T: Send>(
+    items: Vec<T>,
+    streams: usize,
+    op: impl Fn(T) -> Result<()> + Sync,
+) -> Result<()> {
+    let streams = streams.clamp(1, items.len().max(1));
+    if streams == 1 {
+        return items.into_iter().try_for_each(op);
+    }
+    let queue = std::sync::Mutex::new(items.into_iter());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..streams)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    while !failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                        let Some(item) = next else {
+                            return Ok(());
+                        };
+                        if let Err(e) = op(item) {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        // Every worker is joined (by the scope) before this returns.
+        let mut first = Ok(());
+        for w in workers {
+            let r = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
 /// Whether a buffer may be handed to an `O_DIRECT` request as it is.
 fn is_aligned(b: &[u8]) -> bool {
     (b.as_ptr() as usize).is_multiple_of(ALIGN as usize)
@@ -442,32 +486,7 @@ impl SanDisk {
                 at += n;
             }
         }
-        let streams = streams.clamp(1, pieces.len().max(1));
-        if streams == 1 {
-            return pieces
-                .into_iter()
-                .try_for_each(|(at, c)| self.read_at(at, c));
-        }
-        let queue = std::sync::Mutex::new(pieces.into_iter());
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..streams)
-                .map(|_| {
-                    s.spawn(|| -> Result<()> {
-                        loop {
-                            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                            let Some((at, chunk)) = next else {
-                                return Ok(());
-                            };
-                            self.read_at(at, chunk)?;
-                        }
-                    })
-                })
-                .collect();
-            // Every worker is joined (by the scope) before this returns.
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
+        on_streams(pieces, streams, |(at, chunk)| self.read_at(at, chunk))
     }
 
     /// Writes like [`SanDisk::write_at`] on up to `streams` threads, each
@@ -496,25 +515,8 @@ impl SanDisk {
             .extents
             .iter()
             .all(|e| (e.lun_offset | e.len).is_multiple_of(ALIGN));
-        let streams = if aligned { streams } else { 1 }.clamp(1, pieces.len().max(1));
-        let queue = std::sync::Mutex::new(pieces.into_iter());
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..streams)
-                .map(|_| {
-                    s.spawn(|| -> Result<()> {
-                        loop {
-                            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                            let Some((lun, piece)) = next else {
-                                return Ok(());
-                            };
-                            self.write_lun(lun, piece)?;
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        on_streams(pieces, if aligned { streams } else { 1 }, |(lun, piece)| {
+            self.write_lun(lun, piece)
         })
     }
 

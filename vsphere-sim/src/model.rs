@@ -78,6 +78,23 @@ pub(crate) struct SimSnapshot {
     pub disks: Vec<(i32, PathBuf, u64)>,
 }
 
+impl SimSnapshot {
+    /// The file this snapshot froze for disk `key`, and its change seq.
+    /// `param` names the argument in the fault.
+    fn file(&self, key: i32, param: &str) -> Result<(&PathBuf, u64), Fault> {
+        self.disks
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, f, seq)| (f, *seq))
+            .ok_or_else(|| {
+                fault(
+                    FaultKind::InvalidArgument(param.into()),
+                    format!("disk {key} is not part of the snapshot (independent disks never are)"),
+                )
+            })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct SimVm {
     pub moref: String,
@@ -91,6 +108,24 @@ pub(crate) struct SimVm {
     pub snapshots: Vec<SimSnapshot>,
     /// Disabled method → source id.
     pub disabled: BTreeMap<String, String>,
+}
+
+impl SimVm {
+    fn snapshot(&self, moref: &str) -> Result<&SimSnapshot, Fault> {
+        self.snapshots
+            .iter()
+            .find(|x| x.moref == moref)
+            .ok_or_else(|| not_found("VirtualMachineSnapshot", moref))
+    }
+
+    fn disk(&self, key: i32, param: &str) -> Result<&SimDisk, Fault> {
+        self.disks.iter().find(|d| d.key == key).ok_or_else(|| {
+            fault(
+                FaultKind::InvalidArgument(param.into()),
+                format!("no disk {key}"),
+            )
+        })
+    }
 }
 
 /// An NFC ticket grant, for the NFC server.
@@ -486,38 +521,12 @@ impl Shared {
 
     fn block_map(&self, el: &Element) -> Reply {
         let vm = this(el)?;
-        let key: i32 = arg(el, "deviceKey")?.parse().map_err(|_| {
-            fault(
-                FaultKind::InvalidArgument("deviceKey".into()),
-                "not a number",
-            )
-        })?;
+        let key: i32 = arg_num(el, "deviceKey")?;
         let st = self.lock();
         let v = st.vm(&vm.value)?;
-        let d = v.disks.iter().find(|d| d.key == key).ok_or_else(|| {
-            fault(
-                FaultKind::InvalidArgument("deviceKey".into()),
-                format!("no disk {key}"),
-            )
-        })?;
+        let d = v.disk(key, "deviceKey")?;
         let file = match el.child("snapshot").and_then(MoRef::from_element) {
-            Some(s) => {
-                let snap = v
-                    .snapshots
-                    .iter()
-                    .find(|x| x.moref == s.value)
-                    .ok_or_else(|| not_found("VirtualMachineSnapshot", &s.value))?;
-                snap.disks
-                    .iter()
-                    .find(|(k, _, _)| *k == key)
-                    .map(|(_, f, _)| f.clone())
-                    .ok_or_else(|| {
-                        fault(
-                            FaultKind::InvalidArgument("deviceKey".into()),
-                            "disk not in snapshot",
-                        )
-                    })?
-            }
+            Some(s) => v.snapshot(&s.value)?.file(key, "deviceKey")?.0.clone(),
             None => d.running().to_path_buf(),
         };
         drop(st);
@@ -555,6 +564,16 @@ fn arg<'a>(el: &'a Element, name: &str) -> Result<&'a str, Fault> {
         fault(
             FaultKind::InvalidArgument(name.into()),
             format!("missing {name}"),
+        )
+    })
+}
+
+/// A numeric argument.
+fn arg_num<T: std::str::FromStr>(el: &Element, name: &str) -> Result<T, Fault> {
+    arg(el, name)?.parse().map_err(|_| {
+        fault(
+            FaultKind::InvalidArgument(name.into()),
+            format!("{name} is not a number in range"),
         )
     })
 }
@@ -792,18 +811,10 @@ impl Shared {
             }
             "SimGuestWrite" => {
                 let vm = arg_moref(el, "vm")?;
-                let key: i32 = arg(el, "diskKey")?.parse().map_err(|_| {
-                    fault(FaultKind::InvalidArgument("diskKey".into()), "not a number")
-                })?;
-                let offset: u64 = arg(el, "offset")?.parse().map_err(|_| {
-                    fault(FaultKind::InvalidArgument("offset".into()), "not a number")
-                })?;
-                let len: u64 = arg(el, "length")?.parse().map_err(|_| {
-                    fault(FaultKind::InvalidArgument("length".into()), "not a number")
-                })?;
-                let byte: u8 = arg(el, "pattern")?.parse().map_err(|_| {
-                    fault(FaultKind::InvalidArgument("pattern".into()), "not a byte")
-                })?;
+                let key: i32 = arg_num(el, "diskKey")?;
+                let offset: u64 = arg_num(el, "offset")?;
+                let len: u64 = arg_num(el, "length")?;
+                let byte: u8 = arg_num(el, "pattern")?;
                 if len > 1 << 30 {
                     return Err(fault(
                         FaultKind::InvalidArgument("length".into()),
@@ -1112,9 +1123,7 @@ impl Shared {
                     });
                 }
                 "remove" => {
-                    let key: i32 = arg(dev, "key")?.parse().map_err(|_| {
-                        fault(FaultKind::InvalidArgument("key".into()), "not a number")
-                    })?;
+                    let key: i32 = arg_num(dev, "key")?;
                     let v = st.vm_mut(vm)?;
                     let pos = v.disks.iter().position(|d| d.key == key).ok_or_else(|| {
                         fault(
@@ -1315,36 +1324,16 @@ impl Shared {
 
     fn qcda(&self, el: &Element) -> Reply {
         let vm = this(el)?;
-        let key: i32 = arg(el, "deviceKey")?.parse().map_err(|_| {
-            fault(
-                FaultKind::InvalidArgument("deviceKey".into()),
-                "not a number",
-            )
-        })?;
-        let start: u64 = arg(el, "startOffset")?.parse().map_err(|_| {
-            fault(
-                FaultKind::InvalidArgument("startOffset".into()),
-                "not a number",
-            )
-        })?;
+        let key: i32 = arg_num(el, "deviceKey")?;
+        let start: u64 = arg_num(el, "startOffset")?;
         let change_id = arg(el, "changeId")?.to_string();
         let st = self.lock();
         let v = st.vm(&vm.value)?;
         let snap = match el.child("snapshot").and_then(MoRef::from_element) {
-            Some(s) => Some(
-                v.snapshots
-                    .iter()
-                    .find(|x| x.moref == s.value)
-                    .ok_or_else(|| not_found("VirtualMachineSnapshot", &s.value))?,
-            ),
+            Some(s) => Some(v.snapshot(&s.value)?),
             None => None,
         };
-        let d = v.disks.iter().find(|d| d.key == key).ok_or_else(|| {
-            fault(
-                FaultKind::InvalidArgument("deviceKey".into()),
-                format!("no disk {key}"),
-            )
-        })?;
+        let d = v.disk(key, "deviceKey")?;
         if !d.cbt.enabled {
             return Err(fault(
                 FaultKind::InvalidState,
@@ -1359,13 +1348,8 @@ impl Shared {
         }
         let (file, upto) = match snap {
             Some(s) => {
-                let (_, f, seq) = s.disks.iter().find(|(k, _, _)| *k == key).ok_or_else(|| {
-                    fault(
-                        FaultKind::InvalidArgument("deviceKey".into()),
-                        "disk not in snapshot",
-                    )
-                })?;
-                (f.clone(), *seq)
+                let (f, seq) = s.file(key, "deviceKey")?;
+                (f.clone(), seq)
             }
             None => (d.running().to_path_buf(), u64::MAX),
         };
@@ -1419,37 +1403,13 @@ impl Shared {
 
     fn nfc_open(&self, el: &Element, read_only: bool) -> Reply {
         let vm = arg_moref(el, "vm")?;
-        let key: i32 = arg(el, "diskKey")?
-            .parse()
-            .map_err(|_| fault(FaultKind::InvalidArgument("diskKey".into()), "not a number"))?;
+        let key: i32 = arg_num(el, "diskKey")?;
         let mut st = self.lock();
         let v = st.vm(&vm.value)?;
-        let d = v.disks.iter().find(|d| d.key == key).ok_or_else(|| {
-            fault(
-                FaultKind::InvalidArgument("diskKey".into()),
-                format!("no disk {key}"),
-            )
-        })?;
+        let d = v.disk(key, "diskKey")?;
         let (path, ro) = match el.child("snapshot").and_then(MoRef::from_element) {
-            Some(s) => {
-                let snap = v
-                    .snapshots
-                    .iter()
-                    .find(|x| x.moref == s.value)
-                    .ok_or_else(|| not_found("VirtualMachineSnapshot", &s.value))?;
-                let (_, f, _) = snap
-                    .disks
-                    .iter()
-                    .find(|(k, _, _)| *k == key)
-                    .ok_or_else(|| {
-                        fault(
-                            FaultKind::InvalidArgument("diskKey".into()),
-                            "an independent disk is not part of snapshots",
-                        )
-                    })?;
-                // A snapshot's state is frozen: it is only ever read.
-                (f.clone(), true)
-            }
+            // A snapshot's state is frozen: it is only ever read.
+            Some(s) => (v.snapshot(&s.value)?.file(key, "diskKey")?.0.clone(), true),
             None => (d.running().to_path_buf(), read_only),
         };
         let grant = NfcGrant {
