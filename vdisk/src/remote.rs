@@ -162,6 +162,24 @@ pub(crate) enum SimCommand {
         #[arg(long)]
         length: u64,
     },
+    /// Take a simulated SAN LUN offline, make it fail from a byte on, or
+    /// bring it back online.
+    Lun {
+        #[command(flatten)]
+        conn: Connection,
+        /// The LUN's NAA id (`naa.…`).
+        #[arg(long)]
+        lun: String,
+        /// Every request fails and the device entry goes away.
+        #[arg(long, group = "state")]
+        offline: bool,
+        /// Requests reaching this LUN byte or beyond fail.
+        #[arg(long, group = "state")]
+        failing_from: Option<u64>,
+        /// Back to normal, nothing lost.
+        #[arg(long, group = "state")]
+        online: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -360,19 +378,39 @@ pub(crate) fn sim(cmd: SimCommand) -> Result<ExitCode, AnyError> {
                 "{}<diskKey>{disk}</diskKey><offset>{offset}</offset><length>{length}</length><pattern>{pattern}</pattern>",
                 parse_vm(&vm)?.xml("vm")
             );
-            let req = guest_write_request(&body);
-            c.call(&req)?;
+            c.call(&sim_request("SimGuestWrite", &body))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCommand::Lun {
+            conn,
+            lun,
+            offline,
+            failing_from,
+            online,
+        } => {
+            let state = match (offline, failing_from, online) {
+                (true, None, false) => "<state>offline</state>".to_string(),
+                (false, Some(n), false) => {
+                    format!("<state>failingFrom</state><offset>{n}</offset>")
+                }
+                (false, None, true) => "<state>online</state>".to_string(),
+                _ => return Err("give one of --offline, --failing-from N, --online".into()),
+            };
+            let c = conn.connect()?;
+            let body = format!("<lunId>{}</lunId>{state}", vim_soap::xml::escape(&lun));
+            c.call(&sim_request("SimSetLunState", &body))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn guest_write_request(params: &str) -> codec::Request {
+/// A simulator-only call (see `vsphere_sim`).
+fn sim_request(method: &'static str, params: &str) -> codec::Request {
     let envelope = format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><SimGuestWrite xmlns="urn:internalvim25"><_this type="ServiceInstance">ServiceInstance</_this>{params}</SimGuestWrite></soapenv:Body></soapenv:Envelope>"#
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><{method} xmlns="urn:internalvim25"><_this type="ServiceInstance">ServiceInstance</_this>{params}</{method}></soapenv:Body></soapenv:Envelope>"#
     );
     codec::Request {
-        method: "SimGuestWrite",
+        method,
         soap_action: format!("urn:internalvim25/{}", codec::API_VERSION),
         body: envelope,
     }

@@ -405,6 +405,48 @@ fn backup_over_san_and_hotadd_from_the_cli() {
         ],
     );
     assert!(out.contains("disk 2000: hotadd, disk 2001: san"), "{out}");
+    // The LUN offline: neither san nor nbdssl (the datastore is on it)
+    // can read what changed, and the backup says so; back online, backup
+    // 2 takes the change over san.
+    ok(
+        &srv,
+        &[
+            "sim",
+            "guest-write",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2001",
+            "--offset",
+            "0",
+            "--pattern",
+            "3",
+            "--length",
+            "65536",
+        ],
+    );
+    let lun = ["sim", "lun", "--lun", vsphere_sim::inventory::DEMO_LUN];
+    ok(&srv, &[&lun[..], &["--offline"]].concat());
+    let args = [
+        "backup",
+        "--vm",
+        "moref=vm-100",
+        "--to",
+        s(&repo),
+        "--transport",
+        "san:nbdssl",
+        "--incremental",
+    ];
+    let failed = run(&srv, &args, &[]);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success(),
+        "a backup from an offline LUN succeeded"
+    );
+    assert!(err.contains("file ends at byte 0"), "{err}");
+    ok(&srv, &[&lun[..], &["--online"]].concat());
+    let out = ok(&srv, &args);
+    assert!(out.contains("disk 2001: san"), "{out}");
     let to = dir.path().join("restored");
     std::fs::create_dir_all(&to).unwrap();
     ok(
@@ -414,15 +456,15 @@ fn backup_over_san_and_hotadd_from_the_cli() {
             "--from",
             s(&repo),
             "--backup",
-            "1",
+            "2",
             "--to",
             s(&to),
         ],
     );
     for (key, file) in [(2000, "demo-vm.vmdk"), (2001, "demo-vm_1.vmdk")] {
-        assert_eq!(
-            vdisk_raw(&to.join(format!("{key}.vmdk"))),
-            vdisk_raw(&dir.path().join("datastore1/demo-vm").join(file)),
+        assert!(
+            vdisk_raw(&to.join(format!("{key}.vmdk")))
+                == vdisk_raw(&dir.path().join("datastore1/demo-vm").join(file)),
             "disk {key}"
         );
     }

@@ -30,7 +30,8 @@
 //! Simulator-only calls: `SimGuestWrite` (what a guest OS writing to its
 //! disk would do), used by `vdisk sim guest-write`; `SimQueryDiskBlockMap`
 //! (where a disk lies on its LUN), a stand-in for the internal host
-//! interfaces VMware's SAN transport uses.
+//! interfaces VMware's SAN transport uses; `SimSetLunState` (the LUN
+//! switches), used by `vdisk sim lun`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -763,6 +763,23 @@ impl Shared {
                 body: b,
                 cookie: None,
             }),
+            "SimSetLunState" => {
+                let id = arg(el, "lunId")?;
+                let state = match arg(el, "state")? {
+                    "online" => LunState::Online,
+                    "offline" => LunState::Offline,
+                    "failingFrom" => LunState::FailingFrom(arg_num(el, "offset")?),
+                    other => {
+                        return Err(fault(
+                            FaultKind::InvalidArgument("state".into()),
+                            format!("unknown LUN state {other} (online, offline, failingFrom)"),
+                        ))
+                    }
+                };
+                self.set_lun_state(id, state)
+                    .map_err(|m| fault(FaultKind::InvalidArgument("lunId".into()), m))?;
+                plain(String::new())
+            }
             codec::SIM_QUERY_DISK_BLOCK_MAP => self.block_map(el).map(|b| Outcome {
                 body: b,
                 cookie: None,

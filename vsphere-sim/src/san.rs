@@ -208,11 +208,11 @@ impl Lun {
                 });
             if !on_lun {
                 return Err(format!(
-                    "{} is not on LUN {} (extent {:?} of kind {})",
+                    "{} is not on LUN {} (its {} extent {} is not a flat extent of the LUN)",
                     path.display(),
                     self.id,
-                    e.file,
-                    e.kind.as_str()
+                    e.kind.as_str(),
+                    e.file.as_deref().unwrap_or("(no file)")
                 ));
             }
             extents.push(BlockMapExtent {
