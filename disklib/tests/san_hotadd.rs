@@ -503,6 +503,11 @@ fn hotadd_units_devices_and_independent_disks() {
     let e = env();
     let lib = e.lib();
     let c = e.client();
+    // The kernel shows the SMBIOS UUID with its first fields swapped:
+    // the proxy is still found.
+    let id = e.proxy_host.join("sys/class/dmi/id/product_uuid");
+    let shown = std::fs::read_to_string(&id).unwrap();
+    std::fs::write(&id, transport_hotadd::smbios_swapped(&shown).unwrap()).unwrap();
     let conn = Connection::connect(&lib, &e.params, true, None, Some("hotadd")).unwrap();
     let d = conn.open(&e.path(THICK), OpenFlags::read_only()).unwrap();
     assert_eq!(d.transport_mode(), "hotadd");

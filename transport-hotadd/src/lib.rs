@@ -213,11 +213,43 @@ pub fn find_proxy(client: &Client, opts: &HotAddOptions) -> Result<MoRef> {
         }
     };
     let si = client.content().search_index.clone();
-    codec::parse_moref(&client.call(&codec::find_by_uuid(&si, &uuid, false))?)?.ok_or_else(|| {
-        Error::Declined(format!(
-            "no VM with BIOS UUID {uuid}: this is not a proxy VM of this server"
-        ))
-    })
+    // SMBIOS 2.6+ stores the first three UUID fields little-endian, and
+    // some kernels show them that way: try the UUID as read, then swapped.
+    for candidate in [Some(uuid.clone()), smbios_swapped(&uuid)]
+        .into_iter()
+        .flatten()
+    {
+        let found = client.call(&codec::find_by_uuid(&si, &candidate, false))?;
+        if let Some(vm) = codec::parse_moref(&found)? {
+            return Ok(vm);
+        }
+    }
+    Err(Error::Declined(format!(
+        "no VM with BIOS UUID {uuid}: this is not a proxy VM of this server"
+    )))
+}
+
+/// `uuid` with its first three fields byte-swapped (`None` when it is not
+/// 32 hex digits).
+pub fn smbios_swapped(uuid: &str) -> Option<String> {
+    let h = hex_of(uuid);
+    if h.len() != 32 {
+        return None;
+    }
+    let swap = |s: &str| -> String {
+        (0..s.len() / 2)
+            .rev()
+            .map(|i| &s[2 * i..2 * i + 2])
+            .collect()
+    };
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        swap(&h[..8]),
+        swap(&h[8..12]),
+        swap(&h[12..16]),
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 fn devices(
@@ -659,5 +691,10 @@ mod tests {
         f.write_all(b"{\"server\":\"torn").unwrap();
         assert_eq!(recorded(&p).unwrap(), vec![r]);
         assert_eq!(hex_of("naa.6000C29A-bc"), "6000c29abc");
+        assert_eq!(
+            smbios_swapped("564D1234-5678-9ABC-DEF0-123456789ABC").as_deref(),
+            Some("34124d56-7856-bc9a-def0-123456789abc")
+        );
+        assert_eq!(smbios_swapped("short"), None);
     }
 }
