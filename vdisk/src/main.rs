@@ -32,8 +32,10 @@ struct DiskArgs {
     /// Open a snapshot chain even if a parentCID does not match its parent's CID.
     #[arg(long)]
     ignore_cid_mismatch: bool,
-    /// Reach the disk on a vSphere host through this transport (nbd or
-    /// nbdssl); DISK is then a datastore path `[datastore] dir/disk.vmdk`.
+    /// Reach the disk on a vSphere host through these transports, tried in
+    /// order (`nbd`, `nbdssl`, `san`, `hotadd`, or a list such as
+    /// `san:hotadd:nbdssl`); DISK is then a datastore path
+    /// `[datastore] dir/disk.vmdk`.
     #[arg(long)]
     transport: Option<String>,
     /// The VM owning a remote disk (`moref=vm-N`).
@@ -72,44 +74,40 @@ impl DiskArgs {
                 },
             )?));
         };
-        let ssl = match t.as_str() {
-            "nbd" => false,
-            "nbdssl" => true,
-            other => return Err(format!("unknown transport `{other}` (nbd or nbdssl)").into()),
-        };
-        let vm = remote::parse_vm(
-            self.vm
-                .as_deref()
-                .ok_or("a remote disk needs --vm moref=vm-N")?,
-        )?;
-        let snapshot = self.snapshot.as_deref().map(|s| {
-            vim_soap::codec::MoRef::new(
-                "VirtualMachineSnapshot",
-                s.strip_prefix("moref=").unwrap_or(s),
-            )
-        });
-        let client = std::sync::Arc::new(self.conn.connect()?);
-        let opts = transport_nbd::NbdOptions {
-            ssl,
-            compression: self.compression,
-            ..transport_nbd::NbdOptions::default()
-        };
-        let path = self.disk.to_string_lossy();
-        Ok(AnyDisk::Remote(transport_nbd::open_vm_disk(
-            client,
-            &vm,
-            snapshot.as_ref(),
-            &path,
+        let vm = self
+            .vm
+            .as_deref()
+            .ok_or("a remote disk needs --vm moref=vm-N")?;
+        let params = self.conn.params(vm)?;
+        let snapshot = self
+            .snapshot
+            .as_deref()
+            .map(|s| s.strip_prefix("moref=").unwrap_or(s));
+        // Any transport list disklib knows: nbd, nbdssl, san, hotadd.
+        let conn = disklib::api::Connection::connect(
+            &self.conn.library()?,
+            &params,
             !writable,
-            opts,
-        )?))
+            snapshot,
+            Some(t),
+        )?;
+        let path = self.disk.to_string_lossy();
+        let disk = conn.open(
+            &path,
+            disklib::api::OpenFlags {
+                read_only: !writable,
+                compression: self.compression,
+                single_link: false,
+            },
+        )?;
+        Ok(AnyDisk::Remote(disk))
     }
 }
 
 /// A disk read or written by `cat` and `write`.
 enum AnyDisk {
     Local(LocalDisk),
-    Remote(transport_nbd::NbdDisk),
+    Remote(disklib::api::Disk),
 }
 
 impl AnyDisk {

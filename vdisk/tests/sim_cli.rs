@@ -264,6 +264,32 @@ fn cat_and_write_through_nbd_and_nbdssl() {
             t,
         );
     }
+    // The same reads over san (the thick disk lies on the LUN) and
+    // hotadd (the thin one attached to the proxy), with no fallback.
+    for (t, file) in [("san", "demo-vm_1.vmdk"), ("hotadd", "demo-vm.vmdk")] {
+        let out = run(
+            &srv,
+            &[
+                "cat",
+                "--transport",
+                t,
+                "--vm",
+                "moref=vm-100",
+                &format!("[datastore1] demo-vm/{file}"),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{t}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same(
+            &out.stdout,
+            &vdisk_raw(&dir.path().join("datastore1/demo-vm").join(file)),
+            t,
+        );
+    }
     ok(
         &srv,
         &[
