@@ -1,15 +1,35 @@
 //! `cargo xtask bench backup`: a full backup of a 1 GiB disk (half data)
-//! over nbd and nbdssl, next to reading the same disk over the same
-//! transport (what `vdisk cat` does), in one run.
+//! over nbd and nbdssl (a sparse disk), and over san, hotadd and nbdssl
+//! (a thick disk on the simulator's LUN), each next to reading the same
+//! disk over the same transport (what `vdisk cat` does), in one run.
 
 use std::time::Instant;
 
 use cbt::BackupKind;
 use disklib::api::{Config, ConnectParams, Connection, Credentials, Library, OpenFlags};
-use vsphere_sim::inventory::{Datastore, Disk, Inventory, Mode, User, Vm};
+use vsphere_sim::inventory::{Datastore, Disk, Inventory, LunSpec, Mode, User, Vm};
 use vsphere_sim::{NfcOptions, SimOptions, Simulator};
 
 const GIB: u64 = 1 << 30;
+
+fn vm(name: &str, file: &str, disk_type: &str, proxy: bool) -> Vm {
+    Vm {
+        name: name.into(),
+        host: None,
+        power: "poweredOn".into(),
+        uuid: None,
+        disks: vec![Disk {
+            file: file.into(),
+            capacity: if proxy { 16 << 20 } else { GIB },
+            disk_type: disk_type.into(),
+            mode: "persistent".into(),
+            create: true,
+        }],
+        proxy,
+        cbt: !proxy,
+        scsi_controllers: 1,
+    }
+}
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,25 +44,17 @@ fn main() {
         datastores: vec![Datastore {
             name: "ds".into(),
             path: dir.path().join("ds"),
-            lun: None,
+            lun: Some(LunSpec {
+                id: "naa.6000c29d00b4c8e1f2a3b4c5d6e7f809".into(),
+                size: GIB + (8 << 20),
+            }),
         }],
-        vms: vec![Vm {
-            name: "vm".into(),
-            host: None,
-            power: "poweredOn".into(),
-            uuid: None,
-            disks: vec![Disk {
-                file: "[ds] vm/vm.vmdk".into(),
-                capacity: GIB,
-                disk_type: "monolithicSparse".into(),
-                mode: "persistent".into(),
-                create: true,
-            }],
-            proxy: false,
-            cbt: true,
-            scsi_controllers: 1,
-        }],
-        proxy_host: None,
+        vms: vec![
+            vm("vm", "[ds] vm/vm.vmdk", "monolithicSparse", false),
+            vm("thick", "[ds] thick/thick.vmdk", "vmfs", false),
+            vm("proxy", "[ds] proxy/proxy.vmdk", "monolithicSparse", true),
+        ],
+        proxy_host: Some(dir.path().join("proxy-host")),
     };
     let sim = Simulator::start(inv, SimOptions::default(), 0).unwrap();
     let _nfc = sim
@@ -61,21 +73,35 @@ fn main() {
             x ^= x << 17;
             b.copy_from_slice(&x.to_le_bytes());
         }
-        sim.guest_write("vm-100", 2000, i << 20, &chunk).unwrap();
+        for vm in ["vm-100", "vm-101"] {
+            sim.guest_write(vm, 2000, i << 20, &chunk).unwrap();
+        }
     }
-    let lib = Library::init(Config::default());
-    let params = ConnectParams::remote(
-        &sim.addr().to_string(),
-        sim.thumbprint(),
-        Credentials::password("u", "p"),
-        "vm-100",
-    );
+    // Written-back before measuring: dirty pages of the guest writes
+    // would otherwise be flushed during (and charged to) the first backup.
+    let _ = std::process::Command::new("sync").status();
+    let lib = Library::init(Config::parse(&format!(
+        "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
+        dir.path().join("proxy-host").display(),
+        dir.path().join("hotadd.state").display()
+    )));
     println!("full backup of a 1 GiB disk (512 MiB data) vs reading the whole disk over the same transport");
-    for t in ["nbd", "nbdssl"] {
+    for (vm, file, t) in [
+        ("vm-100", "[ds] vm/vm.vmdk", "nbd"),
+        ("vm-100", "[ds] vm/vm.vmdk", "nbdssl"),
+        ("vm-101", "[ds] thick/thick.vmdk", "san"),
+        ("vm-101", "[ds] thick/thick.vmdk", "hotadd"),
+        ("vm-101", "[ds] thick/thick.vmdk", "nbdssl"),
+    ] {
+        let params = ConnectParams::remote(
+            &sim.addr().to_string(),
+            sim.thumbprint(),
+            Credentials::password("u", "p"),
+            vm,
+        );
         let conn = Connection::connect(&lib, &params, true, None, Some(t)).unwrap();
-        let d = conn
-            .open("[ds] vm/vm.vmdk", OpenFlags::read_only())
-            .unwrap();
+        let d = conn.open(file, OpenFlags::read_only()).unwrap();
+        assert_eq!(d.transport_mode(), t);
         let mut buf = vec![0u8; 8 << 20];
         let start = Instant::now();
         let mut off = 0;
@@ -85,7 +111,7 @@ fn main() {
         }
         let cat = start.elapsed().as_secs_f64();
         d.close().unwrap();
-        let repo = dir.path().join(format!("repo-{t}"));
+        let repo = dir.path().join(format!("repo-{vm}-{t}"));
         let start = Instant::now();
         let s = disklib::backup::backup(
             &lib,
@@ -97,8 +123,9 @@ fn main() {
         )
         .unwrap();
         let backup = start.elapsed().as_secs_f64();
+        let kind = if vm == "vm-100" { "sparse" } else { "thick" };
         println!(
-            "{t:<6}: cat {:.0} MB/s ({cat:.2} s)   full backup {:.0} MB/s of disk ({backup:.2} s, {} MB read, {} MB stored)   backup / cat time {:.2}",
+            "{kind} {t:<6}: cat {:.0} MB/s ({cat:.2} s)   full backup {:.0} MB/s of disk ({backup:.2} s, {} MB read, {} MB stored)   backup / cat time {:.2}",
             GIB as f64 / cat / 1e6,
             GIB as f64 / backup / 1e6,
             s.bytes_read >> 20,
