@@ -157,6 +157,14 @@ fn main() {
         f.push(time_cmd(fio_cmd));
         q.push(time_cmd(qemu_cmd));
     }
+    // Each round's ratio to the better peer of that round: paired, so
+    // drift of the storage between rounds cancels out.
+    let paired = median(
+        o.iter()
+            .zip(f.iter().zip(&q))
+            .map(|(ours, (fio, qemu))| fio.min(*qemu) / ours)
+            .collect(),
+    );
     if std::env::var_os("SAN_BENCH_VERBOSE").is_some() {
         let mbs = |v: &[f64]| {
             v.iter()
@@ -181,7 +189,7 @@ fn main() {
         streams()
     );
     println!(
-        "ratio vs the better peer ({}): {ratio:.2} (target >= 0.90){}",
+        "ratio vs the better peer ({}): {ratio:.2} (target >= 0.90){}; per-round (paired) median {paired:.2}",
         if fio_mbs >= qemu_mbs {
             "fio"
         } else {
