@@ -1619,6 +1619,17 @@ mod tests {
                 type_name: "VirtualAHCIController".into(),
             },
         ];
+        // Malformed numbers are typed errors, not defaults.
+        let bad_bus = Element::parse(br#"<val><VirtualDevice xsi:type="ParaVirtualSCSIController"><key>1000</key><busNumber>x</busNumber></VirtualDevice></val>"#).unwrap();
+        assert!(matches!(
+            virtual_controllers(&bad_bus),
+            Err(Error::Malformed(_))
+        ));
+        let bad_extent = response_envelope(SIM_QUERY_DISK_BLOCK_MAP, "<returnval><lunId>naa.1</lunId><capacity>512</capacity><extent><virtualOffset>0</virtualOffset><lunOffset>-1</lunOffset><length>512</length></extent></returnval>");
+        assert!(matches!(
+            parse_disk_block_map(&parse_response(bad_extent.as_bytes()).unwrap()),
+            Err(Error::Malformed(_))
+        ));
         let xml = virtual_devices_xml(&ctrls, &disks);
         let el = Element::parse(xml.as_bytes()).unwrap();
         assert_eq!(virtual_controllers(&el).unwrap(), ctrls);
