@@ -1189,6 +1189,36 @@ mod tests {
     }
 
     #[test]
+    fn san_and_hotadd_keys() {
+        let c = Config::parse("vixDiskLib.transport.deviceRoot = \"/sim/proxy\"\nvixDiskLib.transport.san.streams = 9\nvixDiskLib.transport.hotadd.proxyVm = vm-7\ntmpDirectory = /t\nvixDiskLib.transport.san.allowList = naa.1 naa.2\n");
+        assert!(c.unknown.is_empty(), "{:?}", c.unknown);
+        assert_eq!(c.streams(), 9);
+        let s = c.san_options(true, false, true);
+        assert_eq!(s.device_dir, Path::new("/sim/proxy/dev/disk/by-id"));
+        assert_eq!(s.allow, vec!["naa.1".to_string(), "naa.2".to_string()]);
+        assert!(s.writable && s.thin && !s.redo_log);
+        let h = c.hotadd_options(false);
+        assert_eq!(h.proxy_vm.as_deref(), Some("vm-7"));
+        assert_eq!(h.device_root, Path::new("/sim/proxy"));
+        assert_eq!(
+            h.state_file,
+            Path::new("/t/vddk-rs-hotadd.state"),
+            "in tmpDirectory"
+        );
+        let d = Config::default();
+        assert_eq!(d.streams(), DEFAULT_STREAMS);
+        assert_eq!(
+            d.san_options(false, false, false).device_dir,
+            Path::new("/dev/disk/by-id")
+        );
+        assert_eq!(
+            Config::parse("vixDiskLib.transport.san.streams = 0").streams(),
+            1,
+            "clamped"
+        );
+    }
+
+    #[test]
     fn config_files_too_big_binary_or_missing() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.conf");
