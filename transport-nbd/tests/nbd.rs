@@ -495,3 +495,74 @@ fn keepalive_outlives_the_idle_timeout() {
         Err(Error::ConnectionLost { .. })
     ));
 }
+
+/// The simulator's opt-in read cache ("disk cached in memory" for the
+/// benchmark) serves the same bytes, and no stale ones: guest writes, NFC
+/// writes and a LUN switched offline all invalidate it.
+#[test]
+fn the_read_cache_never_serves_stale_data() {
+    let e = env(|o| o.read_cache_bytes = 64 << 20, SimOptions::default());
+    let opts = NbdOptions {
+        in_flight: 4,
+        max_request: 1 << 20,
+        ..NbdOptions::default()
+    };
+    let read_all = |path: &str| {
+        let d = open_vm_disk(Arc::clone(&e.client), &vm(), None, path, true, opts.clone()).unwrap();
+        let mut b = vec![0u8; d.capacity() as usize];
+        d.read_at(0, &mut b).unwrap();
+        d.close().unwrap();
+        b
+    };
+    // Twice: the second pass is served from the cache.
+    for _ in 0..2 {
+        assert!(read_all(DISK) == local(&e));
+    }
+    let before = e.sim.shared().data_generation();
+    e.sim
+        .guest_write("vm-100", 2000, 4096, &[0xEE; 9000])
+        .unwrap();
+    assert!(e.sim.shared().data_generation() > before);
+    let now = read_all(DISK);
+    assert_eq!(
+        &now[4096..13096],
+        &[0xEE; 9000][..],
+        "a guest write is seen"
+    );
+    assert!(now == local(&e));
+    // A write through another NFC session.
+    let w = open(&e, opts.clone(), false).unwrap();
+    w.write_at(1 << 20, &[0x77; 512]).unwrap();
+    w.flush().unwrap();
+    w.close().unwrap();
+    assert_eq!(&read_all(DISK)[1 << 20..(1 << 20) + 512], &[0x77; 512][..]);
+    // The thick disk lies on the demo LUN: cached, then the LUN goes
+    // offline and the read fails instead of coming from memory.
+    let thick = "[datastore1] demo-vm/demo-vm_1.vmdk";
+    let _ = read_all(thick);
+    e.sim
+        .set_lun_state(
+            vsphere_sim::inventory::DEMO_LUN,
+            vsphere_sim::LunState::Offline,
+        )
+        .unwrap();
+    let d = open_vm_disk(
+        Arc::clone(&e.client),
+        &vm(),
+        None,
+        thick,
+        true,
+        opts.clone(),
+    );
+    let failed = d.and_then(|d| {
+        let mut b = vec![0u8; 1 << 20];
+        d.read_at(0, &mut b)
+    });
+    assert!(failed.is_err(), "an offline LUN read from the cache");
+    e.sim
+        .set_lun_state(
+            vsphere_sim::inventory::DEMO_LUN,
+            vsphere_sim::LunState::Online,
+        )
+        .unwrap();
+}

@@ -209,6 +209,8 @@ pub struct Shared {
     pub(crate) nfc_endpoint: Mutex<Option<(String, u16)>>,
     /// LUNs, with the directory of the datastore each holds.
     pub(crate) luns: Mutex<Vec<(PathBuf, Lun)>>,
+    /// Advances whenever the simulator changes any disk's data.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// A VMware-style disk UUID: its hex digits are the SCSI serial Linux
@@ -297,6 +299,7 @@ impl Shared {
             thumbprint,
             nfc_endpoint: Mutex::new(None),
             luns: Mutex::new(Vec::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         };
         let mut luns = Vec::new();
         for ds in &me.inv.datastores {
@@ -451,6 +454,7 @@ impl Shared {
     /// Writes into a VM's running disk as its guest would, recording the
     /// change for CBT.
     pub fn guest_write(&self, vm: &str, key: i32, offset: u64, data: &[u8]) -> Result<(), Fault> {
+        let _changed = ChangedOnDrop(self);
         let mut st = self.lock();
         let v = st.vm_mut(vm)?;
         let d = v.disks.iter_mut().find(|d| d.key == key).ok_or_else(|| {
@@ -495,9 +499,22 @@ impl Shared {
         (g.expires > Instant::now()).then_some(g)
     }
 
+    /// A number that advances whenever the simulator changes the data of
+    /// any disk (what the NFC read cache is checked against).
+    pub fn data_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that disk data changed; called after the change is made.
+    pub(crate) fn disks_changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Takes a LUN offline, makes it fail from a byte on, or brings it
     /// back (see [`crate::san`]).
     pub fn set_lun_state(&self, id: &str, state: LunState) -> Result<(), String> {
+        let _changed = ChangedOnDrop(self);
         let mut luns = self.luns.lock().unwrap_or_else(|p| p.into_inner());
         let (_, lun) = luns
             .iter_mut()
@@ -550,6 +567,16 @@ impl Shared {
     pub fn set_nfc_endpoint(&self, host: &str, port: u16) {
         *self.nfc_endpoint.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((host.to_string(), port));
+    }
+}
+
+/// Calls [`Shared::disks_changed`] when dropped: after the change, on
+/// every path out of the function that made it (errors included).
+struct ChangedOnDrop<'a>(&'a Shared);
+
+impl Drop for ChangedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.disks_changed();
     }
 }
 
@@ -912,6 +939,7 @@ impl Shared {
     }
 
     fn create_snapshot(&self, vm: &str, name: &str) -> Result<Option<MoRef>, Fault> {
+        let _changed = ChangedOnDrop(self);
         let mut st = self.lock();
         let snap_id = st.id("snapshot");
         let v = st.vm_mut(vm)?;
@@ -951,6 +979,7 @@ impl Shared {
     /// into the file it froze, and whatever sat on that delta now sits
     /// on the merged file.
     fn remove_snapshot(&self, snap: &str, children: bool) -> Result<(), Fault> {
+        let _changed = ChangedOnDrop(self);
         let mut st = self.lock();
         let vm_id = st.snapshot_owner(snap)?.moref.clone();
         // A disk of the snapshot still attached elsewhere (a HotAdd proxy)
@@ -1020,6 +1049,7 @@ impl Shared {
     }
 
     fn reconfig(&self, vm: &str, spec: &Element) -> Result<(), Fault> {
+        let _changed = ChangedOnDrop(self);
         let mut st = self.lock();
         if let Some(c) = spec.child_text("changeTrackingEnabled") {
             let on = c == "true";

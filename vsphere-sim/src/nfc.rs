@@ -8,8 +8,10 @@
 //! tests: drop the connection after N bytes, delay replies, corrupt a
 //! frame.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +46,62 @@ pub struct NfcOptions {
     pub idle_timeout: Duration,
     /// Faults to inject (shared, changeable while running).
     pub faults: Arc<Mutex<Faults>>,
+    /// Keep up to this many bytes of disk data in memory for reads (the
+    /// "disk cached in memory" of `cargo xtask bench nbd`); 0, the
+    /// default, reads every request from the disk files. Blocks of
+    /// [`CACHE_BLOCK`] bytes serve requests that fall inside one block;
+    /// every change the simulator makes to any disk (guest and NFC
+    /// writes, snapshots, reconfigurations, LUN switches) invalidates
+    /// them all. Files changed behind the simulator's back are not seen.
+    pub read_cache_bytes: u64,
+}
+
+/// The unit of the NFC read cache.
+pub const CACHE_BLOCK: u64 = 1 << 20;
+
+/// Disk blocks kept in memory, each tagged with the data generation it
+/// was read at (see [`Shared::data_generation`]).
+#[derive(Debug, Default)]
+struct ReadCache {
+    max: u64,
+    blocks: Mutex<CachedBlocks>,
+}
+
+/// (bytes held, (disk file, block index) → (generation, data)).
+type CachedBlocks = (u64, HashMap<(PathBuf, u64), (u64, Arc<Vec<u8>>)>);
+
+impl ReadCache {
+    /// The block at `index` of `path`, read with `fill` when missing or
+    /// older than `generation`.
+    fn get(
+        &self,
+        path: &Path,
+        index: u64,
+        generation: u64,
+        fill: impl FnOnce() -> disklib::Result<Vec<u8>>,
+    ) -> disklib::Result<Arc<Vec<u8>>> {
+        let key = (path.to_path_buf(), index);
+        {
+            let g = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((gen, b)) = g.1.get(&key) {
+                if *gen == generation {
+                    return Ok(Arc::clone(b));
+                }
+            }
+        }
+        let block = Arc::new(fill()?);
+        let mut g = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 + block.len() as u64 > self.max {
+            // Full: start over (a benchmark's working set fits or it does not).
+            g.1.clear();
+            g.0 = 0;
+        }
+        g.0 += block.len() as u64;
+        if let Some((_, old)) = g.1.insert(key, (generation, Arc::clone(&block))) {
+            g.0 -= old.len() as u64;
+        }
+        Ok(block)
+    }
 }
 
 impl Default for NfcOptions {
@@ -53,6 +111,7 @@ impl Default for NfcOptions {
             max_connections: 52,
             idle_timeout: Duration::from_secs(300),
             faults: Arc::default(),
+            read_cache_bytes: 0,
         }
     }
 }
@@ -82,6 +141,10 @@ impl NfcServer {
         let accepted = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(AtomicUsize::new(0));
         let memory = Arc::new(AtomicU64::new(0));
+        let cache = Arc::new(ReadCache {
+            max: opts.read_cache_bytes,
+            ..ReadCache::default()
+        });
         let (stop2, acc2) = (Arc::clone(&stop), Arc::clone(&accepted));
         std::thread::Builder::new()
             .name("sim-nfc-accept".into())
@@ -98,6 +161,7 @@ impl NfcServer {
                         opts: opts.clone(),
                         active: Arc::clone(&active),
                         memory: Arc::clone(&memory),
+                        cache: Arc::clone(&cache),
                     };
                     let _ = std::thread::Builder::new()
                         .name("sim-nfc".into())
@@ -136,6 +200,15 @@ struct Ctx {
     opts: NfcOptions,
     active: Arc<AtomicUsize>,
     memory: Arc<AtomicU64>,
+    cache: Arc<ReadCache>,
+}
+
+/// Where a read reply's data is.
+enum ReplyData {
+    /// The first bytes of the session's read buffer.
+    Buffer(usize),
+    /// A slice `[start, start + len)` of a cached block.
+    Cached(Arc<Vec<u8>>, usize, usize),
 }
 
 /// The NFC byte stream after authd: plain TCP or a fresh TLS session.
@@ -305,7 +378,7 @@ impl Ctx {
                 }
                 let mut out = Vec::new();
                 let fast = faults.drop_after_bytes.is_none() && faults.corrupt_frame.is_none();
-                let mut vectored: Option<(Vec<u8>, usize)> = None;
+                let mut vectored: Option<(Vec<u8>, ReplyData)> = None;
                 let done = self.answer(
                     &mut s,
                     &mut out,
@@ -316,10 +389,15 @@ impl Ctx {
                     &mut rbuf,
                     fast.then_some(&mut vectored),
                 );
-                if let Some((heads, len)) = vectored {
-                    // Head, data, head, data...: straight from the read buffer.
-                    write_vectored_all(&mut nfc, &heads, &rbuf[..len])?;
-                    sent += (heads.len() + len) as u64;
+                if let Some((heads, data)) = vectored {
+                    // Head, data, head, data...: straight from the read
+                    // buffer or the cached block.
+                    let data = match &data {
+                        ReplyData::Buffer(len) => &rbuf[..*len],
+                        ReplyData::Cached(block, start, len) => &block[*start..*start + *len],
+                    };
+                    write_vectored_all(&mut nfc, &heads, data)?;
+                    sent += (heads.len() + data.len()) as u64;
                     continue;
                 }
                 if let Some(k) = faults.corrupt_frame {
@@ -361,7 +439,7 @@ impl Ctx {
         disk: &mut Option<LocalDisk>,
         compress: &mut bool,
         rbuf: &mut Vec<u8>,
-        vectored: Option<&mut Option<(Vec<u8>, usize)>>,
+        vectored: Option<&mut Option<(Vec<u8>, ReplyData)>>,
     ) -> bool {
         let err = |s: &mut ServerSession, out: &mut Vec<u8>, op, code, text: String| {
             s.reply_error(out, op, code, &text)
@@ -451,6 +529,37 @@ impl Ctx {
                     return false;
                 }
                 self.memory.fetch_add(u64::from(len), Ordering::AcqRel);
+                let index = offset / CACHE_BLOCK;
+                let in_one_block = len > 0
+                    && offset
+                        .checked_add(u64::from(len) - 1)
+                        .is_some_and(|last| last / CACHE_BLOCK == index)
+                    && offset + u64::from(len) <= d.capacity();
+                let cacheable =
+                    vectored.is_some() && self.cache.max > 0 && !*compress && in_one_block;
+                if cacheable {
+                    // Read the generation before the data: a change made
+                    // while the block is read leaves it stale, not wrong.
+                    let generation = self.shared.data_generation();
+                    let start = index * CACHE_BLOCK;
+                    let block = self.cache.get(&grant.path, index, generation, || {
+                        let mut b = vec![0u8; (d.capacity() - start).min(CACHE_BLOCK) as usize];
+                        d.read_at(start, &mut b).map(|()| b)
+                    });
+                    match block {
+                        Ok(b) => {
+                            if let Some(v) = vectored {
+                                *v = Some((
+                                    s.read_reply_heads(op, handle, len),
+                                    ReplyData::Cached(b, (offset - start) as usize, len as usize),
+                                ));
+                            }
+                        }
+                        Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
+                    }
+                    self.memory.fetch_sub(u64::from(len), Ordering::AcqRel);
+                    return false;
+                }
                 if rbuf.len() < len as usize {
                     rbuf.resize(len as usize, 0);
                 }
@@ -459,7 +568,10 @@ impl Ctx {
                 match r {
                     Ok(()) => match vectored {
                         Some(v) if !*compress => {
-                            *v = Some((s.read_reply_heads(op, handle, len), len as usize))
+                            *v = Some((
+                                s.read_reply_heads(op, handle, len),
+                                ReplyData::Buffer(len as usize),
+                            ))
                         }
                         _ => {
                             if let Err(e) = s.reply_read(out, op, handle, buf, *compress) {
@@ -501,7 +613,10 @@ impl Ctx {
                     );
                     return false;
                 }
-                match d.write_at(offset, &data) {
+                let written = d.write_at(offset, &data);
+                // Whatever happened, cached blocks may be out of date.
+                self.shared.disks_changed();
+                match written {
                     Ok(()) => s.reply_written(out, op, handle),
                     Err(disklib::Error::OutOfRange { .. }) => err(
                         s,
