@@ -457,7 +457,8 @@ pub(crate) fn detach_device(
     Ok(())
 }
 
-/// True for the extent kinds a LUN-backed disk may use.
+/// For a disk type the simulator places on a LUN, whether it is thin;
+/// `None` for types kept as ordinary files (sparse disks and the like).
 pub(crate) fn lun_disk_type(t: &str) -> Option<bool> {
     match t {
         "vmfs" | "vmfsEagerZeroedThick" | "vmfsPreallocated" => Some(false),
