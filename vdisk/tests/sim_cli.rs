@@ -57,6 +57,27 @@ fn run(srv: &Server, args: &[&str], overrides: &[(&str, &str)]) -> std::process:
     c.output().unwrap()
 }
 
+/// `vdisk sim guest-write` into vm-100's disk.
+fn guest_write(srv: &Server, disk: &str, offset: &str, pattern: &str, length: &str) {
+    ok(
+        srv,
+        &[
+            "sim",
+            "guest-write",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            disk,
+            "--offset",
+            offset,
+            "--pattern",
+            pattern,
+            "--length",
+            length,
+        ],
+    );
+}
+
 fn ok(srv: &Server, args: &[&str]) -> String {
     let out = run(srv, args, &[]);
     assert!(
@@ -80,23 +101,7 @@ fn serve_list_snapshot_changes_and_errors() {
     ))
     .unwrap();
     assert_eq!(disks[0]["key"], 2000);
-    ok(
-        &srv,
-        &[
-            "sim",
-            "guest-write",
-            "--vm",
-            "moref=vm-100",
-            "--disk",
-            "2000",
-            "--offset",
-            "70000",
-            "--pattern",
-            "5",
-            "--length",
-            "3000",
-        ],
-    );
+    guest_write(&srv, "2000", "70000", "5", "3000");
     let snap = ok(
         &srv,
         &[
@@ -122,23 +127,7 @@ fn serve_list_snapshot_changes_and_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    ok(
-        &srv,
-        &[
-            "sim",
-            "guest-write",
-            "--vm",
-            "moref=vm-100",
-            "--disk",
-            "2000",
-            "--offset",
-            "1048576",
-            "--pattern",
-            "6",
-            "--length",
-            "10",
-        ],
-    );
+    guest_write(&srv, "2000", "1048576", "6", "10");
     let ch: serde_json::Value = serde_json::from_str(&ok(
         &srv,
         &[
@@ -213,23 +202,7 @@ fn serve_list_snapshot_changes_and_errors() {
 fn cat_and_write_through_nbd_and_nbdssl() {
     let dir = tempdir();
     let srv = serve(dir.path(), &[]);
-    ok(
-        &srv,
-        &[
-            "sim",
-            "guest-write",
-            "--vm",
-            "moref=vm-100",
-            "--disk",
-            "2000",
-            "--offset",
-            "65000",
-            "--pattern",
-            "3",
-            "--length",
-            "300000",
-        ],
-    );
+    guest_write(&srv, "2000", "65000", "3", "300000");
     let local_path = dir.path().join("datastore1/demo-vm/demo-vm.vmdk");
     let disk = "[datastore1] demo-vm/demo-vm.vmdk";
     for t in ["nbd", "nbdssl"] {
@@ -331,23 +304,7 @@ fn cat_and_write_through_nbd_and_nbdssl() {
     let snap = ok(&srv, &["vm", "snapshot", "create", "--vm", "moref=vm-100"])
         .trim()
         .to_string();
-    ok(
-        &srv,
-        &[
-            "sim",
-            "guest-write",
-            "--vm",
-            "moref=vm-100",
-            "--disk",
-            "2000",
-            "--offset",
-            "0",
-            "--pattern",
-            "9",
-            "--length",
-            "512",
-        ],
-    );
+    guest_write(&srv, "2000", "0", "9", "512");
     let out = run(
         &srv,
         &[
@@ -400,23 +357,7 @@ fn backup_over_san_and_hotadd_from_the_cli() {
     let srv = serve(dir.path(), &[]);
     let repo = dir.path().join("repo");
     for (disk, offset, pattern) in [("2000", "1048576", "7"), ("2001", "5000192", "9")] {
-        ok(
-            &srv,
-            &[
-                "sim",
-                "guest-write",
-                "--vm",
-                "moref=vm-100",
-                "--disk",
-                disk,
-                "--offset",
-                offset,
-                "--pattern",
-                pattern,
-                "--length",
-                "3000000",
-            ],
-        );
+        guest_write(&srv, disk, offset, pattern, "3000000");
     }
     let out = ok(
         &srv,
@@ -434,23 +375,7 @@ fn backup_over_san_and_hotadd_from_the_cli() {
     // The LUN offline: neither san nor nbdssl (the datastore is on it)
     // can read what changed, and the backup says so; back online, backup
     // 2 takes the change over san.
-    ok(
-        &srv,
-        &[
-            "sim",
-            "guest-write",
-            "--vm",
-            "moref=vm-100",
-            "--disk",
-            "2001",
-            "--offset",
-            "0",
-            "--pattern",
-            "3",
-            "--length",
-            "65536",
-        ],
-    );
+    guest_write(&srv, "2001", "0", "3", "65536");
     let lun = ["sim", "lun", "--lun", vsphere_sim::inventory::DEMO_LUN];
     ok(&srv, &[&lun[..], &["--offline"]].concat());
     let args = [
