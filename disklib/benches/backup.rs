@@ -80,10 +80,9 @@ fn main() {
     // Written-back before measuring: dirty pages of the guest writes
     // would otherwise be flushed during (and charged to) the first backup.
     let _ = std::process::Command::new("sync").status();
-    let lib = Library::init(Config::parse(&format!(
-        "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
-        dir.path().join("proxy-host").display(),
-        dir.path().join("hotadd.state").display()
+    let lib = Library::init(Config::parse(&vsphere_sim::proxy_config(
+        &dir.path().join("proxy-host"),
+        &dir.path().join("hotadd.state"),
     )));
     println!("full backup of a 1 GiB disk (512 MiB data) vs reading the whole disk over the same transport");
     for (vm, file, t) in [

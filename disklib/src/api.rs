@@ -19,13 +19,15 @@ use std::time::Duration;
 
 use transport_hotadd::{HotAddDisk, HotAddOptions};
 use transport_nbd::{NbdDisk, NbdOptions, Timeouts};
-use transport_san::{BlockMap, LunExtent, SanDisk, SanOptions};
+use transport_san::{
+    BlockMap, BlockMapSource, DiskLocation, HostBlockMap, LunExtent, SanDisk, SanOptions,
+};
 use vim_soap::client::{Client, ClientConfig, Thumbprint};
 use vim_soap::codec::{self, MoRef};
 use vim_soap::Secret;
 
 use crate::error::{Error, Result};
-use crate::local::{AllocKind, LocalDisk, OpenOptions};
+use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
 
 /// Settings from an InitEx configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,8 +65,78 @@ pub struct Config {
     /// `vixDiskLib.transport.hotadd.stateFile` (this kit's key): where
     /// attaches are recorded for `Cleanup` (default: in `tmpDirectory`).
     pub hotadd_state_file: Option<String>,
+    /// Where the san transport learns block maps
+    /// (`vixDiskLib.transport.san.blockMapSource = "simulator"`, this
+    /// kit's key, or a source of the caller's); none by default.
+    pub san_block_maps: SanBlockMaps,
     /// Keys that were not understood (warned about, not fatal).
     pub unknown: Vec<String>,
+}
+
+/// Where the san transport learns which LUN blocks hold a disk.
+///
+/// VMware's hosts give VDDK block maps through internal interfaces whose
+/// bytes are unpublished, so nothing is asked of a real vCenter: with
+/// [`SanBlockMaps::None`] san declines and the next transport is used.
+#[derive(Clone, Debug, Default)]
+pub enum SanBlockMaps {
+    /// No source: san declines.
+    #[default]
+    None,
+    /// The kit's simulator: `SimQueryDiskBlockMap` on the connection
+    /// (`vim_soap::codec::sim_query_disk_block_map`), which only the
+    /// simulator answers. `vdisk sim serve` writes the key that selects it.
+    Simulator,
+    /// A source of the caller's.
+    Source(Arc<dyn BlockMapSource>),
+}
+
+impl PartialEq for SanBlockMaps {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::None, Self::None) | (Self::Simulator, Self::Simulator) => true,
+            (Self::Source(a), Self::Source(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SanBlockMaps {}
+
+/// [`SanBlockMaps::Simulator`]: the simulator's stand-in call on the
+/// connection's session.
+#[derive(Debug)]
+struct SimulatorBlockMaps<'a> {
+    client: &'a Client,
+}
+
+impl SimulatorBlockMaps<'_> {
+    fn block_map(&self, disk: &DiskLocation<'_>) -> Result<HostBlockMap> {
+        let vm = MoRef::new("VirtualMachine", disk.vm);
+        let snapshot = disk
+            .snapshot
+            .map(|s| MoRef::new("VirtualMachineSnapshot", s));
+        let m = codec::parse_disk_block_map(&self.client.call(
+            &codec::sim_query_disk_block_map(&vm, snapshot.as_ref(), disk.device_key),
+        )?)?;
+        let map = BlockMap::new(
+            &m.lun_id,
+            m.capacity,
+            m.extents
+                .iter()
+                .map(|e| LunExtent {
+                    virtual_offset: e.virtual_offset,
+                    lun_offset: e.lun_offset,
+                    len: e.length,
+                })
+                .collect(),
+        )?;
+        Ok(HostBlockMap {
+            map,
+            redo_log: m.redo_log,
+            thin: m.thin,
+        })
+    }
 }
 
 impl Config {
@@ -121,6 +193,9 @@ impl Config {
                 "vixdisklib.transport.hotadd.proxyvm" => c.hotadd_proxy_vm = Some(v.to_string()),
                 "vixdisklib.transport.hotadd.statefile" => {
                     c.hotadd_state_file = Some(v.to_string())
+                }
+                "vixdisklib.transport.san.blockmapsource" if v == "simulator" => {
+                    c.san_block_maps = SanBlockMaps::Simulator
                 }
                 "linuxssl.verifycertificates" => {} // certificates are always verified
                 _ => c.unknown.push(key.to_string()),
@@ -488,12 +563,12 @@ impl Connection {
                 max_chain_depth: if flags.single_link {
                     1
                 } else {
-                    crate::local::DEFAULT_MAX_CHAIN_DEPTH
+                    vmdk_file::local::DEFAULT_MAX_CHAIN_DEPTH
                 },
                 ..OpenOptions::default()
             };
             let d = match LocalDisk::open(path, &opts) {
-                Err(Error::ChainTooDeep(..)) if flags.single_link => LocalDisk::open(
+                Err(vmdk_file::Error::ChainTooDeep(..)) if flags.single_link => LocalDisk::open(
                     path,
                     &OpenOptions {
                         ignore_cid_mismatch: true,
@@ -573,8 +648,8 @@ impl Connection {
         })
     }
 
-    /// The san transport: the host's block map (the simulator's stand-in
-    /// call), then the LUN among this machine's devices.
+    /// The san transport: the disk's block map from the configured
+    /// [`SanBlockMaps`] source, then the LUN among this machine's devices.
     fn open_san(
         &self,
         r: &Remote,
@@ -582,25 +657,30 @@ impl Connection {
         read_only: bool,
     ) -> Result<(SanDisk, codec::VirtualDiskInfo)> {
         let meta = disk_info(&r.client, &r.vm, r.snapshot.as_ref(), path)?;
-        let m = codec::parse_disk_block_map(&r.client.call(&codec::sim_query_disk_block_map(
-            &r.vm,
-            r.snapshot.as_ref(),
-            meta.key,
-        ))?)?;
-        let map = BlockMap::new(
-            &m.lun_id,
-            m.capacity,
-            m.extents
-                .iter()
-                .map(|e| LunExtent {
-                    virtual_offset: e.virtual_offset,
-                    lun_offset: e.lun_offset,
-                    len: e.length,
-                })
-                .collect(),
-        )?;
-        let opts = self.lib.config.san_options(!read_only, m.redo_log, m.thin);
-        Ok((SanDisk::open(map, &opts)?, meta))
+        let disk = DiskLocation {
+            vm: &r.vm.value,
+            snapshot: r.snapshot.as_ref().map(|s| s.value.as_str()),
+            device_key: meta.key,
+            path,
+        };
+        let host = match &self.lib.config.san_block_maps {
+            SanBlockMaps::None => {
+                return Err(transport_san::Error::Declined(
+                    "no block-map source is configured (VMware's host interfaces for block maps are unpublished)"
+                        .into(),
+                )
+                .into())
+            }
+            SanBlockMaps::Simulator => SimulatorBlockMaps { client: &r.client }.block_map(&disk)?,
+            SanBlockMaps::Source(source) => source
+                .block_map(&disk)
+                .map_err(transport_san::Error::Declined)?,
+        };
+        let opts = self
+            .lib
+            .config
+            .san_options(!read_only, host.redo_log, host.thin);
+        Ok((SanDisk::open(host.map, &opts)?, meta))
     }
 
     /// `PrepareForAccess`: keeps Storage vMotion away from the VM. The
@@ -882,7 +962,7 @@ impl Disk {
     pub fn flush(&self) -> Result<()> {
         self.wait();
         match &*self.backend {
-            Backend::Local(d) if d.is_writable() => d.flush(),
+            Backend::Local(d) if d.is_writable() => Ok(d.flush()?),
             Backend::Local(_) => Ok(()),
             Backend::Nbd(d) => Ok(d.flush()?),
             Backend::San(d, _) => Ok(d.flush()?),
@@ -976,7 +1056,7 @@ impl Disk {
     /// Sets a DDB value (local disks opened for writing).
     pub fn write_metadata(&self, key: &str, value: &str) -> Result<()> {
         match &*self.backend {
-            Backend::Local(d) => d.set_metadata(key, value),
+            Backend::Local(d) => Ok(d.set_metadata(key, value)?),
             Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => Err(Error::Unsupported {
                 path: "remote disk".into(),
                 what: format!("writing DDB keys over {}", self.mode.as_str()),
@@ -1033,7 +1113,7 @@ impl Disk {
         self.wait();
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
         match Arc::try_unwrap(self.backend) {
-            Ok(Backend::Local(d)) => d.close(),
+            Ok(Backend::Local(d)) => Ok(d.close()?),
             Ok(Backend::Nbd(d)) => Ok(d.close()?),
             Ok(Backend::San(d, _)) => Ok(d.flush()?),
             Ok(Backend::HotAdd(d, _)) => Ok(d.close()?),
@@ -1044,7 +1124,7 @@ impl Disk {
 
 fn read(b: &Backend, offset: u64, buf: &mut [u8]) -> Result<()> {
     match b {
-        Backend::Local(d) => d.read_at(offset, buf),
+        Backend::Local(d) => Ok(d.read_at(offset, buf)?),
         Backend::Nbd(d) => Ok(d.read_at(offset, buf)?),
         Backend::San(d, n) => Ok(d.read_streams(offset, buf, *n)?),
         Backend::HotAdd(d, n) => Ok(d.read_at(offset, buf, *n)?),
@@ -1053,7 +1133,7 @@ fn read(b: &Backend, offset: u64, buf: &mut [u8]) -> Result<()> {
 
 fn write(b: &Backend, offset: u64, data: &[u8]) -> Result<()> {
     match b {
-        Backend::Local(d) => d.write_at(offset, data),
+        Backend::Local(d) => Ok(d.write_at(offset, data)?),
         Backend::Nbd(d) => Ok(d.write_at(offset, data)?),
         Backend::San(d, n) => Ok(d.write_streams(offset, data, *n)?),
         Backend::HotAdd(d, n) => Ok(d.write_at(offset, data, *n)?),

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use vim_soap::codec::{self, MoRef};
 
 use crate::api::{changed_areas_by_key, ConnectParams, Connection, Library, OpenFlags};
-use crate::create::{create, CreateOptions, DiskType};
 use crate::error::{Error, Result};
-use crate::local::{LocalDisk, OpenOptions};
+use vmdk_file::create::{create, CreateOptions, DiskType};
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 const CHUNK: u64 = 1 << 20;
 /// Reads from the VM are this large so the transport can pipeline them.
@@ -124,7 +124,7 @@ impl RepoCatalog {
 
     fn save(&self, repo: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| repo_err(repo, e.to_string()))?;
-        crate::write::replace_file(&repo.join("catalog.json"), &bytes)
+        Ok(vmdk_file::replace_file(&repo.join("catalog.json"), &bytes)?)
     }
 
     /// The cbt view of one disk's backups.
@@ -581,11 +581,11 @@ pub fn restore(
                     },
                 )?);
                 let o2 = Arc::clone(&out);
-                write_at = Box::new(move |off, b| o2.write_at(off, b));
+                write_at = Box::new(move |off, b| Ok(o2.write_at(off, b)?));
                 zero_holes = false;
                 let mut slot = Some(out);
                 finish = Box::new(move || match slot.take().map(Arc::try_unwrap) {
-                    Some(Ok(d)) => d.close(),
+                    Some(Ok(d)) => Ok(d.close()?),
                     _ => Ok(()),
                 });
             }

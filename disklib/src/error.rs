@@ -19,101 +19,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The file's structure is invalid.
-    #[error("{path}: {source}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What the format engine found.
-        #[source]
-        source: vmdk_format::Error,
-    },
-    /// The file is neither a descriptor nor a VMDK data file.
-    #[error("{0}: not a VMDK file (no descriptor signature, no KDMV/COWD/seSparse magic)")]
-    NotVmdk(PathBuf),
-    /// A read hit the end of a file before the structures said it would.
-    #[error(
-        "{path}: file ends at byte {file_len}, but {needed} bytes are needed at byte {offset}"
-    )]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Where the read started.
-        offset: u64,
-        /// How many bytes were needed.
-        needed: u64,
-        /// The file length.
-        file_len: u64,
-    },
-    /// An extent or parent path leaves the directory of the file naming it.
-    #[error("{descriptor}: path `{name}` leaves the descriptor's directory (allow it explicitly to follow it)")]
-    PathEscape {
-        /// The descriptor naming the path.
-        descriptor: PathBuf,
-        /// The path as written.
-        name: String,
-    },
-    /// The parent named by `parentFileNameHint` cannot be opened.
-    #[error("{child}: parent `{hint}` not found")]
-    ParentMissing {
-        /// The child descriptor.
-        child: PathBuf,
-        /// The hint as written (empty when only `parentCID` is set).
-        hint: String,
-    },
-    /// The child's `parentCID` is not the parent's `CID`.
-    #[error("{child}: parentCID {expected:08x} does not match CID {found:08x} of parent {parent} (the parent changed after the child was made; override only if you know the data is consistent)")]
-    CidMismatch {
-        /// Child file.
-        child: PathBuf,
-        /// Parent file.
-        parent: PathBuf,
-        /// The child's parentCID.
-        expected: u32,
-        /// The parent's CID.
-        found: u32,
-    },
-    /// The chain is longer than the configured limit.
-    #[error("{0}: snapshot chain deeper than {1} links")]
-    ChainTooDeep(PathBuf, usize),
-    /// A file appears twice in its own chain.
-    #[error("{0}: snapshot chain loops back to this file")]
-    ChainLoop(PathBuf),
-    /// A read or write touches a NOACCESS extent.
-    #[error("{path}: extent {extent} is NOACCESS")]
-    NoAccess {
-        /// Descriptor of the link.
-        path: PathBuf,
-        /// Extent index.
-        extent: usize,
-    },
-    /// The file system is full (or the file size limit was reached);
-    /// nothing that was already written is lost.
-    #[error("{path}: disk full")]
-    DiskFull {
-        /// The file being written.
-        path: PathBuf,
-    },
-    /// The disk (or this part of it) cannot be written.
-    #[error("{path}: read-only: {reason}")]
-    ReadOnly {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: &'static str,
-    },
-    /// The embedded descriptor area cannot hold the new descriptor.
-    #[error(
-        "{path}: the embedded descriptor area ({capacity} bytes) is too small for {needed} bytes"
-    )]
-    DescriptorFull {
-        /// The file.
-        path: PathBuf,
-        /// Bytes needed.
-        needed: usize,
-        /// Bytes available.
-        capacity: usize,
-    },
     /// The operation is not supported for this disk.
     #[error("{path}: not supported: {what}")]
     Unsupported {
@@ -122,9 +27,9 @@ pub enum Error {
         /// What.
         what: String,
     },
-    /// A file that would be created exists already.
-    #[error("{0}: already exists")]
-    AlreadyExists(PathBuf),
+    /// A local VMDK file problem.
+    #[error(transparent)]
+    File(#[from] vmdk_file::Error),
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -177,27 +82,9 @@ pub enum Error {
     },
 }
 
-/// More variants, for writing.
-impl Error {
-    pub(crate) fn disk_full_or_io(path: &std::path::Path, e: io::Error) -> Self {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => Error::DiskFull {
-                path: path.to_path_buf(),
-            },
-            _ => Error::io(path, e),
-        }
-    }
-}
-
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
-            path: path.into(),
-            source,
-        }
-    }
-    pub(crate) fn format(path: impl Into<PathBuf>, source: vmdk_format::Error) -> Self {
-        Error::Format {
             path: path.into(),
             source,
         }
@@ -253,24 +140,9 @@ impl Error {
     pub fn vix_code(&self) -> u64 {
         use vim_soap::FaultKind as F;
         match self {
-            Error::Io { source, .. } => match source.kind() {
-                io::ErrorKind::NotFound => vix::E_FILE_NOT_FOUND,
-                io::ErrorKind::PermissionDenied => vix::E_FILE_ACCESS_ERROR,
-                io::ErrorKind::AlreadyExists => vix::E_FILE_ALREADY_EXISTS,
-                _ => vix::E_FILE_ERROR,
-            },
-            Error::Format { .. } | Error::Truncated { .. } => vix::E_DISK_INVAL,
-            Error::NotVmdk(_) => vix::E_INCORRECT_FILE_TYPE,
-            Error::PathEscape { .. } => vix::E_FILE_ACCESS_ERROR,
-            Error::ParentMissing { .. } => vix::E_DISK_OPENPARENT,
-            Error::CidMismatch { .. } => vix::E_DISK_CID_MISMATCH,
-            Error::ChainTooDeep(..) | Error::ChainLoop(_) => vix::E_DISK_INVALIDCHAIN,
-            Error::NoAccess { .. } => vix::E_FILE_ACCESS_ERROR,
-            Error::DiskFull { .. } => vix::E_DISK_FULL,
-            Error::ReadOnly { .. } => vix::E_FILE_READ_ONLY,
-            Error::DescriptorFull { .. } => vix::E_BUFFER_TOOSMALL,
+            Error::Io { source, .. } => io_vix_code(source),
+            Error::File(e) => file_vix_code(e),
             Error::Unsupported { .. } => vix::E_NOT_SUPPORTED,
-            Error::AlreadyExists(_) => vix::E_FILE_ALREADY_EXISTS,
             Error::InvalidArgument(_) => vix::E_INVALID_ARG,
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
@@ -309,5 +181,37 @@ impl Error {
                 _ => vix::E_FAIL,
             },
         }
+    }
+}
+
+/// The VixDiskLib error code of a local file error.
+fn file_vix_code(e: &vmdk_file::Error) -> u64 {
+    use vmdk_file::Error as F;
+    match e {
+        F::Io { source, .. } => io_vix_code(source),
+        F::Format { .. } | F::Truncated { .. } => vix::E_DISK_INVAL,
+        F::NotVmdk(_) => vix::E_INCORRECT_FILE_TYPE,
+        F::PathEscape { .. } => vix::E_FILE_ACCESS_ERROR,
+        F::ParentMissing { .. } => vix::E_DISK_OPENPARENT,
+        F::CidMismatch { .. } => vix::E_DISK_CID_MISMATCH,
+        F::ChainTooDeep(..) | F::ChainLoop(_) => vix::E_DISK_INVALIDCHAIN,
+        F::NoAccess { .. } => vix::E_FILE_ACCESS_ERROR,
+        F::DiskFull { .. } => vix::E_DISK_FULL,
+        F::ReadOnly { .. } => vix::E_FILE_READ_ONLY,
+        F::DescriptorFull { .. } => vix::E_BUFFER_TOOSMALL,
+        F::Unsupported { .. } => vix::E_NOT_SUPPORTED,
+        F::AlreadyExists(_) => vix::E_FILE_ALREADY_EXISTS,
+        F::InvalidArgument(_) => vix::E_INVALID_ARG,
+        F::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
+        _ => vix::E_FAIL,
+    }
+}
+
+fn io_vix_code(source: &io::Error) -> u64 {
+    match source.kind() {
+        io::ErrorKind::NotFound => vix::E_FILE_NOT_FOUND,
+        io::ErrorKind::PermissionDenied => vix::E_FILE_ACCESS_ERROR,
+        io::ErrorKind::AlreadyExists => vix::E_FILE_ALREADY_EXISTS,
+        _ => vix::E_FILE_ERROR,
     }
 }

@@ -1,34 +1,23 @@
 //! # disklib
 //!
-//! The kit's VixDiskLib-style library. This release holds the local
-//! engine: open a VMDK of any variant (descriptor or monolithic file)
-//! with its snapshot chain, read it concurrently from many threads, and
-//! map what each byte range holds. Remote transports (nbd, nbdssl, san,
-//! hotadd) and the VixDiskLib-shaped connection API build on it.
+//! The kit's VixDiskLib-style library: an InitEx-style configuration,
+//! connections (local, or a vCenter / ESXi host with a password or a
+//! session cookie), transport selection by list with fallback at open
+//! (`file`, `san`, `hotadd`, `nbdssl`, `nbd`), disks with sync and async
+//! I/O, info, metadata and allocated-block queries, PrepareForAccess /
+//! EndAccess, VixDiskLib error codes for every error ([`api`]); and the
+//! backup job: full, incremental and differential backups with CBT into a
+//! repository, restore of any point, verify ([`backup`]).
 //!
-//! Safety rules the engine keeps:
-//! - extent and parent paths stay inside the directory of the descriptor
-//!   naming them unless [`local::OpenOptions::allow_outside_paths`] is set;
-//! - a chain whose `parentCID` does not match is refused unless
-//!   [`local::OpenOptions::ignore_cid_mismatch`] is set; depth is bounded
-//!   and loops are detected;
-//! - reads that cannot be satisfied fail with a typed [`Error`]; they never
-//!   return zeros where data was expected;
-//! - table and grain caches have fixed byte budgets.
+//! Local VMDK files are `vmdk-file`'s (open, read, write, create,
+//! convert, snapshot, check, repair); the transports are
+//! `transport-nbd`, `transport-san` and `transport-hotadd`; vSphere calls
+//! are `vim-soap`'s. This crate composes them.
 
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod backup;
-mod cache;
-pub mod check;
-pub mod convert;
-pub mod create;
 mod error;
-pub mod local;
-pub mod maintain;
-pub mod repair;
-mod stream;
-mod write;
 
 pub use error::{vix, Error, Result};

@@ -10,11 +10,11 @@ use std::time::Duration;
 use cbt::BackupKind;
 use disklib::api::{Config, ConnectParams, Connection, Credentials, Library, OpenFlags};
 use disklib::backup::{self, RepoCatalog, RestoreTarget};
-use disklib::local::LocalDisk;
 use disklib::Error;
 use vim_soap::client::{Client, ClientConfig, Thumbprint};
 use vim_soap::codec::{self, ConfigSpec, MoRef};
 use vim_soap::FaultKind;
+use vmdk_file::local::LocalDisk;
 use vsphere_sim::inventory::{Datastore, Disk, Inventory, Mode, User, Vm};
 use vsphere_sim::{Faults, NfcOptions, NfcServer, SimOptions, Simulator};
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use cbt::BackupKind;
 use disklib::api::{Config, ConnectParams, Connection, Credentials, Library, OpenFlags};
 use disklib::backup::{self, RestoreTarget};
-use disklib::local::LocalDisk;
 use vim_soap::client::{Client, ClientConfig, Thumbprint};
 use vim_soap::codec::{self, MoRef};
+use vmdk_file::local::LocalDisk;
 use vsphere_sim::inventory::{Datastore, Disk, Inventory, LunSpec, Mode, User, Vm};
 use vsphere_sim::{LunState, NfcOptions, NfcServer, SimOptions, Simulator};
 
@@ -120,10 +120,9 @@ fn env() -> Env {
 
 impl Env {
     fn lib(&self) -> Library {
-        Library::init(Config::parse(&format!(
-            "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
-            self.proxy_host.display(),
-            self.state_file.display()
+        Library::init(Config::parse(&vsphere_sim::proxy_config(
+            &self.proxy_host,
+            &self.state_file,
         )))
     }
     fn client(&self) -> Client {
@@ -586,8 +585,9 @@ fn hotadd_crash_child() {
     let [addr, thumb, repo, root, state] = a[..] else {
         panic!("bad child arguments {args}");
     };
-    let lib = Library::init(Config::parse(&format!(
-        "vixDiskLib.transport.deviceRoot = \"{root}\"\nvixDiskLib.transport.hotadd.stateFile = \"{state}\"\n"
+    let lib = Library::init(Config::parse(&vsphere_sim::proxy_config(
+        Path::new(root),
+        Path::new(state),
     )));
     let params = ConnectParams::remote(
         addr,

@@ -52,7 +52,7 @@ fn vm() -> MoRef {
 }
 
 fn local(e: &Env) -> Vec<u8> {
-    let d = disklib::local::LocalDisk::open(
+    let d = vmdk_file::local::LocalDisk::open(
         e.dir.path().join("datastore1/demo-vm/demo-vm.vmdk"),
         &Default::default(),
     )
@@ -247,9 +247,12 @@ fn tickets_thumbprints_and_paths() {
     }
     // A symlink inside the datastore pointing out of it.
     let outside = e.dir.path().join("outside.vmdk");
-    disklib::create::create(
+    vmdk_file::create::create(
         &outside,
-        &disklib::create::CreateOptions::new(disklib::create::DiskType::MonolithicSparse, 1 << 20),
+        &vmdk_file::create::CreateOptions::new(
+            vmdk_file::create::DiskType::MonolithicSparse,
+            1 << 20,
+        ),
     )
     .unwrap();
     std::os::unix::fs::symlink(&outside, e.dir.path().join("datastore1/demo-vm/link.vmdk"))

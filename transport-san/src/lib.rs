@@ -18,10 +18,13 @@
 //! caller falls back to another transport; a range the map does not cover
 //! is an error, never zeros.
 //!
-//! The map comes from the host; with the kit's simulator that is
-//! `vim_soap::codec::sim_query_disk_block_map`, a documented stand-in for
-//! VMware's internal interfaces. `disklib` tries this transport first in
-//! its default order and falls back when it declines.
+//! The map comes from a [`BlockMapSource`]. VMware's hosts hand it to
+//! VDDK through internal interfaces whose bytes are unpublished, so no
+//! source is built in for a real vCenter: `disklib` declines san (and
+//! falls back to the next transport) unless one is configured. The kit's
+//! simulator answers `vim_soap::codec::sim_query_disk_block_map`, a
+//! documented stand-in that `disklib` asks only when told it is talking
+//! to the simulator; other environments plug in their own source.
 //!
 //! A LUN that is a regular file (an image, as the simulator and many test
 //! rigs use) cannot go offline under an open descriptor the way a block
@@ -125,6 +128,40 @@ pub struct BlockMap {
     pub capacity: u64,
     /// Extents, in any order (validated and sorted by [`BlockMap::new`]).
     pub extents: Vec<LunExtent>,
+}
+
+/// Which disk a [`BlockMapSource`] is asked about.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskLocation<'a> {
+    /// The VM's managed object id (`vm-42`).
+    pub vm: &'a str,
+    /// The snapshot's managed object id, when the disk is read at one.
+    pub snapshot: Option<&'a str>,
+    /// The disk's device key (`2000`).
+    pub device_key: i32,
+    /// The disk's datastore path (`[datastore1] vm/vm.vmdk`).
+    pub path: &'a str,
+}
+
+/// A disk's block map with what the host says about the disk itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostBlockMap {
+    /// Where the disk's bytes are.
+    pub map: BlockMap,
+    /// The disk is a redo log (a snapshot child): never written over san.
+    pub redo_log: bool,
+    /// The disk is thin: declined for writing.
+    pub thin: bool,
+}
+
+/// Where the san transport learns which LUN blocks hold a disk.
+///
+/// Implement it for an environment that can tell (a VMFS reader, a
+/// storage array's API, the kit's simulator); `Err` makes the transport
+/// decline with the message, so the caller falls back.
+pub trait BlockMapSource: Send + Sync + std::fmt::Debug {
+    /// The block map of `disk`.
+    fn block_map(&self, disk: &DiskLocation<'_>) -> std::result::Result<HostBlockMap, String>;
 }
 
 impl BlockMap {

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use disklib::check::check_disk;
-use disklib::local::OpenOptions;
 use serde_json::json;
+use vmdk_file::check::check_disk;
+use vmdk_file::local::OpenOptions;
 
 pub(crate) fn run(
     disk: &Path,
@@ -16,7 +16,7 @@ pub(crate) fn run(
 ) -> Result<ExitCode, crate::AnyError> {
     let mut changes = Vec::new();
     if repair {
-        changes = disklib::repair::repair(disk, opts)?;
+        changes = vmdk_file::repair::repair(disk, opts)?;
         if !as_json {
             for c in &changes {
                 println!("{}: repaired: {}", c.file.display(), c.what);

@@ -14,7 +14,7 @@ use std::time::Instant;
 use cbt::BackupKind;
 use disklib::api::{Config, ConnectParams, Credentials, Library};
 use disklib::backup::{self, RestoreTarget};
-use disklib::local::LocalDisk;
+use vmdk_file::local::LocalDisk;
 use vsphere_sim::inventory::{DEMO_PASSWORD, DEMO_USER};
 use vsphere_sim::{Inventory, Mode, NfcOptions, SimOptions, Simulator};
 
@@ -95,10 +95,9 @@ fn demo(dir: &Path) -> Result<bool, AnyError> {
     );
     println!("VM demo-vm (vm-100): thin sparse disk 2000 (64 MiB), thick disk 2001 (32 MiB) on the SAN LUN, CBT on; proxy VM backup-proxy (vm-101)");
     // The proxy host's view of the simulator's LUN and HotAdd devices.
-    let lib = Library::init(Config::parse(&format!(
-        "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
-        root.join("proxy-host").display(),
-        dir.join("hotadd.state").display()
+    let lib = Library::init(Config::parse(&vsphere_sim::proxy_config(
+        &root.join("proxy-host"),
+        &dir.join("hotadd.state"),
     )));
     let params = ConnectParams::remote(
         &sim.addr().to_string(),

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use disklib::local::{LocalDisk, OpenOptions};
 use serde_json::{json, Value};
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 mod check;
+#[cfg(feature = "sim")]
 mod demo;
 mod remote;
+#[cfg(feature = "sim")]
+mod sim;
 
 /// The virtual disk kit's command-line tool.
 #[derive(Parser, Debug)]
@@ -59,7 +62,7 @@ impl DiskArgs {
             ..OpenOptions::default()
         }
     }
-    fn open(&self) -> Result<LocalDisk, disklib::Error> {
+    fn open(&self) -> Result<LocalDisk, vmdk_file::Error> {
         LocalDisk::open(&self.disk, &self.options())
     }
 
@@ -289,9 +292,10 @@ enum Command {
         new: PathBuf,
     },
     /// The vSphere simulator: serve, guest writes.
+    #[cfg(feature = "sim")]
     Sim {
         #[command(subcommand)]
-        command: remote::SimCommand,
+        command: sim::SimCommand,
     },
     /// Virtual machines on vCenter / ESXi (or the simulator).
     Vm {
@@ -299,6 +303,7 @@ enum Command {
         command: remote::VmCommand,
     },
     /// The main job end to end on an in-process simulator (what `cargo xtask demo` runs).
+    #[cfg(feature = "sim")]
     Demo,
     /// Back up a VM's disks (full, incremental or differential) into a repository.
     Backup {
@@ -415,12 +420,12 @@ struct CreateArgs {
 impl CreateArgs {
     fn options(
         &self,
-        disk_type: disklib::create::DiskType,
+        disk_type: vmdk_file::create::DiskType,
         capacity: u64,
-    ) -> Result<disklib::create::CreateOptions, AnyError> {
+    ) -> Result<vmdk_file::create::CreateOptions, AnyError> {
         let adapter = vmdk_format::create::AdapterType::from_name(&self.adapter)
             .ok_or_else(|| format!("unknown adapter type `{}`", self.adapter))?;
-        Ok(disklib::create::CreateOptions {
+        Ok(vmdk_file::create::CreateOptions {
             disk_type,
             capacity,
             adapter,
@@ -457,9 +462,9 @@ fn parse_size(s: &str) -> Result<u64, AnyError> {
         .ok_or_else(bad)
 }
 
-fn disk_type(name: &str) -> Result<disklib::create::DiskType, AnyError> {
-    disklib::create::DiskType::from_name(name).ok_or_else(|| {
-        let names: Vec<&str> = disklib::create::DiskType::ALL
+fn disk_type(name: &str) -> Result<vmdk_file::create::DiskType, AnyError> {
+    vmdk_file::create::DiskType::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = vmdk_file::create::DiskType::ALL
             .iter()
             .map(|t| t.as_str())
             .collect();
@@ -583,7 +588,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             create,
         } => {
             let o = create.options(disk_type(&t)?, parse_size(&size)?)?;
-            disklib::create::create(&disk, &o)?;
+            vmdk_file::create::create(&disk, &o)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert {
@@ -595,9 +600,9 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             allow_outside_paths,
         } => {
             let target = if t.eq_ignore_ascii_case("raw") {
-                disklib::convert::Target::Raw
+                vmdk_file::convert::Target::Raw
             } else {
-                disklib::convert::Target::Disk(create.options(disk_type(&t)?, 0)?)
+                vmdk_file::convert::Target::Disk(create.options(disk_type(&t)?, 0)?)
             };
             let opts = OpenOptions {
                 allow_outside_paths,
@@ -605,18 +610,20 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             };
             let disk = match LocalDisk::open(&src, &opts) {
                 Ok(d) => Some(d),
-                Err(disklib::Error::NotVmdk(_)) => None,
+                Err(vmdk_file::Error::NotVmdk(_)) => None,
                 Err(e) => return Err(e.into()),
             };
             let source = match &disk {
-                Some(d) => disklib::convert::Source::Disk(d),
-                None => disklib::convert::Source::Raw(&src),
+                Some(d) => vmdk_file::convert::Source::Disk(d),
+                None => vmdk_file::convert::Source::Raw(&src),
             };
             let mut bar = progress_bar(progress);
-            disklib::convert::convert(&source, &dst, &target, &mut bar)?;
+            vmdk_file::convert::convert(&source, &dst, &target, &mut bar)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sim { command } => remote::sim(command),
+        #[cfg(feature = "sim")]
+        Command::Sim { command } => sim::sim(command),
+        #[cfg(feature = "sim")]
         Command::Demo => demo::run(),
         Command::Backup {
             conn,
@@ -695,31 +702,31 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         }
         Command::Vm { command } => remote::vm(command),
         Command::Snapshot { disk, child } => {
-            disklib::maintain::create_child(&disk, &child)?;
+            vmdk_file::maintain::create_child(&disk, &child)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Commit { child, progress } => {
             let mut bar = progress_bar(progress);
-            let parent = disklib::maintain::commit(&child, &mut bar)?;
+            let parent = vmdk_file::maintain::commit(&child, &mut bar)?;
             eprintln!("committed into {}", parent.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Meta { action } => meta(action),
         Command::Grow { disk, size } => {
-            disklib::maintain::grow(&disk, parse_size(&size)?)?;
+            vmdk_file::maintain::grow(&disk, parse_size(&size)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { disk } => {
-            let saved = disklib::maintain::compact(&disk)?;
+            let saved = vmdk_file::maintain::compact(&disk)?;
             eprintln!("{}: {saved} bytes freed", disk.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Rename { disk, new } => {
-            disklib::create::rename(&disk, &new)?;
+            vmdk_file::create::rename(&disk, &new)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Delete { disk } => {
-            disklib::create::delete(&disk)?;
+            vmdk_file::create::delete(&disk)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Write {

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use disklib::check::check_disk;
-use disklib::local::{LocalDisk, OpenOptions};
+use vmdk_file::check::check_disk;
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 use crate::support::build::{self, SeGrain, Stream, StreamLayout};
 use crate::support::*;

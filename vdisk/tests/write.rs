@@ -472,7 +472,7 @@ fn grow_rename_delete_compact() {
         let renamed = dir.path().join(format!("r {t} ü.vmdk"));
         vdisk_ok(&["rename", s(&d), s(&renamed)]);
         assert!(!d.exists());
-        let disk = disklib::local::LocalDisk::open(&renamed, &Default::default()).unwrap();
+        let disk = vmdk_file::local::LocalDisk::open(&renamed, &Default::default()).unwrap();
         let mut buf = vec![0u8; 100_000];
         disk.read_at(MIB as u64, &mut buf).unwrap();
         assert!(
@@ -633,9 +633,35 @@ fn repair_mends_what_check_finds() {
     assert!(String::from_utf8_lossy(&qemu_img(&["check", s(&d)]).stdout).contains("No errors"));
 }
 
-/// The byte `vdisk-torture` write `index` puts at offset `x`.
-fn byte_of(index: u64, x: u64) -> u8 {
-    ((x / 512).wrapping_mul(0x9E37) ^ index.wrapping_mul(131) ^ (x % 512)) as u8
+use crate::support::torture::{self, byte_of};
+
+/// The crash test's workload, run to completion in this process: every
+/// write reads back, and the image checks clean. In the crash test's
+/// child process (`VDISK_TORTURE` set) this is the workload it kills.
+#[test]
+fn torture_workload() {
+    torture::run_child_if_asked();
+    let dir = tempdir();
+    let img = dir.path().join("t.vmdk");
+    vdisk_ok(&["create", s(&img), "4M"]);
+    let mut log = Vec::new();
+    torture::run(&img, 7, 60, 5, &mut log).unwrap();
+    let mut model = vec![0u8; 4 * MIB];
+    for l in String::from_utf8(log).unwrap().lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if let ["w" | "z", i, off, len] = f.as_slice() {
+            let (i, off, len): (u64, u64, u64) = (
+                i.parse().unwrap(),
+                off.parse().unwrap(),
+                len.parse().unwrap(),
+            );
+            for x in off..off + len {
+                model[x as usize] = if f[0] == "z" { 0 } else { byte_of(i, x) };
+            }
+        }
+    }
+    assert_eq!(vdisk(&["check", s(&img)]).status.code(), Some(0));
+    assert!(vdisk_raw(&img) == model, "the disk differs from its writes");
 }
 
 /// 200+ SIGKILLs during random writes: every time the image opens, check
@@ -653,13 +679,19 @@ fn crash_consistency_under_sigkill() {
         let img = dir.path().join(format!("crash{}.vmdk", seed % 4));
         let _ = std::fs::remove_file(&img);
         vdisk_ok(&["create", s(&img), "4M"]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vdisk-torture"))
-            .args([s(&img), &seed.to_string(), "400", "5"])
-            .stdout(Stdio::piped())
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "write::torture_workload",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(torture::ENV, format!("{} {seed} 400 5", s(&img)))
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let stdout = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         // Let it run a random number of operations, then kill it.
         let target = 3 + (seed * 7919) % 60;

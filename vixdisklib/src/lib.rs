@@ -227,7 +227,8 @@ fn fail(code: VixError, msg: impl Into<String>) -> VixError {
     code
 }
 
-fn from_err(e: Error) -> VixError {
+fn from_err(e: impl Into<Error>) -> VixError {
+    let e = e.into();
     let code = e.vix_code();
     fail(code, e.to_string())
 }
@@ -662,8 +663,8 @@ pub unsafe extern "C" fn VixDiskLib_GetConnectParams(
 
 // ---------------------------------------------------------------- disks
 
-fn disk_type(t: u32) -> Option<disklib::create::DiskType> {
-    use disklib::create::DiskType as D;
+fn disk_type(t: u32) -> Option<vmdk_file::create::DiskType> {
+    use vmdk_file::create::DiskType as D;
     Some(match t {
         1 => D::MonolithicSparse,
         2 => D::MonolithicFlat,
@@ -692,7 +693,7 @@ fn progress_done(f: ProgressFunc, data: *mut c_void) {
 }
 
 /// Create parameters for Create (a capacity is required).
-fn create_options(p: *const CreateParamsC) -> Result<disklib::create::CreateOptions, VixError> {
+fn create_options(p: *const CreateParamsC) -> Result<vmdk_file::create::CreateOptions, VixError> {
     create_options_with(p, true)
 }
 
@@ -701,7 +702,7 @@ fn create_options(p: *const CreateParamsC) -> Result<disklib::create::CreateOpti
 fn create_options_with(
     p: *const CreateParamsC,
     need_capacity: bool,
-) -> Result<disklib::create::CreateOptions, VixError> {
+) -> Result<vmdk_file::create::CreateOptions, VixError> {
     if p.is_null() {
         return Err(fail(vix::E_INVALID_ARG, "create parameters are NULL"));
     }
@@ -723,7 +724,7 @@ fn create_options_with(
     } else {
         0
     };
-    Ok(disklib::create::CreateOptions {
+    Ok(vmdk_file::create::CreateOptions {
         disk_type: t,
         capacity: cap,
         adapter: adapter(p.adapter_type),
@@ -758,7 +759,7 @@ pub unsafe extern "C" fn VixDiskLib_Create(
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
         let o = tryv!(create_options(params));
-        match disklib::create::create(Path::new(&path), &o) {
+        match vmdk_file::create::create(Path::new(&path), &o) {
             Ok(()) => {
                 progress_done(progress, data);
                 vix::OK
@@ -1238,7 +1239,7 @@ pub unsafe extern "C" fn VixDiskLib_Unlink(conn: usize, path: *const c_char) -> 
         let Some(p) = (unsafe { cstr(path) }) else {
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
-        disklib::create::delete(Path::new(&p)).map_or_else(from_err, |()| vix::OK)
+        vmdk_file::create::delete(Path::new(&p)).map_or_else(from_err, |()| vix::OK)
     })
 }
 
@@ -1260,7 +1261,7 @@ pub unsafe extern "C" fn VixDiskLib_Grow(
         let Some(bytes) = capacity.checked_mul(SECTOR) else {
             return fail(vix::E_INVALID_ARG, "capacity too large");
         };
-        match disklib::maintain::grow(Path::new(&p), bytes) {
+        match vmdk_file::maintain::grow(Path::new(&p), bytes) {
             Ok(()) => {
                 progress_done(progress, data);
                 vix::OK
@@ -1306,7 +1307,7 @@ fn compact_handle(handle: usize, progress: ProgressFunc, data: *mut c_void) -> V
             }
             return code;
         }
-        let compacted = disklib::maintain::compact(Path::new(&d.path));
+        let compacted = vmdk_file::maintain::compact(Path::new(&d.path));
         match d.conn.conn.open(&d.path, d.flags) {
             Ok(again) => *slot = Some(again),
             Err(e) => return from_err(e),
@@ -1346,7 +1347,7 @@ pub unsafe extern "C" fn VixDiskLib_Rename(src: *const c_char, dst: *const c_cha
         let (Some(s), Some(d)) = (unsafe { cstr(src) }, unsafe { cstr(dst) }) else {
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
-        disklib::create::rename(Path::new(&s), Path::new(&d)).map_or_else(from_err, |()| vix::OK)
+        vmdk_file::create::rename(Path::new(&s), Path::new(&d)).map_or_else(from_err, |()| vix::OK)
     })
 }
 
@@ -1367,7 +1368,7 @@ pub unsafe extern "C" fn VixDiskLib_CreateChild(
         let Some(c) = (unsafe { cstr(child) }) else {
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
-        match disklib::maintain::create_child(Path::new(&d.path), Path::new(&c)) {
+        match vmdk_file::maintain::create_child(Path::new(&d.path), Path::new(&c)) {
             Ok(()) => {
                 progress_done(progress, data);
                 vix::OK
@@ -1396,7 +1397,7 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
         let mut o = if params.is_null() {
-            disklib::create::CreateOptions::new(disklib::create::DiskType::MonolithicSparse, 0)
+            vmdk_file::create::CreateOptions::new(vmdk_file::create::DiskType::MonolithicSparse, 0)
         } else {
             tryv!(create_options_with(params, false))
         };
@@ -1406,7 +1407,7 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
             if overwrite == 0 {
                 return fail(vix::E_FILE_ALREADY_EXISTS, format!("{d} exists"));
             }
-            if let Err(e) = disklib::create::delete(&dpath) {
+            if let Err(e) = vmdk_file::create::delete(&dpath) {
                 return from_err(e);
             }
         }
@@ -1417,14 +1418,15 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
             }
         };
         let r = if sc.local {
-            match disklib::local::LocalDisk::open(&s, &Default::default()) {
-                Ok(src) => disklib::convert::convert(
-                    &disklib::convert::Source::Disk(&src),
+            match vmdk_file::local::LocalDisk::open(&s, &Default::default()) {
+                Ok(src) => vmdk_file::convert::convert(
+                    &vmdk_file::convert::Source::Disk(&src),
                     &dpath,
-                    &disklib::convert::Target::Disk(o),
+                    &vmdk_file::convert::Target::Disk(o),
                     &mut report,
-                ),
-                Err(e) => Err(e),
+                )
+                .map_err(Error::from),
+                Err(e) => Err(e.into()),
             }
         } else {
             clone_remote(&sc, &s, &dpath, o, &mut report)
@@ -1446,10 +1448,10 @@ fn clone_remote(
     sc: &ConnEntry,
     src: &str,
     dst: &Path,
-    mut o: disklib::create::CreateOptions,
+    mut o: vmdk_file::create::CreateOptions,
     report: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Error> {
-    use disklib::create::DiskType;
+    use vmdk_file::create::DiskType;
     let disk = sc.conn.open(
         src,
         OpenFlags {
@@ -1479,11 +1481,11 @@ fn clone_remote(
     if !direct {
         sparse.disk_type = DiskType::MonolithicSparse;
     }
-    disklib::create::create(&target, &sparse)?;
+    vmdk_file::create::create(&target, &sparse)?;
     let copied = (|| -> Result<u64, Error> {
-        let out = disklib::local::LocalDisk::open(
+        let out = vmdk_file::local::LocalDisk::open(
             &target,
-            &disklib::local::OpenOptions {
+            &vmdk_file::local::OpenOptions {
                 writable: true,
                 ..Default::default()
             },
@@ -1520,23 +1522,23 @@ fn clone_remote(
     let copied = match copied {
         Ok(n) => n,
         Err(e) => {
-            let _ = disklib::create::delete(&target);
+            let _ = vmdk_file::create::delete(&target);
             return Err(e);
         }
     };
     if direct {
         return Ok(copied);
     }
-    let r = disklib::local::LocalDisk::open(&target, &Default::default()).and_then(|t| {
-        disklib::convert::convert(
-            &disklib::convert::Source::Disk(&t),
+    let r = vmdk_file::local::LocalDisk::open(&target, &Default::default()).and_then(|t| {
+        vmdk_file::convert::convert(
+            &vmdk_file::convert::Source::Disk(&t),
             dst,
-            &disklib::convert::Target::Disk(o),
+            &vmdk_file::convert::Target::Disk(o),
             &mut |_, _| {},
         )
     });
-    let _ = disklib::create::delete(&target);
-    r
+    let _ = vmdk_file::create::delete(&target);
+    Ok(r?)
 }
 
 #[no_mangle]
@@ -1566,7 +1568,7 @@ pub extern "C" fn VixDiskLib_Attach(parent: usize, child: usize) -> VixError {
         }
         let p = tryv!(disk_of(parent));
         let c = tryv!(disk_of(child));
-        disklib::maintain::set_parent(Path::new(&c.path), Path::new(&p.path))
+        vmdk_file::maintain::set_parent(Path::new(&c.path), Path::new(&p.path))
             .map_or_else(from_err, |()| vix::OK)
     })
 }
@@ -1612,13 +1614,13 @@ pub unsafe extern "C" fn VixDiskLib_CheckRepair(
         let Some(f) = (unsafe { cstr(filename) }) else {
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
-        let opts = disklib::local::OpenOptions::default();
+        let opts = vmdk_file::local::OpenOptions::default();
         if repair != 0 {
-            if let Err(e) = disklib::repair::repair(Path::new(&f), &opts) {
+            if let Err(e) = vmdk_file::repair::repair(Path::new(&f), &opts) {
                 return from_err(e);
             }
         }
-        match disklib::check::check_disk(Path::new(&f), &opts) {
+        match vmdk_file::check::check_disk(Path::new(&f), &opts) {
             Ok(r) if r.is_consistent() => vix::OK,
             Ok(r) => fail(
                 vix::E_DISK_INVAL,

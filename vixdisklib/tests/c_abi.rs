@@ -441,10 +441,9 @@ fn simulator_san_hotadd_and_cleanup() {
     let config = dir.path().join("vix.conf");
     std::fs::write(
         &config,
-        format!(
-            "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\n",
-            dir.path().join("proxy-host").display(),
-            dir.path().join("hotadd.state").display()
+        vsphere_sim::proxy_config(
+            &dir.path().join("proxy-host"),
+            &dir.path().join("hotadd.state"),
         ),
     )
     .unwrap();

@@ -51,6 +51,19 @@ pub use model::{NfcGrant, Shared, SimOptions};
 pub use nfc::{Faults, NfcOptions, NfcServer};
 pub use san::LunState;
 
+/// The InitEx-style configuration that points the kit at a simulator's
+/// proxy host: where its `dev` and `sys` are (`proxy_host`, the
+/// inventory's `proxy_host`), where HotAdd records its attaches, and the
+/// simulator as the san transport's block-map source (the stand-in for
+/// VMware's unpublished interfaces; a real vCenter is never asked).
+pub fn proxy_config(proxy_host: &std::path::Path, hotadd_state: &std::path::Path) -> String {
+    format!(
+        "vixDiskLib.transport.deviceRoot = \"{}\"\nvixDiskLib.transport.hotadd.stateFile = \"{}\"\nvixDiskLib.transport.san.blockMapSource = \"simulator\"\n",
+        proxy_host.display(),
+        hotadd_state.display()
+    )
+}
+
 /// A running simulator. Stops when dropped.
 #[derive(Debug)]
 pub struct Simulator {

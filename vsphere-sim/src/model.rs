@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cbt::{Extent, ExtentList};
-use disklib::create::{CreateOptions, DiskType};
-use disklib::local::{AllocKind, LocalDisk, OpenOptions};
 use vim_soap::codec::{
     self, ControllerKind, MoRef, SnapshotNode, TaskInfo, TaskState, VirtualController,
     VirtualDiskInfo,
 };
 use vim_soap::xml::{escape, Element};
 use vim_soap::FaultKind;
+use vmdk_file::create::{CreateOptions, DiskType};
+use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
 
 use crate::inventory::{split_datastore_path, Inventory, Mode};
 use crate::san::{self, Lun, LunState};
@@ -348,7 +348,7 @@ impl Shared {
                     } else {
                         let t = DiskType::from_name(&d.disk_type)
                             .ok_or_else(|| format!("unknown disk type {}", d.disk_type))?;
-                        disklib::create::create(&path, &CreateOptions::new(t, d.capacity))
+                        vmdk_file::create::create(&path, &CreateOptions::new(t, d.capacity))
                             .map_err(|e| e.to_string())?;
                     }
                 }
@@ -954,7 +954,7 @@ impl Shared {
                 .unwrap_or_default();
             let base_stem = stem.split("-0000").next().unwrap_or(&stem).to_string();
             let child = running.with_file_name(format!("{base_stem}-{n:06}.vmdk"));
-            if let Err(e) = disklib::maintain::create_child(&running, &child) {
+            if let Err(e) = vmdk_file::maintain::create_child(&running, &child) {
                 for p in made {
                     let _ = std::fs::remove_file(p);
                 }
@@ -1017,7 +1017,8 @@ impl Shared {
         } else {
             vec![idx]
         };
-        let err = |e: disklib::Error| fault(FaultKind::Other("SystemError".into()), e.to_string());
+        let err =
+            |e: vmdk_file::Error| fault(FaultKind::Other("SystemError".into()), e.to_string());
         for i in victims {
             let s = v.snapshots.remove(i);
             for (key, frozen, _) in &s.disks {
@@ -1030,11 +1031,11 @@ impl Shared {
                 let Some(delta) = d.chain.get(pos + 1).cloned() else {
                     continue;
                 };
-                disklib::maintain::merge_into_parent(&delta, &mut |_, _| {}).map_err(err)?;
+                vmdk_file::maintain::merge_into_parent(&delta, &mut |_, _| {}).map_err(err)?;
                 if let Some(above) = d.chain.get(pos + 2).cloned() {
-                    disklib::maintain::set_parent(&above, frozen).map_err(err)?;
+                    vmdk_file::maintain::set_parent(&above, frozen).map_err(err)?;
                 }
-                disklib::create::delete(&delta).map_err(err)?;
+                vmdk_file::create::delete(&delta).map_err(err)?;
                 d.chain.remove(pos + 1);
                 for later in v.snapshots.iter_mut() {
                     for (k, f, _) in later.disks.iter_mut() {

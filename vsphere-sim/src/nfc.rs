@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use disklib::local::{LocalDisk, OpenOptions};
 use nfc_proto::aio::{FileInfo, Kind, Opened};
 use nfc_proto::authd::{self, Command};
 use nfc_proto::server::{Request, ServerSession};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 use crate::model::{NfcGrant, Shared};
 
@@ -78,8 +78,8 @@ impl ReadCache {
         path: &Path,
         index: u64,
         generation: u64,
-        fill: impl FnOnce() -> disklib::Result<Vec<u8>>,
-    ) -> disklib::Result<Arc<Vec<u8>>> {
+        fill: impl FnOnce() -> vmdk_file::Result<Vec<u8>>,
+    ) -> vmdk_file::Result<Arc<Vec<u8>>> {
         let key = (path.to_path_buf(), index);
         {
             let g = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
@@ -579,7 +579,7 @@ impl Ctx {
                             }
                         }
                     },
-                    Err(disklib::Error::OutOfRange { .. }) => err(
+                    Err(vmdk_file::Error::OutOfRange { .. }) => err(
                         s,
                         out,
                         op,
@@ -618,14 +618,14 @@ impl Ctx {
                 self.shared.disks_changed();
                 match written {
                     Ok(()) => s.reply_written(out, op, handle),
-                    Err(disklib::Error::OutOfRange { .. }) => err(
+                    Err(vmdk_file::Error::OutOfRange { .. }) => err(
                         s,
                         out,
                         op,
                         codes::OUT_OF_RANGE,
                         "write past the end of the disk".into(),
                     ),
-                    Err(disklib::Error::ReadOnly { .. }) => err(
+                    Err(vmdk_file::Error::ReadOnly { .. }) => err(
                         s,
                         out,
                         op,

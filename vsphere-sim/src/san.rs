@@ -29,8 +29,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use disklib::local::{LocalDisk, OpenOptions};
 use vim_soap::codec::{BlockMapExtent, DiskBlockMap};
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 /// Bytes at the start of the LUN kept for the volume header.
 pub const VMFS_HEADER: u64 = 1 << 20;

@@ -256,7 +256,7 @@ fn remove(c: &Client, s: &MoRef) -> Result<(), Error> {
 }
 
 fn read_disk(path: &std::path::Path, off: u64, len: usize) -> Vec<u8> {
-    let d = disklib::local::LocalDisk::open(path, &Default::default()).unwrap();
+    let d = vmdk_file::local::LocalDisk::open(path, &Default::default()).unwrap();
     let mut b = vec![0u8; len];
     d.read_at(off, &mut b).unwrap();
     b

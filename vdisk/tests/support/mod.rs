@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod build;
+pub mod torture;
 
 pub fn vdisk(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vdisk"))

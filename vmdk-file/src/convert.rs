@@ -1,13 +1,12 @@
 //! Converting (cloning) any disk or raw image into any disk type or raw.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::create::{create_with, descriptor_options, CreateOptions, DiskType};
-use crate::error::{Error, Result};
 use crate::local::{AllocKind, LocalDisk, OpenOptions};
+use crate::{Error, Result};
 
 /// Where data comes from.
 pub enum Source<'a> {
@@ -40,25 +39,20 @@ const GRAIN: usize = 65536;
 
 /// Data ranges of a raw file, from SEEK_DATA / SEEK_HOLE.
 fn raw_data_ranges(f: &File, len: u64) -> Vec<(u64, u64)> {
-    let fd = f.as_raw_fd();
+    use rustix::fs::{seek, SeekFrom};
     let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    let end = len as i64;
-    while pos < end {
-        // SAFETY: lseek on an open descriptor has no memory effects.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // no more data
-            }
-            return vec![(0, len)]; // no hole support: everything is data
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(f, SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NXIO) => break, // no more data
+            Err(_) => return vec![(0, len)],       // no hole support: everything is data
+        };
+        let hole = seek(f, SeekFrom::Hole(data)).map_or(len, |h| h.min(len));
+        if hole <= data {
+            break; // data at or past the end
         }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { end } else { hole.min(end) };
-        if hole > data {
-            out.push((data as u64, (hole - data) as u64));
-        }
+        out.push((data, hole - data));
         pos = hole;
     }
     out

@@ -22,8 +22,8 @@ use vmdk_format::extent::{GrainState, SparseExtent, SparseFormat};
 use vmdk_format::hosted::{SparseExtentHeader, MAX_EXTENT_FILE_SECTORS};
 use vmdk_format::layout::{Backing, SegmentKind, TableKey};
 
-use crate::error::{Error, Result};
 use crate::local::{ExtentFile, LocalDisk};
+use crate::{Error, Result};
 
 const SECTOR: u64 = 512;
 static ZEROS: [u8; 1 << 16] = [0u8; 1 << 16];
@@ -684,7 +684,7 @@ fn write_zero_bytes(file: &ExtentFile, mut offset: u64, mut len: u64) -> Result<
 
 /// Replaces a small file atomically: write a temporary beside it, sync,
 /// rename over, sync the directory.
-pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

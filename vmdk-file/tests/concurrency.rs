@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use disklib::create::{create, CreateOptions, DiskType};
-use disklib::local::{LocalDisk, OpenOptions};
+use vmdk_file::create::{create, CreateOptions, DiskType};
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 const GRAIN: usize = 65536;
 const GRAINS: usize = 256;
@@ -78,6 +78,6 @@ fn readers_while_one_writer_appends() {
         assert!(buf.iter().all(|&b| b == fill(g)));
     }
     Arc::try_unwrap(disk).unwrap().close().unwrap();
-    let report = disklib::check::check_disk(&path, &OpenOptions::default()).unwrap();
+    let report = vmdk_file::check::check_disk(&path, &OpenOptions::default()).unwrap();
     assert!(report.is_consistent(), "{report:?}");
 }

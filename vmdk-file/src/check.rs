@@ -7,8 +7,8 @@ use vmdk_format::check::{Finding, FindingKind, SparseChecker, StreamWalk};
 use vmdk_format::extent::{GrainState, SparseExtent, SparseFormat};
 use vmdk_format::layout::Backing;
 
-use crate::error::{Error, Result};
 use crate::local::{ExtentFile, LocalDisk, OpenOptions};
+use crate::{Error, Result};
 
 /// A finding and the file it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]

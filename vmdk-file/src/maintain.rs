@@ -14,9 +14,9 @@ use vmdk_format::hosted::SparseExtentHeader;
 use vmdk_format::layout::{Backing, SegmentKind};
 
 use crate::create::{create_with, sibling, CreateOptions, DiskType};
-use crate::error::{Error, Result};
 use crate::local::{LocalDisk, OpenOptions};
 use crate::write::{new_cid, random_bytes, replace_file};
+use crate::{Error, Result};
 
 const SECTOR: u64 = 512;
 

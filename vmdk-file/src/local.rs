@@ -1,11 +1,11 @@
 //! Local VMDK files: open a disk and its snapshot chain, read it, map it.
 //!
 //! ```no_run
-//! use disklib::local::{LocalDisk, OpenOptions};
+//! use vmdk_file::local::{LocalDisk, OpenOptions};
 //! let disk = LocalDisk::open("vm/disk.vmdk", &OpenOptions::default())?;
 //! let mut first_sector = [0u8; 512];
 //! disk.read_at(0, &mut first_sector)?;
-//! # Ok::<(), disklib::Error>(())
+//! # Ok::<(), vmdk_file::Error>(())
 //! ```
 
 use std::collections::HashSet;
@@ -14,6 +14,9 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use vmdk_format::cowd::{CowdHeader, COWD_MAGIC};
 use vmdk_format::descriptor::{
@@ -26,7 +29,7 @@ use vmdk_format::sesparse::{SeSparseHeader, CONST_MAGIC as SESPARSE_MAGIC};
 use vmdk_format::stream::{self, GrainParse};
 
 use crate::cache::Cache;
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Default limit on the number of links in a snapshot chain.
 pub const DEFAULT_MAX_CHAIN_DEPTH: usize = 255;
@@ -229,10 +232,10 @@ pub(crate) fn open_file(path: &Path, nofollow: bool, writable: bool) -> Result<(
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(writable);
     if nofollow {
-        o.custom_flags(libc::O_NOFOLLOW);
+        o.custom_flags(OFlags::NOFOLLOW.bits() as i32);
     }
     let file = o.open(path).map_err(|e| {
-        if nofollow && e.raw_os_error() == Some(libc::ELOOP) {
+        if nofollow && e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
             // O_NOFOLLOW met a symlink: following it could lead anywhere.
             Error::PathEscape {
                 descriptor: path.to_path_buf(),
@@ -245,6 +248,10 @@ pub(crate) fn open_file(path: &Path, nofollow: bool, writable: bool) -> Result<(
             Error::io(path, e)
         }
     })?;
+    file_and_len(file, path)
+}
+
+fn file_and_len(file: File, path: &Path) -> Result<(File, u64)> {
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::io(
@@ -276,8 +283,82 @@ fn resolve(naming_file: &Path, name: &str, allow_outside: bool) -> Result<PathBu
     Ok(dir.join(p))
 }
 
+/// Opens `name` (written in the descriptor `naming_file`, already checked
+/// by [`resolve`] to be `path`) so that the file opened lies beneath the
+/// descriptor's directory whatever symlinks or renames happen meanwhile.
+///
+/// The kernel does the confinement (`openat2` with `RESOLVE_BENEATH`: a
+/// symlink or `..` leading out fails with `EXDEV`), so there is no window
+/// between a check and the open. `follow_last` false refuses a symlink as
+/// the last component, as extents always have. Kernels without `openat2`
+/// (before 5.6, or a seccomp filter refusing it) get the older way: open,
+/// then compare canonical paths.
+fn open_beneath(
+    naming_file: &Path,
+    name: &str,
+    path: &Path,
+    follow_last: bool,
+    writable: bool,
+) -> Result<(File, u64)> {
+    let escape = || Error::PathEscape {
+        descriptor: naming_file.to_path_buf(),
+        name: name.to_string(),
+    };
+    match open_beneath_at(naming_file, name, follow_last, writable) {
+        Ok(file) => file_and_len(file, path),
+        Err(Errno::XDEV) => Err(escape()),
+        Err(Errno::LOOP) if !follow_last => Err(escape()),
+        Err(Errno::NOSYS | Errno::PERM) => {
+            let opened = open_file(path, !follow_last, writable)?;
+            confirm_inside(naming_file, path, name)?;
+            Ok(opened)
+        }
+        Err(e) => Err(Error::io(path, e.into())),
+    }
+}
+
+fn open_beneath_at(
+    naming_file: &Path,
+    name: &str,
+    follow_last: bool,
+    writable: bool,
+) -> rustix::io::Result<File> {
+    use rustix::fs::{open, openat2, Mode, ResolveFlags};
+    let dir = naming_file.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let dirfd = open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut flags = OFlags::CLOEXEC
+        | if writable {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+    if !follow_last {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: a concurrent rename somewhere on the path; the kernel asks
+    // for a retry rather than risk a wrong answer.
+    let mut tries = 0;
+    loop {
+        match openat2(&dirfd, name, flags, Mode::empty(), resolve) {
+            Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            r => return r.map(File::from),
+        }
+    }
+}
+
 /// Checks, after opening, that `path` really lies inside the directory of
-/// `naming_file` (a symlinked directory could lead out).
+/// `naming_file` (a symlinked directory could lead out). Only for kernels
+/// without `openat2`.
 fn confirm_inside(naming_file: &Path, path: &Path, name: &str) -> Result<()> {
     let dir = naming_file.parent().unwrap_or(Path::new("."));
     let dir = if dir.as_os_str().is_empty() {
@@ -394,8 +475,12 @@ fn synthesized_descriptor(
     }
 }
 
-fn open_link(path: &Path, opts: &OpenOptions, writable: bool) -> Result<Link> {
-    let (file, len) = open_file(path, false, writable)?;
+fn open_link(
+    path: &Path,
+    (file, len): (File, u64),
+    opts: &OpenOptions,
+    writable: bool,
+) -> Result<Link> {
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     let identity = (meta.dev(), meta.ino());
     let head = read_prefix(&file, path, len, 2048)?;
@@ -513,10 +598,11 @@ fn open_link(path: &Path, opts: &OpenOptions, writable: bool) -> Result<Link> {
             continue;
         };
         let epath = resolve(path, name, opts.allow_outside_paths)?;
-        let (efile, elen) = open_file(&epath, !opts.allow_outside_paths, writable)?;
-        if !opts.allow_outside_paths {
-            confirm_inside(path, &epath, name)?;
-        }
+        let (efile, elen) = if opts.allow_outside_paths {
+            open_file(&epath, false, writable)?
+        } else {
+            open_beneath(path, name, &epath, false, writable)?
+        };
         let ext = Arc::new(ExtentFile {
             path: epath,
             file: efile,
@@ -556,7 +642,8 @@ impl LocalDisk {
     /// Opens a disk (descriptor file or monolithic file) and its parents.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
         let path = path.as_ref();
-        let mut links = vec![open_link(path, opts, opts.writable)?];
+        let opened = open_file(path, false, opts.writable)?;
+        let mut links = vec![open_link(path, opened, opts, opts.writable)?];
         let mut seen = HashSet::new();
         seen.insert(links[0].identity);
         loop {
@@ -583,10 +670,12 @@ impl LocalDisk {
                     hint,
                 });
             }
-            if !opts.allow_outside_paths {
-                confirm_inside(&child.path, &ppath, &hint)?;
-            }
-            let parent = open_link(&ppath, opts, false)?;
+            let opened = if opts.allow_outside_paths {
+                open_file(&ppath, false, false)?
+            } else {
+                open_beneath(&child.path, &hint, &ppath, true, false)?
+            };
+            let parent = open_link(&ppath, opened, opts, false)?;
             if !seen.insert(parent.identity) {
                 return Err(Error::ChainLoop(ppath));
             }

@@ -10,8 +10,8 @@ use vmdk_format::create::{
 };
 use vmdk_format::descriptor::{CreateType, ExtentType};
 
-use crate::error::{Error, Result};
 use crate::write::{new_cid, random_bytes};
+use crate::{Error, Result};
 
 /// The disk types this kit creates (VixDiskLib's `VIXDISKLIB_DISK_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -289,19 +289,15 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
 }
 
 fn preallocate(f: &File, path: &Path, len: u64) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(len) else {
+    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::io::Errno;
+    if i64::try_from(len).is_err() {
         return Ok(());
-    };
-    // SAFETY: `f` is an open file descriptor for the duration of the call.
-    let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
-    match r {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(()), // file system without fallocate: stays sparse
-        e => Err(Error::disk_full_or_io(
-            path,
-            std::io::Error::from_raw_os_error(e),
-        )),
+    }
+    match fallocate(f, FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(Errno::OPNOTSUPP | Errno::INVAL) => Ok(()), // file system without fallocate: stays sparse
+        Err(e) => Err(Error::disk_full_or_io(path, e.into())),
     }
 }
 

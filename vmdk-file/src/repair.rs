@@ -19,8 +19,8 @@ use vmdk_format::extent::SparseFormat;
 use vmdk_format::hosted::SparseExtentHeader;
 use vmdk_format::layout::Backing;
 
-use crate::error::{Error, Result};
 use crate::local::{LocalDisk, OpenOptions};
+use crate::{Error, Result};
 
 const SECTOR: u64 = 512;
 

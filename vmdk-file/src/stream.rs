@@ -17,7 +17,7 @@ use vmdk_format::create::{
 };
 use vmdk_format::descriptor::{CreateType, ExtentType};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 const GRAIN_SECTORS: u64 = 128;
 const GRAIN: usize = 65536;

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use arbitrary::Arbitrary;
-use disklib::create::{create, CreateOptions, DiskType};
-use disklib::local::{LocalDisk, OpenOptions};
+use vmdk_file::create::{create, CreateOptions, DiskType};
+use vmdk_file::local::{LocalDisk, OpenOptions};
 
 const CAP: u64 = 1 << 20;
 
@@ -50,7 +50,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         }
         b.close().unwrap();
         let child = d.join("child.vmdk");
-        disklib::maintain::create_child(&base, &child).unwrap();
+        vmdk_file::maintain::create_child(&base, &child).unwrap();
         child
     } else {
         let p = d.join("disk.vmdk");
@@ -85,7 +85,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         assert!(back == model, "content differs from the model after {op:?}");
     }
     disk.take().unwrap().close().unwrap();
-    let report = disklib::check::check_disk(&top, &OpenOptions::default()).unwrap();
+    let report = vmdk_file::check::check_disk(&top, &OpenOptions::default()).unwrap();
     assert!(report.is_consistent(), "{report:?}");
     let _ = std::fs::remove_dir_all(&d);
 });
