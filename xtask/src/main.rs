@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod deps;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -13,6 +14,10 @@ const TASKS: &[(&str, &str)] = &[
     (
         "test",
         "run the whole test suite (the README's test command; what .ci/run runs)",
+    ),
+    (
+        "deps [--bench] [--check]",
+        "install the missing test peers (--bench: the benches' too; --check: only report)",
     ),
     (
         "fuzz TARGET [--minutes N]",
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         }
         Some("test") => test(),
         Some("integration") => integration(),
+        Some("deps") => deps::run_deps(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("fuzz-list") => fuzz_list(),
         Some("bench") => bench::run_bench(&args[1..]),
@@ -97,6 +103,7 @@ pub(crate) fn run(mut c: Command) -> Result {
 }
 
 fn test() -> Result {
+    deps::ensure(&[deps::Group::Test])?;
     let mut c = cargo();
     c.args(["test", "--workspace", "--locked"]);
     run(c)?;
@@ -109,6 +116,7 @@ fn test() -> Result {
 }
 
 fn integration() -> Result {
+    deps::ensure(&[deps::Group::Test])?;
     let mut c = cargo();
     c.args([
         "test",
