@@ -1,6 +1,9 @@
 //! AIO framing: a 16-byte header (magic, type, payload size, op id) and
 //! typed payloads.
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use crate::{Error, Result};
 
 /// Frame magic.
@@ -323,7 +326,7 @@ impl OpenFile {
             })?;
         let flags = u32_at(p, 20);
         Ok(Self {
-            path: std::str::from_utf8(path)
+            path: core::str::from_utf8(path)
                 .map_err(|_| Error::NotUtf8("path"))?
                 .to_string(),
             read_only: flags & 0xff == 0x1e,
@@ -499,7 +502,7 @@ pub fn parse_ddb(p: &[u8]) -> Result<(u64, String)> {
     })?;
     Ok((
         h,
-        std::str::from_utf8(k)
+        core::str::from_utf8(k)
             .map_err(|_| Error::NotUtf8("DDB key"))?
             .to_string(),
     ))

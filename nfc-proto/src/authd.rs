@@ -13,6 +13,10 @@
 //! # Ok::<(), nfc_proto::Error>(())
 //! ```
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use crate::{Error, Result};
 
 /// Longest line accepted.
@@ -43,8 +47,8 @@ pub enum Command {
     Other(String),
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Command {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Command::Session(_) => f.write_str("Session(***)"),
             Command::Pass(_) => f.write_str("Pass(***)"),
@@ -73,7 +77,7 @@ pub fn take_line(buf: &[u8]) -> Result<Option<(String, usize)>> {
         Some(i) => {
             let line = &buf[..i];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let s = std::str::from_utf8(line).map_err(|_| Error::NotUtf8("authd line"))?;
+            let s = core::str::from_utf8(line).map_err(|_| Error::NotUtf8("authd line"))?;
             Ok(Some((s.to_string(), i + 1)))
         }
         None if buf.len() > MAX_LINE => Err(Error::TooLarge {
@@ -140,6 +144,7 @@ pub fn push_reply(out: &mut Vec<u8>, code: u16, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
 
     #[test]
     fn lines() {

@@ -8,7 +8,9 @@
 //! [`Event`]). Read data is handed to your sink as `(op, offset in the
 //! request, bytes)`, so it can go straight into the caller's buffer.
 
-use std::collections::HashMap;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
 
 use crate::aio::{
     self, Compression, Decoded, ErrorMsg, FileInfo, Io, Kind, OpenFile, Opened, MAX_FRAGMENT,
@@ -106,7 +108,7 @@ pub enum Event {
 #[derive(Debug, Default)]
 pub struct Tracker {
     next: u32,
-    ops: HashMap<u32, Pending>,
+    ops: BTreeMap<u32, Pending>,
     scratch: Vec<u8>,
 }
 
@@ -393,7 +395,7 @@ impl Tracker {
                         self.scratch.resize(MAX_FRAGMENT, 0);
                         let n = miniz_oxide::inflate::decompress_slice_iter_to_slice(
                             &mut self.scratch,
-                            std::iter::once(data),
+                            core::iter::once(data),
                             true,
                             false,
                         )

@@ -3,7 +3,7 @@
 //! The NFC (Network File Copy) protocol behind VMware's `nbd` and `nbdssl`
 //! transports, as sans-I/O pieces: bytes in, typed frames and events out,
 //! output appended to the caller's buffer, time passed in. No sockets, no
-//! clocks, no `unsafe`.
+//! clocks, no `unsafe`; `no_std` with `alloc`.
 //!
 //! **Unverified wire format.** VMware publishes no NFC specification. The
 //! byte layout here follows public descriptions (VMware's own 2015
@@ -57,8 +57,13 @@
 //! # Ok::<(), nfc_proto::Error>(())
 //! ```
 
+#![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
+
+extern crate alloc;
+
+use alloc::string::String;
 
 pub mod aio;
 pub mod authd;
@@ -131,4 +136,4 @@ pub enum Error {
 }
 
 /// Shorthand result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -1,7 +1,10 @@
 //! Server side: frames in, requests out (write fragments reassembled),
 //! replies encoded.
 
-use std::collections::HashMap;
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::aio::{
     self, Compression, Decoded, ErrorMsg, FileInfo, Io, Kind, OpenFile, Opened, MAX_FRAGMENT,
@@ -101,7 +104,7 @@ struct PartialWrite {
 /// One connection's server state.
 #[derive(Debug)]
 pub struct ServerSession {
-    writes: HashMap<u32, PartialWrite>,
+    writes: BTreeMap<u32, PartialWrite>,
     buffered: u64,
     memory_limit: u64,
 }
@@ -122,7 +125,7 @@ impl ServerSession {
     /// (ESXi's NFC server memory limit).
     pub fn with_memory_limit(limit: u64) -> Self {
         Self {
-            writes: HashMap::new(),
+            writes: BTreeMap::new(),
             buffered: 0,
             memory_limit: limit,
         }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{cargo, root, run, Result};
+use crate::{cargo, deps, root, run, Result};
 
 const GIB: u64 = 1 << 30;
 const RUNS: usize = 5;
@@ -24,6 +24,7 @@ pub(crate) fn run_bench(args: &[String]) -> Result {
             run(c)
         }
         Some("san") => {
+            deps::ensure(&[deps::Group::Bench])?;
             let mut c = cargo();
             c.args(["bench", "-p", "transport-san", "--bench", "san"]);
             run(c)
@@ -85,6 +86,7 @@ fn make_raw(path: &Path) -> Result {
 }
 
 fn read() -> Result {
+    deps::ensure(&[deps::Group::Bench])?;
     let dir = root().join("target/bench-read");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut c = cargo();
@@ -229,6 +231,7 @@ fn make_mixed_raw(path: &Path) -> Result {
 }
 
 fn write() -> Result {
+    deps::ensure(&[deps::Group::Bench])?;
     let dir = root().join("target/bench-read");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut c = cargo();

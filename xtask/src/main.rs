@@ -5,14 +5,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod deps;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
 /// Every task, with its one-line help.
 const TASKS: &[(&str, &str)] = &[
     (
+        "demo",
+        "full + incremental backup of a VM on the embedded simulator, then a verified restore",
+    ),
+    (
         "test",
-        "run the whole test suite (the README's test command; what .ci/run runs)",
+        "run the whole test suite (the README's test command; what .ci/run runs), after deps",
+    ),
+    (
+        "integration",
+        "only the integration runs against the simulators, after deps",
+    ),
+    (
+        "deps [--bench] [--check]",
+        "install the missing test peers (--bench: the benches' too; --check: only report)",
     ),
     (
         "fuzz TARGET [--minutes N]",
@@ -22,6 +35,22 @@ const TASKS: &[(&str, &str)] = &[
     (
         "bench read",
         "sequential read of 1 GiB sparse, stream and flat images vs qemu-img and dd",
+    ),
+    (
+        "bench write",
+        "convert 1 GiB raw to streamOptimized and monolithicSparse vs qemu-img",
+    ),
+    (
+        "bench nbd",
+        "1 GiB read from the simulator over nbd / nbdssl vs plain TCP / TLS loops",
+    ),
+    (
+        "bench backup",
+        "full backup of a 1 GiB disk over nbd, nbdssl, san, hotadd vs reading it",
+    ),
+    (
+        "bench san",
+        "O_DIRECT read of a 1 GiB LUN through the san transport vs fio and qemu-img",
     ),
     ("doc", "build the docs with warnings denied"),
     (
@@ -43,6 +72,7 @@ fn main() -> ExitCode {
         }
         Some("test") => test(),
         Some("integration") => integration(),
+        Some("deps") => deps::run_deps(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("fuzz-list") => fuzz_list(),
         Some("bench") => bench::run_bench(&args[1..]),
@@ -97,6 +127,7 @@ pub(crate) fn run(mut c: Command) -> Result {
 }
 
 fn test() -> Result {
+    deps::ensure(&[deps::Group::Test])?;
     let mut c = cargo();
     c.args(["test", "--workspace", "--locked"]);
     run(c)?;
@@ -109,6 +140,7 @@ fn test() -> Result {
 }
 
 fn integration() -> Result {
+    deps::ensure(&[deps::Group::Test])?;
     let mut c = cargo();
     c.args([
         "test",
@@ -264,4 +296,50 @@ fn doc() -> Result {
     c.env("RUSTDOCFLAGS", "-D warnings");
     c.args(["doc", "--workspace", "--no-deps"]);
     run(c)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The words of a task's name before its arguments: `["bench", "san"]`
+    /// for "bench san", `["fuzz"]` for "fuzz TARGET [--minutes N]".
+    fn words(task: &str) -> Vec<&str> {
+        task.split(' ')
+            .take_while(|w| w.starts_with(|c: char| c.is_ascii_lowercase()))
+            .collect()
+    }
+
+    /// The string patterns of a `match` on task names in `src`.
+    fn dispatched(src: &str) -> Vec<String> {
+        let pat = concat!("Some", "(\"");
+        let mut v: Vec<String> = src
+            .split(pat)
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The help table lists exactly the tasks `main` and `bench` dispatch.
+    #[test]
+    fn help_table_matches_dispatch() {
+        let mut top: Vec<String> = super::TASKS
+            .iter()
+            .map(|(t, _)| words(t)[0].to_owned())
+            .collect();
+        top.sort();
+        top.dedup();
+        assert_eq!(top, dispatched(include_str!("main.rs")));
+
+        let mut bench: Vec<String> = super::TASKS
+            .iter()
+            .filter_map(|(t, _)| match words(t)[..] {
+                ["bench", sub] => Some(sub.to_owned()),
+                _ => None,
+            })
+            .collect();
+        bench.sort();
+        assert_eq!(bench, dispatched(include_str!("bench.rs")));
+    }
 }
