@@ -15,6 +15,7 @@
 //! are `vim-soap`'s. This crate composes them.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod backup;

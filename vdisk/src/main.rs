@@ -1,4 +1,11 @@
-//! `vdisk`: inspect, read, map and check VMDK disks.
+//! `vdisk`: the kit's command-line tool. Local VMDK files (info, cat,
+//! map, check and repair, create, convert, write, snapshot, commit,
+//! metadata, grow, compact, rename, delete), vSphere VMs and their disks
+//! over every transport (`vm`, `cat`/`write --transport`), backup,
+//! restore and verify, and the vSphere simulator (`sim`, `demo`; the
+//! default `sim` feature).
+
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -2,7 +2,6 @@
 //! writes interoperate with qemu-io, crashes leave readable images.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -363,32 +362,28 @@ fn disk_full_is_typed_and_harmless() {
         "1M",
     ]);
     let limit = std::fs::metadata(&d).unwrap().len() + (512 << 10);
-    let out = unsafe {
-        Command::new(env!("CARGO_BIN_EXE_vdisk"))
-            .args([
-                "write",
-                s(&d),
-                "--offset",
-                "8M",
-                "--pattern",
-                "0x32",
-                "--length",
-                "4M",
-            ])
-            .pre_exec(move || {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                let lim = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-            .output()
-            .unwrap()
-    };
+    // The file size limit (in KiB for bash's ulimit) and SIGXFSZ ignored,
+    // so that the write gets EFBIG, as a full file system gives ENOSPC;
+    // both survive the exec.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+                limit / 1024
+            ),
+            env!("CARGO_BIN_EXE_vdisk"),
+            "write",
+            s(&d),
+            "--offset",
+            "8M",
+            "--pattern",
+            "0x32",
+            "--length",
+            "4M",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("disk full"), "{err}");

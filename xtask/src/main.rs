@@ -1,5 +1,7 @@
 //! `cargo xtask`: the project's automation. Run `cargo xtask help`.
 
+#![forbid(unsafe_code)]
+
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
