@@ -7,7 +7,8 @@
 //! [`Fault`]s.
 //!
 //! - [`codec`] builds requests and parses responses (and, for servers and
-//!   simulators, parses requests and builds responses). It does no I/O.
+//!   simulators, with feature `server`, parses requests and builds
+//!   responses). It does no I/O.
 //! - [`client`] (feature `client`, on by default) is a small blocking HTTPS
 //!   client: rustls with the server certificate pinned by its SHA-1 or
 //!   SHA-256 thumbprint (the colon-hex form vSphere shows), checked before
@@ -19,17 +20,29 @@
 //! namespace. Their shapes follow public descriptions; they have been
 //! exercised against this project's simulator, not a real vCenter.
 //!
+//! ## Features
+//!
+//! - `client` (default): the blocking HTTPS [`client`].
+//! - `server` (off by default): the server half of [`codec`], which only
+//!   a simulator needs: `parse_request`, `response_envelope`,
+//!   `fault_envelope`, and the writers of response values
+//!   (`task_info_xml`, `virtual_disks_xml`, `virtual_devices_xml`,
+//!   `snapshot_tree_xml`, `disk_change_info_xml`, `disk_block_map_xml`,
+//!   `object_content_xml`, `simple_val`, `moref_val`).
+//!
 //! ```
 //! use vim_soap::codec::{self, MoRef};
 //! let req = codec::login(&MoRef::new("SessionManager", "SessionManager"), "root", &"p<ss".into());
 //! assert!(req.body.contains(r#"<_this type="SessionManager">SessionManager</_this>"#));
 //! assert!(req.body.contains("<password>p&lt;ss</password>"));
 //! // A fault from the server is a typed error.
+//! # #[cfg(feature = "server")] {
 //! let fault = codec::fault_envelope(&vim_soap::FaultKind::InvalidLogin, "Cannot complete login");
 //! match codec::parse_response(fault.as_bytes()) {
 //!     Err(vim_soap::Error::Fault(f)) => assert_eq!(f.kind, vim_soap::FaultKind::InvalidLogin),
 //!     other => panic!("{other:?}"),
 //! }
+//! # }
 //! ```
 
 #![forbid(unsafe_code)]

@@ -20,8 +20,28 @@
 extern "C" {
 #endif
 
-typedef uint64_t VixError;
+/*
+ * VMware's basic types (its vm_basic_types.h, which VMware's vixDiskLib.h
+ * brings in): VDDK programs declare variables with them. Built on
+ * <stdint.h>, so they are the same types as uint64_t & co.; a program
+ * that already has VMware's basic-types header (its guard defined) keeps
+ * its own.
+ */
+#ifndef _VM_BASIC_TYPES_H_
+#define _VM_BASIC_TYPES_H_
+typedef uint64_t uint64;
+typedef int64_t int64;
+typedef uint32_t uint32;
+typedef int32_t int32;
+typedef uint16_t uint16;
+typedef int16_t int16;
+typedef uint8_t uint8;
+typedef int8_t int8;
 typedef char Bool;
+#endif
+
+typedef uint64_t VixError;
+typedef uint64_t VixDiskLibSectorType;
 #ifndef TRUE
 #define TRUE 1
 #endif

@@ -44,6 +44,8 @@ pub mod create;
 mod error;
 pub mod local;
 pub mod maintain;
+mod map;
+mod paths;
 pub mod repair;
 mod stream;
 mod write;

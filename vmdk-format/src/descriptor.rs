@@ -7,6 +7,11 @@
 //! dangerous (duplicate keys, lone carriage returns, unterminated quotes,
 //! unknown `createType`).
 //!
+//! One file on purpose: the descriptor is one grammar, and its parser,
+//! its serializer and the typed header they share are read together
+//! (every tolerance of the parser has its counterpart in what the
+//! serializer writes).
+//!
 //! ```
 //! use vmdk_format::descriptor::{Descriptor, CreateType, ExtentType};
 //!

@@ -53,8 +53,10 @@ pub fn run(
         let len = 1 + next() % (200 << 10);
         let off = next() % (cap - len);
         let zero = next() % 8 == 0;
-        let _ = writeln!(out, "{} {i} {off} {len}", if zero { 'z' } else { 'w' });
-        let _ = out.flush();
+        log(
+            out,
+            &format!("{} {i} {off} {len}\n", if zero { 'z' } else { 'w' }),
+        );
         let r = if zero {
             disk.write_zeroes(off, len)
         } else {
@@ -65,11 +67,17 @@ pub fn run(
         r.map_err(|e| format!("write {i}: {e}"))?;
         if i.is_multiple_of(every) {
             disk.flush().map_err(|e| format!("flush: {e}"))?;
-            let _ = writeln!(out, "f {i}");
-            let _ = out.flush();
+            log(out, &format!("f {i}\n"));
         }
     }
     disk.close().map_err(|e| format!("close: {e}"))
+}
+
+/// One log line in one `write`: stderr is unbuffered, and a line written
+/// in pieces could be cut by the kill.
+fn log(out: &mut dyn Write, line: &str) {
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
 }
 
 /// In the child (`VDISK_TORTURE` set): runs the workload it names and

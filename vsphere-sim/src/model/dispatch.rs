@@ -1,0 +1,407 @@
+//! Dispatch of SOAP calls ([`Shared::handle`]), sessions, service content,
+//! tasks and NFC tickets, and the argument readers every call uses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use vim_soap::codec::{self, MoRef, TaskInfo, TaskState};
+use vim_soap::xml::{escape, Element};
+use vim_soap::FaultKind;
+
+use crate::inventory::Mode;
+use crate::san::LunState;
+
+use super::state::{fault, random_hex, Fault, NfcGrant, Reply, Shared};
+
+pub(super) fn this(el: &Element) -> Result<MoRef, Fault> {
+    el.child("_this")
+        .and_then(MoRef::from_element)
+        .ok_or_else(|| fault(FaultKind::InvalidArgument("_this".into()), "missing _this"))
+}
+
+pub(super) fn arg<'a>(el: &'a Element, name: &str) -> Result<&'a str, Fault> {
+    el.child_text(name).ok_or_else(|| {
+        fault(
+            FaultKind::InvalidArgument(name.into()),
+            format!("missing {name}"),
+        )
+    })
+}
+
+/// A numeric argument.
+pub(super) fn arg_num<T: std::str::FromStr>(el: &Element, name: &str) -> Result<T, Fault> {
+    arg(el, name)?.parse().map_err(|_| {
+        fault(
+            FaultKind::InvalidArgument(name.into()),
+            format!("{name} is not a number in range"),
+        )
+    })
+}
+
+pub(super) fn arg_moref(el: &Element, name: &str) -> Result<MoRef, Fault> {
+    el.child(name).and_then(MoRef::from_element).ok_or_else(|| {
+        fault(
+            FaultKind::InvalidArgument(name.into()),
+            format!("missing {name}"),
+        )
+    })
+}
+
+fn rv(s: &str) -> String {
+    format!("<returnval>{s}</returnval>")
+}
+
+fn rv_moref(r: &MoRef) -> String {
+    format!(
+        "<returnval type=\"{}\">{}</returnval>",
+        escape(&r.kind),
+        escape(&r.value)
+    )
+}
+
+/// The result of one call: the returnval XML and maybe a new cookie.
+pub struct Outcome {
+    /// `<returnval>…</returnval>` (empty for void methods).
+    pub body: String,
+    /// A session cookie to set.
+    pub cookie: Option<String>,
+}
+
+impl Shared {
+    /// Handles one SOAP call.
+    pub fn handle(
+        self: &Arc<Self>,
+        cookie: Option<&str>,
+        method: &str,
+        el: &Element,
+    ) -> Result<Outcome, Fault> {
+        let plain = |body: String| Ok(Outcome { body, cookie: None });
+        match method {
+            "RetrieveServiceContent" => return plain(self.service_content()),
+            "Login" => {
+                let user = arg(el, "userName")?;
+                let pass = el.child_text("password").unwrap_or_default();
+                if !self
+                    .inv
+                    .users
+                    .iter()
+                    .any(|u| u.user == user && u.password == pass)
+                {
+                    return Err(fault(
+                        FaultKind::InvalidLogin,
+                        "Cannot complete login due to an incorrect user name or password.",
+                    ));
+                }
+                return Ok(self.new_session(user));
+            }
+            "CloneSession" => {
+                let t = arg(el, "cloneTicket")?;
+                let user = self.lock().clone_tickets.remove(t).ok_or_else(|| {
+                    fault(FaultKind::InvalidLogin, "Invalid or used clone ticket")
+                })?;
+                return Ok(self.new_session(&user));
+            }
+            _ => {}
+        }
+        let user = cookie
+            .and_then(|c| self.lock().sessions.get(c).cloned())
+            .ok_or_else(|| {
+                fault(
+                    FaultKind::NotAuthenticated,
+                    "The session is not authenticated.",
+                )
+            })?;
+        match method {
+            "Logout" => {
+                if let Some(c) = cookie {
+                    self.lock().sessions.remove(c);
+                }
+                plain(String::new())
+            }
+            "SessionIsActive" => {
+                let id = arg(el, "sessionID")?;
+                let who = arg(el, "userName")?;
+                let active = self.lock().sessions.get(id).is_some_and(|u| u == who);
+                plain(rv(&active.to_string()))
+            }
+            "AcquireCloneTicket" => {
+                let t = format!("cst-{}", random_hex(16));
+                self.lock().clone_tickets.insert(t.clone(), user);
+                plain(rv(&t))
+            }
+            "AcquireGenericServiceTicket" => {
+                let id = format!("cst-VCT-{}", random_hex(16));
+                plain(rv(&format!(
+                    "<id>{id}</id><hostName>127.0.0.1</hostName><sslThumbprint>{}</sslThumbprint>",
+                    self.thumbprint
+                )))
+            }
+            "RetrieveInternalContent" => plain(rv(
+                "<nfcService type=\"NfcService\">nfcService</nfcService>",
+            )),
+            "NfcRandomAccessOpen" | "NfcRandomAccessOpenReadonly" => self
+                .nfc_open(el, method == "NfcRandomAccessOpenReadonly")
+                .map(|b| Outcome {
+                    body: b,
+                    cookie: None,
+                }),
+            "FindByInventoryPath" => {
+                let path = arg(el, "inventoryPath")?;
+                let prefix = format!("{}/vm/", self.inv.datacenter);
+                let st = self.lock();
+                let found = path
+                    .strip_prefix(&prefix)
+                    .and_then(|name| st.vms.values().find(|v| v.name == name))
+                    .map(|v| MoRef::new("VirtualMachine", &v.moref));
+                plain(found.map(|r| rv_moref(&r)).unwrap_or_default())
+            }
+            "FindByUuid" => {
+                let uuid = arg(el, "uuid")?;
+                let st = self.lock();
+                let bare = |u: &str| u.replace('-', "").to_ascii_lowercase();
+                let found = st
+                    .vms
+                    .values()
+                    .find(|v| bare(&v.uuid) == bare(uuid))
+                    .map(|v| MoRef::new("VirtualMachine", &v.moref));
+                plain(found.map(|r| rv_moref(&r)).unwrap_or_default())
+            }
+            "RetrievePropertiesEx" => self.retrieve(el).map(|b| Outcome {
+                body: b,
+                cookie: None,
+            }),
+            "ContinueRetrievePropertiesEx" => {
+                let token = arg(el, "token")?;
+                let rest = self.lock().pending.remove(token).ok_or_else(|| {
+                    fault(FaultKind::InvalidArgument("token".into()), "unknown token")
+                })?;
+                plain(self.page(rest, 100))
+            }
+            "CreateSnapshot_Task" => {
+                let vm = this(el)?;
+                let name = el.child_text("name").unwrap_or("snapshot").to_string();
+                self.lock().vm(&vm.value)?;
+                plain(rv_moref(
+                    &self.task(move |sh| sh.create_snapshot(&vm.value, &name)),
+                ))
+            }
+            "RemoveSnapshot_Task" => {
+                let snap = this(el)?;
+                let children = el.child_text("removeChildren") == Some("true");
+                self.lock().snapshot_owner(&snap.value)?;
+                plain(rv_moref(&self.task(move |sh| {
+                    sh.remove_snapshot(&snap.value, children).map(|()| None)
+                })))
+            }
+            "ConsolidateVMDisks_Task" => {
+                let vm = this(el)?;
+                self.lock().vm(&vm.value)?;
+                plain(rv_moref(&self.task(|_| Ok(None))))
+            }
+            "ReconfigVM_Task" => {
+                let vm = this(el)?;
+                self.lock().vm(&vm.value)?;
+                let spec = el.child("spec").cloned().unwrap_or_default();
+                plain(rv_moref(
+                    &self.task(move |sh| sh.reconfig(&vm.value, &spec).map(|()| None)),
+                ))
+            }
+            "RelocateVM_Task" => {
+                let vm = this(el)?;
+                let st = self.lock();
+                let v = st.vm(&vm.value)?;
+                if let Some(src) = v.disabled.get("RelocateVM_Task") {
+                    return Err(fault(
+                        FaultKind::MethodDisabled(src.clone()),
+                        format!("RelocateVM_Task is disabled by {src}"),
+                    ));
+                }
+                drop(st);
+                plain(rv_moref(&self.task(|_| Ok(None))))
+            }
+            "QueryChangedDiskAreas" => self.qcda(el).map(|b| Outcome {
+                body: b,
+                cookie: None,
+            }),
+            "SimSetLunState" => {
+                let id = arg(el, "lunId")?;
+                let state = match arg(el, "state")? {
+                    "online" => LunState::Online,
+                    "offline" => LunState::Offline,
+                    "failingFrom" => LunState::FailingFrom(arg_num(el, "offset")?),
+                    other => {
+                        return Err(fault(
+                            FaultKind::InvalidArgument("state".into()),
+                            format!("unknown LUN state {other} (online, offline, failingFrom)"),
+                        ))
+                    }
+                };
+                self.set_lun_state(id, state)
+                    .map_err(|m| fault(FaultKind::InvalidArgument("lunId".into()), m))?;
+                plain(String::new())
+            }
+            codec::SIM_QUERY_DISK_BLOCK_MAP => self.block_map(el).map(|b| Outcome {
+                body: b,
+                cookie: None,
+            }),
+            "DisableMethods" | "EnableMethods" => {
+                if self.inv.mode == Mode::Esxi {
+                    return Err(fault(
+                        FaultKind::NotSupported,
+                        "HostAgent is not a VirtualCenter, cannot disable svMotion",
+                    ));
+                }
+                let source = arg(el, "sourceId")?.to_string();
+                let methods: Vec<String> = el
+                    .children_named("method")
+                    .map(|m| {
+                        m.child_text("method")
+                            .map(str::to_string)
+                            .unwrap_or_else(|| m.text.trim().to_string())
+                    })
+                    .collect();
+                let mut st = self.lock();
+                let entities: Vec<MoRef> = el
+                    .children_named("entity")
+                    .filter_map(MoRef::from_element)
+                    .collect();
+                for e in &entities {
+                    st.vm(&e.value)?;
+                }
+                for e in entities {
+                    let v = st.vm_mut(&e.value)?;
+                    for m in &methods {
+                        if method == "DisableMethods" {
+                            if let Some(prev) = v.disabled.get(m) {
+                                return Err(fault(
+                                    FaultKind::MethodAlreadyDisabled(prev.clone()),
+                                    format!("{m} is already disabled by {prev}"),
+                                ));
+                            }
+                            v.disabled.insert(m.clone(), source.clone());
+                        } else {
+                            v.disabled.remove(m);
+                        }
+                    }
+                }
+                plain(String::new())
+            }
+            "SimGuestWrite" => {
+                let vm = arg_moref(el, "vm")?;
+                let key: i32 = arg_num(el, "diskKey")?;
+                let offset: u64 = arg_num(el, "offset")?;
+                let len: u64 = arg_num(el, "length")?;
+                let byte: u8 = arg_num(el, "pattern")?;
+                if len > 1 << 30 {
+                    return Err(fault(
+                        FaultKind::InvalidArgument("length".into()),
+                        "at most 1 GiB per call",
+                    ));
+                }
+                self.guest_write(&vm.value, key, offset, &vec![byte; len as usize])?;
+                plain(String::new())
+            }
+            other => Err(fault(
+                FaultKind::NotSupported,
+                format!("method {other} is not implemented by the simulator"),
+            )),
+        }
+    }
+
+    fn new_session(&self, user: &str) -> Outcome {
+        let cookie = random_hex(20);
+        let key = random_hex(16);
+        self.lock()
+            .sessions
+            .insert(cookie.clone(), user.to_string());
+        Outcome {
+            body: rv(&format!(
+                "<key>{key}</key><userName>{}</userName><fullName>{}</fullName>",
+                escape(user),
+                escape(user)
+            )),
+            cookie: Some(cookie),
+        }
+    }
+
+    fn service_content(&self) -> String {
+        let (api_type, full) = match self.inv.mode {
+            Mode::Vcenter => ("VirtualCenter", "vddk-rs vSphere simulator (vCenter)"),
+            Mode::Esxi => ("HostAgent", "vddk-rs vSphere simulator (ESXi)"),
+        };
+        rv(&format!(
+            "<rootFolder type=\"Folder\">group-d1</rootFolder><propertyCollector type=\"PropertyCollector\">propertyCollector</propertyCollector><sessionManager type=\"SessionManager\">SessionManager</sessionManager><searchIndex type=\"SearchIndex\">SearchIndex</searchIndex><authorizationManager type=\"AuthorizationManager\">AuthorizationManager</authorizationManager><about><name>vsphere-sim</name><fullName>{full}</fullName><apiType>{api_type}</apiType><apiVersion>8.0.1.0</apiVersion></about>"
+        ))
+    }
+
+    fn task(
+        self: &Arc<Self>,
+        op: impl FnOnce(&Arc<Shared>) -> Result<Option<MoRef>, Fault> + Send + 'static,
+    ) -> MoRef {
+        let id = self.lock().id("task");
+        let task = MoRef::new("Task", &id);
+        self.lock().tasks.insert(
+            id.clone(),
+            TaskInfo {
+                task: task.clone(),
+                state: TaskState::Queued,
+                result: None,
+                error: None,
+            },
+        );
+        let sh = Arc::clone(self);
+        std::thread::spawn(move || {
+            if let Some(t) = sh.lock().tasks.get_mut(&id) {
+                t.state = TaskState::Running;
+            }
+            let r = op(&sh);
+            if let Some(t) = sh.lock().tasks.get_mut(&id) {
+                match r {
+                    Ok(result) => {
+                        t.state = TaskState::Success;
+                        t.result = result;
+                    }
+                    Err((kind, message)) => {
+                        t.state = TaskState::Error;
+                        t.error = Some(vim_soap::Fault { kind, message });
+                    }
+                }
+            }
+        });
+        task
+    }
+
+    fn nfc_open(&self, el: &Element, read_only: bool) -> Reply {
+        let vm = arg_moref(el, "vm")?;
+        let key: i32 = arg_num(el, "diskKey")?;
+        let mut st = self.lock();
+        let v = st.vm(&vm.value)?;
+        let d = v.disk(key, "diskKey")?;
+        let (path, ro) = match el.child("snapshot").and_then(MoRef::from_element) {
+            // A snapshot's state is frozen: it is only ever read.
+            Some(s) => (v.snapshot(&s.value)?.file(key, "diskKey")?.0.clone(), true),
+            None => (d.running().to_path_buf(), read_only),
+        };
+        let grant = NfcGrant {
+            path,
+            read_only: ro,
+            vm: vm.value.clone(),
+            disk_key: key,
+            expires: Instant::now() + self.opts.ticket_ttl,
+        };
+        let ticket = random_hex(24);
+        st.nfc_tickets.insert(ticket.clone(), grant);
+        drop(st);
+        let (host, port) = self
+            .nfc_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| ("127.0.0.1".into(), 902));
+        Ok(rv(&format!(
+            "<host>{}</host><port>{port}</port><sslThumbprint>{}</sslThumbprint><service>vpxa-nfc</service><serviceVersion>1.0</serviceVersion><sessionId>{ticket}</sessionId>",
+            escape(&host),
+            self.thumbprint
+        )))
+    }
+}

@@ -1,0 +1,177 @@
+//! The property collector: `RetrievePropertiesEx` and its paging, and the
+//! properties of each object.
+
+use vim_soap::codec::{self, MoRef, SnapshotNode, VirtualDiskInfo};
+use vim_soap::xml::{escape, Element};
+use vim_soap::FaultKind;
+
+use super::dispatch::arg_moref;
+use super::state::{fault, not_found, random_hex, Fault, Reply, Shared, SimSnapshot, SimVm, State};
+
+impl Shared {
+    fn disk_infos(&self, v: &SimVm, snapshot: Option<&SimSnapshot>) -> Vec<VirtualDiskInfo> {
+        v.disks
+            .iter()
+            .filter_map(|d| {
+                let (file, seq) = match snapshot {
+                    Some(s) => {
+                        let (_, f, seq) = s.disks.iter().find(|(k, _, _)| *k == d.key)?;
+                        (f.clone(), *seq)
+                    }
+                    None => (d.running().to_path_buf(), d.cbt.current),
+                };
+                Some(VirtualDiskInfo {
+                    key: d.key,
+                    file_name: self.datastore_name(&file),
+                    capacity: d.capacity,
+                    disk_mode: d.mode.clone(),
+                    thin: d.thin,
+                    change_id: d.cbt.enabled.then(|| d.cbt.change_id(seq)),
+                    uuid: Some(d.uuid.clone()),
+                    controller_key: d.controller_key,
+                    unit_number: d.unit,
+                })
+            })
+            .collect()
+    }
+
+    fn config_xml(&self, v: &SimVm, snapshot: Option<&SimSnapshot>) -> String {
+        let cbt = v.disks.iter().any(|d| d.cbt.enabled);
+        let devices = codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, snapshot));
+        let devices = devices.replacen("<val xsi:type=\"ArrayOfVirtualDevice\">", "", 1);
+        let devices = devices.strip_suffix("</val>").unwrap_or(&devices);
+        format!(
+            "<val xsi:type=\"VirtualMachineConfigInfo\"><name>{}</name><uuid>{}</uuid><changeTrackingEnabled>{cbt}</changeTrackingEnabled><hardware><numCPU>1</numCPU><memoryMB>1024</memoryMB>{}</hardware></val>",
+            escape(&v.name),
+            escape(&v.uuid),
+            devices.replace("<VirtualDevice ", "<device ").replace("</VirtualDevice>", "</device>")
+        )
+    }
+
+    fn object_props(
+        &self,
+        st: &State,
+        obj: &MoRef,
+        paths: &[String],
+    ) -> Result<Vec<(String, String)>, Fault> {
+        let mut out = Vec::new();
+        let dc = &self.inv.datacenter;
+        for p in paths {
+            let val = match (obj.kind.as_str(), p.as_str()) {
+                ("Folder", "childEntity") if obj.value == "group-d1" => Some("<val xsi:type=\"ArrayOfManagedObjectReference\"><ManagedObjectReference type=\"Datacenter\" xsi:type=\"ManagedObjectReference\">datacenter-1</ManagedObjectReference></val>".to_string()),
+                ("Folder", "childEntity") if obj.value == "group-v1" => {
+                    let mut s = String::from("<val xsi:type=\"ArrayOfManagedObjectReference\">");
+                    for v in st.vms.values() {
+                        s.push_str(&format!("<ManagedObjectReference type=\"VirtualMachine\" xsi:type=\"ManagedObjectReference\">{}</ManagedObjectReference>", v.moref));
+                    }
+                    s.push_str("</val>");
+                    Some(s)
+                }
+                ("Folder", "name") => Some(codec::simple_val("string", if obj.value == "group-d1" { "Datacenters" } else { "vm" })),
+                ("Datacenter", "vmFolder") => Some(codec::moref_val(&MoRef::new("Folder", "group-v1"))),
+                ("Datacenter", "name") => Some(codec::simple_val("string", dc)),
+                ("Folder", _) | ("Datacenter", _) => None,
+                ("Task", "info") => {
+                    let t = st.tasks.get(&obj.value).ok_or_else(|| not_found("Task", &obj.value))?;
+                    Some(codec::task_info_xml(t))
+                }
+                ("VirtualMachine", path) => {
+                    let v = st.vm(&obj.value)?;
+                    match path {
+                        "name" | "config.name" => Some(codec::simple_val("string", &v.name)),
+                        "config.uuid" => Some(codec::simple_val("string", &v.uuid)),
+                        "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, None))),
+                        "config.changeTrackingEnabled" => Some(codec::simple_val("boolean", &v.disks.iter().any(|d| d.cbt.enabled).to_string())),
+                        "config" => Some(self.config_xml(v, None)),
+                        "runtime.powerState" => Some(format!("<val xsi:type=\"VirtualMachinePowerState\">{}</val>", v.power)),
+                        "summary.config.template" => Some(codec::simple_val("boolean", "false")),
+                        "snapshot.rootSnapshotList" => {
+                            if v.snapshots.is_empty() {
+                                None
+                            } else {
+                                // A linear chain: each snapshot the child of the previous.
+                                let mut node: Option<SnapshotNode> = None;
+                                for s in v.snapshots.iter().rev() {
+                                    node = Some(SnapshotNode { snapshot: MoRef::new("VirtualMachineSnapshot", &s.moref), name: s.name.clone(), children: node.into_iter().collect() });
+                                }
+                                Some(codec::snapshot_tree_xml(&node.into_iter().collect::<Vec<_>>()))
+                            }
+                        }
+                        "snapshot.currentSnapshot" => v.snapshots.last().map(|s| codec::moref_val(&MoRef::new("VirtualMachineSnapshot", &s.moref))),
+                        "simulator.proxy" => Some(codec::simple_val("boolean", &v.proxy.to_string())),
+                        _ => None,
+                    }
+                }
+                ("VirtualMachineSnapshot", path) => {
+                    let v = st.snapshot_owner(&obj.value)?;
+                    let s = v.snapshots.iter().find(|s| s.moref == obj.value).ok_or_else(|| not_found("VirtualMachineSnapshot", &obj.value))?;
+                    match path {
+                        "name" => Some(codec::simple_val("string", &s.name)),
+                        "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, Some(s)))),
+                        "config" => Some(self.config_xml(v, Some(s))),
+                        "vm" => Some(codec::moref_val(&MoRef::new("VirtualMachine", &v.moref))),
+                        _ => None,
+                    }
+                }
+                (kind, _) => return Err(not_found(kind, &obj.value)),
+            };
+            if let Some(v) = val {
+                out.push((p.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn retrieve(&self, el: &Element) -> Reply {
+        let spec = el.child("specSet").ok_or_else(|| {
+            fault(
+                FaultKind::InvalidArgument("specSet".into()),
+                "missing specSet",
+            )
+        })?;
+        let max = el
+            .path(&["options", "maxObjects"])
+            .and_then(|m| m.text.trim().parse::<usize>().ok())
+            .unwrap_or(100)
+            .max(1);
+        let st = self.lock();
+        let mut objects = Vec::new();
+        for os in spec.children_named("objectSet") {
+            let obj = arg_moref(os, "obj")?;
+            let paths: Vec<String> = spec
+                .children_named("propSet")
+                .filter(|p| p.child_text("type") == Some(obj.kind.as_str()))
+                .flat_map(|p| {
+                    p.children_named("pathSet")
+                        .map(|x| x.text.trim().to_string())
+                })
+                .collect();
+            let props = self.object_props(&st, &obj, &paths)?;
+            objects.push(codec::object_content_xml(&obj, &props));
+        }
+        drop(st);
+        Ok(self.page(objects, max))
+    }
+
+    pub(super) fn page(&self, mut objects: Vec<String>, max: usize) -> String {
+        if objects.is_empty() {
+            return String::new();
+        }
+        let rest = if objects.len() > max {
+            objects.split_off(max)
+        } else {
+            Vec::new()
+        };
+        let mut body = String::from("<returnval>");
+        if !rest.is_empty() {
+            let token = random_hex(8);
+            body.push_str(&format!("<token>{token}</token>"));
+            self.lock().pending.insert(token, rest);
+        }
+        for o in objects {
+            body.push_str(&o);
+        }
+        body.push_str("</returnval>");
+        body
+    }
+}
