@@ -3,6 +3,7 @@
 //! crossing the C boundary.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -21,6 +22,44 @@ thread_local! {
     static LAST: RefCell<Option<(VixError, String)>> = const { RefCell::new(None) };
 }
 
+/// The latest text of each error code, whichever thread set it: an async
+/// request fails on a worker thread and its caller asks for the text on
+/// its own; and in exit handlers (after thread-locals are destroyed) this
+/// is the only record. Codes are few, so this stays small.
+static RECENT: Mutex<BTreeMap<VixError, String>> = Mutex::new(BTreeMap::new());
+
+/// Records `msg` as the text of `code` for this thread and for all.
+/// Never panics: not while thread-locals are being destroyed (an exit
+/// handler), not with a poisoned lock.
+fn remember(code: VixError, msg: &str) {
+    let _ = LAST.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = Some((code, msg.to_string()));
+        }
+    });
+    RECENT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(code, msg.to_string());
+}
+
+/// The detail text of `code`: this thread's if its last error has that
+/// code, else the latest any thread recorded.
+fn detail_of(code: VixError) -> Option<String> {
+    LAST.try_with(|l| l.try_borrow().ok().and_then(|l| l.clone()))
+        .ok()
+        .flatten()
+        .filter(|(c, _)| *c == code)
+        .map(|(_, m)| m)
+        .or_else(|| {
+            RECENT
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&code)
+                .cloned()
+        })
+}
+
 /// The InitEx warning (else log) function, apart from `STATE` so that
 /// reporting an error never needs the state lock a caller may hold.
 pub(crate) static WARN: Mutex<Option<LogFunc>> = Mutex::new(None);
@@ -36,7 +75,7 @@ pub(crate) fn log_warn(msg: &str) {
 
 pub(crate) fn fail(code: VixError, msg: impl Into<String>) -> VixError {
     let msg = msg.into();
-    LAST.with(|l| *l.borrow_mut() = Some((code, msg.clone())));
+    remember(code, &msg);
     log_warn(&format!("VixDiskLib: {msg}"));
     code
 }
@@ -113,10 +152,7 @@ pub unsafe extern "C" fn VixDiskLib_GetErrorText(
 ) -> *mut c_char {
     let r = catch_unwind(|| {
         let code = err & 0xffff;
-        let detail = LAST
-            .with(|l| l.borrow().clone())
-            .filter(|(c, _)| *c == code)
-            .map(|(_, m)| m);
+        let detail = detail_of(code);
         let text = match detail {
             Some(d) => format!("{} ({d})", base_text(code)),
             None => base_text(code).to_string(),

@@ -588,3 +588,81 @@ fn nbdkit_python_plugin_serves_a_disk_to_nbdinfo_nbdcopy_and_qemu() {
     assert_eq!(&got[..3 << 20], &data[..]);
     assert!(got[5 << 20..(5 << 20) + 65536].iter().all(|&b| b == 0x11));
 }
+
+/// VMware's basic types (`uint64`, `uint32`, `uint8` …) come with the
+/// header alone, as VMware's header brings them, and are the same types
+/// as `<stdint.h>`'s.
+#[test]
+fn header_alone_gives_vmware_basic_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("basic_types");
+    for std in ["-std=c99", "-std=gnu11"] {
+        run(Command::new("gcc")
+            .args([std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+            .arg(Path::new(CRATE).join("include"))
+            .arg(Path::new(CRATE).join("tests/c/basic_types.c"))
+            .arg("-o")
+            .arg(&exe));
+        run(&mut Command::new(&exe));
+    }
+}
+
+/// Bareos's dumper calls `EndAccess` from an `atexit` handler; against a
+/// lone ESXi host it fails ("HostAgent is not a VirtualCenter"). The
+/// call returns its error code and the process exits normally, instead
+/// of aborting on the destroyed thread-local error text.
+#[test]
+fn end_access_failing_in_an_exit_handler_returns_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Esxi),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let out = run(Command::new(&built().vixtest).args(["atexit", &sim_spec(&sim, "nbdssl")]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("registered\n"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("endaccess "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!line.starts_with("endaccess 0 "), "{line}");
+    assert!(line.contains("VirtualCenter"), "{line}");
+}
+
+/// An async read that fails on a worker thread: the caller's
+/// `GetErrorText` on its own thread still has the detail.
+#[test]
+fn async_error_text_reaches_the_calling_thread() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "cut.vmdk", "monolithicFlat");
+    let flat = dir.path().join("cut-flat.vmdk");
+    assert!(flat.exists());
+    let mut child = Command::new(&built().vixtest)
+        .args(["asyncerr", s(&img)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "opened");
+    // The extent loses its second half: reads there fail in the worker.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&flat)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    let line = rest.iter().find(|l| l.starts_with("asyncerr ")).unwrap();
+    assert!(!line.starts_with("asyncerr 0 "), "{line}");
+    assert!(
+        line.contains("cut-flat.vmdk"),
+        "the detail names the file: {line}"
+    );
+}

@@ -18,6 +18,11 @@
  *   vixtest loop PATH N               open/read/close N times (valgrind)
  *   vixtest hold CONN                 open, say "held MODE", wait to be killed
  *   vixtest cleanup CONN              Cleanup, print "cleanup CLEANED REMAINING"
+ *   vixtest atexit CONN               EndAccess from an atexit handler (the
+ *                                     way Bareos's dumper calls it); prints
+ *                                     "endaccess CODE"; must exit 0
+ *   vixtest asyncerr PATH             a ReadAsync failing on a worker: the
+ *                                     caller's GetErrorText has the detail
  * VIXTEST_CONFIG, when set, is the InitEx configuration file.
  * CONN is "local:PATH" or
  *   "remote:HOST:PORT:THUMBPRINT:USER:PASSWORD:VM:TRANSPORTS:DISKPATH"
@@ -754,6 +759,71 @@ static int cmd_cleanup(const char *spec)
    return failures != 0;
 }
 
+/* ------------------------------------------------------- atexit, asyncerr */
+
+static VixDiskLibConnectParams *atexit_params;
+
+static void end_access_at_exit(void)
+{
+   VixError e = VixDiskLib_EndAccess(atexit_params, "vixtest");
+   char *t = VixDiskLib_GetErrorText(e, NULL);
+   printf("endaccess %" PRIu64 " %s\n", (uint64_t)VIX_ERROR_CODE(e), t ? t : "(null)");
+   VixDiskLib_FreeErrorText(t);
+   fflush(stdout);
+}
+
+static int cmd_atexit(const char *spec)
+{
+   init();
+   struct conn c;
+   connect_spec(&c, spec, TRUE);
+   /* Kept for the handler; the process ends with it still connected,
+      as the dumper's does. */
+   atexit_params = c.params;
+   /* An earlier error on this thread, as a real run has: its text lives
+      in thread-local storage that exit() destroys before the handler. */
+   EXPECT(VixDiskLib_Close(NULL), VIX_E_INVALID_HANDLE);
+   atexit(end_access_at_exit);
+   printf("registered\n");
+   return failures != 0;
+}
+
+static void count_done(void *data, VixError result)
+{
+   VixError *out = data;
+   *out = result;
+}
+
+static int cmd_asyncerr(const char *path)
+{
+   init();
+   char spec[4096];
+   snprintf(spec, sizeof spec, "local:%s", path);
+   struct conn c;
+   connect_spec(&c, spec, TRUE);
+   VixDiskLibHandle h = open_disk(&c, VIXDISKLIB_FLAG_OPEN_READ_ONLY);
+   uint64_t cap = capacity_of(h);
+   /* The Rust test cuts the data file after this line. */
+   printf("opened\n");
+   fflush(stdout);
+   char line[16];
+   if (!fgets(line, sizeof line, stdin))
+      return 1;
+   uint8_t *buf = malloc(cap * 512);
+   VixError result = VIX_OK;
+   EXPECT(VixDiskLib_ReadAsync(h, 0, cap, buf, count_done, &result), VIX_ASYNC);
+   EXPECT(VixDiskLib_Wait(h), VIX_OK);
+   CHECK(result != VIX_OK, "the read of a cut file succeeded");
+   char *t = VixDiskLib_GetErrorText(result, NULL);
+   printf("asyncerr %" PRIu64 " %s\n", (uint64_t)VIX_ERROR_CODE(result), t ? t : "(null)");
+   VixDiskLib_FreeErrorText(t);
+   free(buf);
+   VixDiskLib_Close(h);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 int main(int argc, char **argv)
 {
    setvbuf(stdout, NULL, _IOLBF, 0);
@@ -779,6 +849,10 @@ int main(int argc, char **argv)
       return cmd_hold(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "cleanup") == 0)
       return cmd_cleanup(argv[2]);
+   if (argc >= 3 && strcmp(argv[1], "atexit") == 0)
+      return cmd_atexit(argv[2]);
+   if (argc >= 3 && strcmp(argv[1], "asyncerr") == 0)
+      return cmd_asyncerr(argv[2]);
    fprintf(stderr, "usage: see the comment at the top of vixtest.c\n");
    return 2;
 }
