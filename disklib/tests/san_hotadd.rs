@@ -716,3 +716,37 @@ fn cleanup_finds_attaches_the_state_file_does_not_know() {
     assert_eq!(conn.cleanup().unwrap(), (1, 0));
     assert_eq!(e.proxy_disks(&c).len(), 1, "the proxy's own disk stays");
 }
+
+/// ESXi tracks every write to a disk, whoever makes it: what a restore
+/// writes over hotadd (written back at detach) or nbdssl is in the next
+/// `QueryChangedDiskAreas`, rounded out to whole tracking blocks.
+#[test]
+fn writes_over_hotadd_and_nbdssl_are_changes() {
+    let e = env();
+    let c = e.client();
+    let vm = MoRef::new("VirtualMachine", "vm-100");
+    let change_id = |snap: &MoRef| {
+        codec::virtual_disks(&c.property(snap, "config.hardware.device").unwrap().unwrap())
+            .unwrap()
+            .into_iter()
+            .find(|d| d.key == SPARSE)
+            .and_then(|d| d.change_id)
+            .unwrap()
+    };
+    let s0 = e.snapshot(&c);
+    let id0 = change_id(&s0);
+    e.remove_snapshot(&c, &s0).unwrap();
+    let lib = e.lib();
+    for (transport, offset) in [("hotadd", 3 * MIB + 100), ("nbdssl", 5 * MIB + 7)] {
+        let conn = Connection::connect(&lib, &e.params, false, None, Some(transport)).unwrap();
+        let d = conn.open(&e.path(SPARSE), OpenFlags::default()).unwrap();
+        assert_eq!(d.transport_mode(), transport);
+        d.write_at(offset, &pattern(1000, 5)).unwrap();
+        d.close().unwrap();
+    }
+    let s1 = e.snapshot(&c);
+    let areas = disklib::api::changed_areas(&c, &vm, Some(&s1), &e.path(SPARSE), &id0).unwrap();
+    let got: Vec<(u64, u64)> = areas.iter().map(|a| (a.start, a.len)).collect();
+    let block = vsphere_sim::DEFAULT_CBT_BLOCK;
+    assert_eq!(got, [(3 * MIB, block), (5 * MIB, block)]);
+}

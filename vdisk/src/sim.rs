@@ -31,6 +31,10 @@ pub(crate) enum SimCommand {
         /// Behave as a lone ESXi host instead of vCenter.
         #[arg(long)]
         esxi: bool,
+        /// Changed-block tracking granularity: `vm changes` reports areas
+        /// rounded out to whole blocks of this size, as ESXi does.
+        #[arg(long, default_value_t = vsphere_sim::DEFAULT_CBT_BLOCK, value_parser = crate::args::parse_size)]
+        cbt_block: u64,
     },
     /// Write into a VM's disk as its guest would (recorded by CBT).
     GuestWrite {
@@ -84,6 +88,7 @@ pub(crate) fn sim(cmd: SimCommand) -> Result<ExitCode, AnyError> {
             port,
             root,
             esxi,
+            cbt_block,
         } => {
             let mode = if esxi {
                 vsphere_sim::Mode::Esxi
@@ -138,7 +143,16 @@ pub(crate) fn sim(cmd: SimCommand) -> Result<ExitCode, AnyError> {
                 }
                 None => None,
             };
-            let sim = vsphere_sim::Simulator::start(inv, vsphere_sim::SimOptions::default(), port)?;
+            if cbt_block < 512 || !cbt_block.is_power_of_two() {
+                return Err(
+                    format!("--cbt-block {cbt_block}: a power of two, at least 512").into(),
+                );
+            }
+            let opts = vsphere_sim::SimOptions {
+                cbt_block,
+                ..vsphere_sim::SimOptions::default()
+            };
+            let sim = vsphere_sim::Simulator::start(inv, opts, port)?;
             let _nfc = sim.start_nfc(vsphere_sim::NfcOptions::default())?;
             // Whoever reads these may stop listening after them: a closed
             // stdout must not stop the server.

@@ -143,7 +143,9 @@ fn serve_list_snapshot_changes_and_errors() {
         ],
     ))
     .unwrap();
-    assert_eq!(ch, serde_json::json!([{"start": 1048576, "length": 10}]));
+    // Whole 64 KiB tracking blocks (the simulator's default), as ESXi
+    // reports them, not the 10 bytes written.
+    assert_eq!(ch, serde_json::json!([{"start": 1048576, "length": 65536}]));
     ok(&srv, &["vm", "snapshot", "remove", &snap]);
     ok(&srv, &["vm", "cbt", "disable", "--vm", "moref=vm-100"]);
     // One clear line and a non-zero exit for each of these.
@@ -426,4 +428,78 @@ fn backup_over_san_and_hotadd_from_the_cli() {
         "the guest's data came back"
     );
     ok(&srv, &["verify", "--from", s(&repo)]);
+}
+
+fn current_change_id(srv: &Server) -> String {
+    serde_json::from_str::<serde_json::Value>(&ok(
+        srv,
+        &["vm", "disks", "--vm", "moref=vm-100", "--json"],
+    ))
+    .unwrap()[0]["change_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn changes_since(srv: &Server, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(
+        srv,
+        &[
+            "vm",
+            "changes",
+            "--vm",
+            "moref=vm-100",
+            "--disk",
+            "2000",
+            "--change-id",
+            id,
+            "--json",
+        ],
+    ))
+    .unwrap()
+}
+
+/// Changed areas cover whole tracking blocks (`--cbt-block`), never an
+/// odd byte count a consumer cannot read in sectors; and a write that
+/// reaches the disk over NFC is a change like the guest's.
+#[test]
+fn changes_are_whole_blocks_and_include_writes_over_nfc() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &["--cbt-block", "4K"]);
+    let id = current_change_id(&srv);
+    guest_write(&srv, "2000", "31457380", "7", "1000");
+    assert_eq!(
+        changes_since(&srv, &id),
+        serde_json::json!([{"start": 31457280, "length": 4096}])
+    );
+    ok(
+        &srv,
+        &[
+            "write",
+            "--transport",
+            "nbdssl",
+            "--vm",
+            "moref=vm-100",
+            "[datastore1] demo-vm/demo-vm.vmdk",
+            "--offset",
+            "2097152",
+            "--pattern",
+            "0x33",
+            "--length",
+            "512",
+        ],
+    );
+    assert_eq!(
+        changes_since(&srv, &id),
+        serde_json::json!([
+            {"start": 2097152, "length": 4096},
+            {"start": 31457280, "length": 4096}
+        ])
+    );
+    let out = run(
+        &srv,
+        &["sim", "serve", "--demo", "--cbt-block", "1000"],
+        &[],
+    );
+    assert!(!out.status.success());
 }

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use inventory::{Inventory, Mode};
-pub use model::{NfcGrant, Shared, SimOptions};
+pub use model::{NfcGrant, Shared, SimOptions, DEFAULT_CBT_BLOCK};
 pub use nfc::{Faults, NfcOptions, NfcServer};
 pub use san::LunState;
 

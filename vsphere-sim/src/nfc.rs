@@ -616,6 +616,16 @@ impl Ctx {
                 let written = d.write_at(offset, &data);
                 // Whatever happened, cached blocks may be out of date.
                 self.shared.disks_changed();
+                // ESXi tracks every write to a disk, whoever makes it.
+                if let (Ok(()), Some(top)) = (&written, d.links().first()) {
+                    self.shared.record_change(
+                        &grant.vm,
+                        grant.disk_key,
+                        top.path(),
+                        offset,
+                        data.len(),
+                    );
+                }
                 match written {
                     Ok(()) => s.reply_written(out, op, handle),
                     Err(vmdk_file::Error::OutOfRange { .. }) => err(

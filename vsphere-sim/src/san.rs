@@ -417,14 +417,16 @@ pub(crate) fn attach_device(devices: &Path, disk: &Path, uuid: &str) -> Result<S
 }
 
 /// Removes a HotAdded device; with `write_back`, blocks the proxy changed
-/// go into the disk first.
+/// go into the disk first. Returns the `(offset, length)` areas written
+/// back (for CBT).
 pub(crate) fn detach_device(
     devices: &Path,
     name: &str,
     disk: &Path,
     write_back: bool,
-) -> Result<(), String> {
+) -> Result<Vec<(u64, u64)>, String> {
     let dev = devices.join("dev").join(name);
+    let mut changed = Vec::new();
     if write_back {
         let dst = LocalDisk::open(
             disk,
@@ -447,6 +449,22 @@ pub(crate) fn detach_device(
             if a[..n] != b[..n] {
                 dst.write_at(at, &a[..n])
                     .map_err(|e| err(disk.display(), e))?;
+                // The sectors that differ, in runs: what the proxy wrote.
+                let mut run: Option<(u64, u64)> = None;
+                for (i, (x, y)) in a[..n].chunks(512).zip(b[..n].chunks(512)).enumerate() {
+                    let sector = at + i as u64 * 512;
+                    match (x != y, run) {
+                        (true, Some((start, len))) if start + len == sector => {
+                            run = Some((start, len + x.len() as u64))
+                        }
+                        (true, _) => {
+                            changed.extend(run);
+                            run = Some((sector, x.len() as u64));
+                        }
+                        (false, _) => {}
+                    }
+                }
+                changed.extend(run);
             }
             at += n as u64;
         }
@@ -454,7 +472,7 @@ pub(crate) fn detach_device(
     }
     let _ = std::fs::remove_dir_all(devices.join("sys/block").join(name));
     let _ = std::fs::remove_file(dev);
-    Ok(())
+    Ok(changed)
 }
 
 /// For a disk type the simulator places on a LUN, whether it is thin;

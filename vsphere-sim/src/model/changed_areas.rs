@@ -80,7 +80,10 @@ impl Shared {
         };
         let end = (start.saturating_add(self.opts.qcda_page)).min(d.capacity);
         let window = ExtentList::from_sorted([Extent::from_bounds(start, end)]);
-        let areas = changed.clip(d.capacity).intersection(&window);
+        // Whole tracking blocks, as ESXi reports them (never past the
+        // disk's end, which is whole sectors).
+        let block = self.opts.cbt_block.max(512);
+        let areas = changed.align(block).clip(d.capacity).intersection(&window);
         let info = codec::DiskChangeInfo {
             start_offset: start,
             length: end - start,

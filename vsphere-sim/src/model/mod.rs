@@ -12,4 +12,4 @@ mod snapshots;
 mod state;
 
 pub use dispatch::Outcome;
-pub use state::{Fault, NfcGrant, Shared, SimOptions};
+pub use state::{Fault, NfcGrant, Shared, SimOptions, DEFAULT_CBT_BLOCK};

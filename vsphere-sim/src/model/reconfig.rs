@@ -143,10 +143,11 @@ impl Shared {
                         )
                     })?;
                     let d = &v.disks[pos];
+                    let mut written = Vec::new();
                     if let (Some(root), Some(name)) = (&self.inv.proxy_host, &d.device) {
                         // Changes the proxy made reach the disk before it
                         // is detached (never for a non-persistent attach).
-                        san::detach_device(
+                        written = san::detach_device(
                             root,
                             name,
                             d.running(),
@@ -154,7 +155,13 @@ impl Shared {
                         )
                         .map_err(|m| fault(FaultKind::Other("SystemError".into()), m))?;
                     }
+                    let file = d.running().to_path_buf();
                     v.disks.remove(pos);
+                    // What the proxy wrote is a change of the disk it
+                    // belongs to, as ESXi tracks it.
+                    for (offset, len) in written {
+                        st.record_change(&file, offset, len);
+                    }
                 }
                 other => {
                     return Err(fault(

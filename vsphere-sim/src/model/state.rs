@@ -38,6 +38,13 @@ impl Cbt {
     pub(super) fn change_id(&self, seq: u64) -> String {
         cbt::ChangeId::new(self.epoch, seq).to_string()
     }
+
+    /// A write of `len` bytes at `offset`, when tracking is on.
+    pub(super) fn record(&mut self, offset: u64, len: u64) {
+        if self.enabled && len > 0 {
+            self.log.push((self.current, Extent::new(offset, len)));
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +159,18 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// A write that reached `file` from outside the guest (a HotAdd
+    /// write-back): a change of every VM disk running on that file.
+    pub(super) fn record_change(&mut self, file: &Path, offset: u64, len: u64) {
+        for v in self.vms.values_mut() {
+            for d in &mut v.disks {
+                if same_file(d.running(), file) {
+                    d.cbt.record(offset, len);
+                }
+            }
+        }
+    }
+
     pub(super) fn id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         format!("{prefix}-{}", self.next_id)
@@ -178,6 +197,9 @@ pub(super) fn not_found(kind: &str, value: &str) -> Fault {
     fault(FaultKind::ManagedObjectNotFound(Some(MoRef::new(kind, value))), format!("The object '{kind}:{value}' has already been deleted or has not been completely created"))
 }
 
+/// [`SimOptions::cbt_block`] by default: 64 KiB.
+pub const DEFAULT_CBT_BLOCK: u64 = 64 << 10;
+
 /// Options of a simulator.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -185,6 +207,10 @@ pub struct SimOptions {
     pub qcda_page: u64,
     /// How long an NFC ticket stays valid unused.
     pub ticket_ttl: Duration,
+    /// The changed-block tracking granularity in bytes (a power of two,
+    /// at least 512): `QueryChangedDiskAreas` reports areas rounded out
+    /// to it, as ESXi reports whole tracking blocks.
+    pub cbt_block: u64,
 }
 
 impl Default for SimOptions {
@@ -192,6 +218,7 @@ impl Default for SimOptions {
         Self {
             qcda_page: 256 << 20,
             ticket_ttl: Duration::from_secs(60),
+            cbt_block: DEFAULT_CBT_BLOCK,
         }
     }
 }
@@ -480,13 +507,22 @@ impl Shared {
         disk.write_at(offset, data)
             .and_then(|()| disk.close())
             .map_err(|e| fault(FaultKind::Other("SystemError".into()), e.to_string()))?;
-        if d.cbt.enabled && !data.is_empty() {
-            let seq = d.cbt.current;
-            d.cbt
-                .log
-                .push((seq, Extent::new(offset, data.len() as u64)));
-        }
+        d.cbt.record(offset, data.len() as u64);
         Ok(())
+    }
+
+    /// Records a write that reached disk `key` of `vm` through `path`
+    /// (NFC, HotAdd write-back): a change for CBT when `path` is the
+    /// disk's running file, as ESXi tracks every write whoever makes it.
+    pub(crate) fn record_change(&self, vm: &str, key: i32, path: &Path, offset: u64, len: usize) {
+        let mut st = self.lock();
+        let Ok(v) = st.vm_mut(vm) else { return };
+        let Some(d) = v.disks.iter_mut().find(|d| d.key == key) else {
+            return;
+        };
+        if same_file(d.running(), path) {
+            d.cbt.record(offset, len as u64);
+        }
     }
 
     /// Validates and consumes an NFC ticket.
@@ -522,5 +558,14 @@ pub(super) struct ChangedOnDrop<'a>(pub(super) &'a Shared);
 impl Drop for ChangedOnDrop<'_> {
     fn drop(&mut self) {
         self.0.disks_changed();
+    }
+}
+
+/// Whether two paths name the same file (by identity, else by name).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
     }
 }
