@@ -33,6 +33,15 @@ pub enum Error {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The VM (at the snapshot, if one is given) has no disk with this
+    /// datastore path.
+    #[error("{path} is not a disk of {owner}")]
+    NotADisk {
+        /// The datastore path asked for.
+        path: String,
+        /// The VM or snapshot.
+        owner: String,
+    },
     /// A vSphere call failed.
     #[error(transparent)]
     Soap(#[from] vim_soap::Error),
@@ -52,6 +61,9 @@ pub enum Error {
         disk: String,
         /// What each transport said.
         tried: String,
+        /// The reason all of them failed for, when it was one reason
+        /// (its VixDiskLib code is this error's).
+        cause: Option<Box<Error>>,
     },
     /// The library is not initialised (or was exited).
     #[error("the library is not initialised")]
@@ -138,38 +150,26 @@ pub mod vix {
 impl Error {
     /// The VixDiskLib error code this error maps to.
     pub fn vix_code(&self) -> u64 {
-        use vim_soap::FaultKind as F;
         match self {
             Error::Io { source, .. } => io_vix_code(source),
             Error::File(e) => file_vix_code(e),
             Error::Unsupported { .. } => vix::E_NOT_SUPPORTED,
             Error::InvalidArgument(_) => vix::E_INVALID_ARG,
+            Error::NotADisk { .. } => vix::E_FILE_NOT_FOUND,
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
             Error::Repository { .. } | Error::Plan(_) | Error::Changes(_) => vix::E_FAIL,
-            Error::NoTransport { .. } => vix::E_NOT_SUPPORTED,
+            Error::NoTransport { cause, .. } => cause
+                .as_ref()
+                .map_or(vix::E_NOT_SUPPORTED, |c| c.vix_code()),
             Error::San(transport_san::Error::OutOfRange { .. })
             | Error::HotAdd(transport_hotadd::Error::Device(transport_san::Error::OutOfRange {
                 ..
             })) => vix::E_INVALID_ARG,
             Error::San(transport_san::Error::ReadOnly) => vix::E_FILE_READ_ONLY,
+            Error::HotAdd(transport_hotadd::Error::Soap(e)) => soap_vix_code(e),
             Error::San(_) | Error::HotAdd(_) => vix::E_FAIL,
-            Error::Soap(e) => match e.fault_kind() {
-                Some(F::InvalidLogin) | Some(F::NotAuthenticated) => vix::E_AUTHENTICATION_FAIL,
-                Some(F::ManagedObjectNotFound(_)) => vix::E_OBJECT_NOT_FOUND,
-                Some(F::NotSupported) => vix::E_NOT_SUPPORTED,
-                Some(F::FileNotFound(_)) => vix::E_FILE_NOT_FOUND,
-                Some(F::InvalidArgument(_)) => vix::E_INVALID_ARG,
-                Some(F::MethodAlreadyDisabled(_))
-                | Some(F::TaskInProgress)
-                | Some(F::InvalidState) => vix::E_OBJECT_IS_BUSY,
-                Some(_) => vix::E_FAIL,
-                None => match e {
-                    vim_soap::Error::Io { .. } => vix::E_CANNOT_CONNECT_TO_HOST,
-                    vim_soap::Error::ThumbprintMismatch { .. } => vix::E_AUTHENTICATION_FAIL,
-                    _ => vix::E_FAIL,
-                },
-            },
+            Error::Soap(e) => soap_vix_code(e),
             Error::Nbd(e) => match e {
                 transport_nbd::Error::ConnectionLost { .. } => vix::E_HOST_CONNECTION_LOST,
                 transport_nbd::Error::Timeout { .. } => vix::E_HOST_TCP_CONN_LOST,
@@ -178,9 +178,32 @@ impl Error {
                 | transport_nbd::Error::Refused(_) => vix::E_HOST_NETBLKDEV_HANDSHAKE,
                 transport_nbd::Error::Server { code, .. } => u64::from(*code),
                 transport_nbd::Error::InvalidArgument(_) => vix::E_INVALID_ARG,
+                transport_nbd::Error::NotADisk { .. } => vix::E_FILE_NOT_FOUND,
+                transport_nbd::Error::Soap(e) => soap_vix_code(e),
                 _ => vix::E_FAIL,
             },
         }
+    }
+}
+
+/// The VixDiskLib code of a vSphere call's failure.
+fn soap_vix_code(e: &vim_soap::Error) -> u64 {
+    use vim_soap::FaultKind as F;
+    match e.fault_kind() {
+        Some(F::InvalidLogin) | Some(F::NotAuthenticated) => vix::E_AUTHENTICATION_FAIL,
+        Some(F::ManagedObjectNotFound(_)) => vix::E_OBJECT_NOT_FOUND,
+        Some(F::NotSupported) => vix::E_NOT_SUPPORTED,
+        Some(F::FileNotFound(_)) => vix::E_FILE_NOT_FOUND,
+        Some(F::InvalidArgument(_)) => vix::E_INVALID_ARG,
+        Some(F::MethodAlreadyDisabled(_)) | Some(F::TaskInProgress) | Some(F::InvalidState) => {
+            vix::E_OBJECT_IS_BUSY
+        }
+        Some(_) => vix::E_FAIL,
+        None => match e {
+            vim_soap::Error::Io { .. } => vix::E_CANNOT_CONNECT_TO_HOST,
+            vim_soap::Error::ThumbprintMismatch { .. } => vix::E_AUTHENTICATION_FAIL,
+            _ => vix::E_FAIL,
+        },
     }
 }
 

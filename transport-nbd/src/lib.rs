@@ -94,6 +94,15 @@ pub enum Error {
     /// A request outside the disk, or another bad argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The VM (at the snapshot, if one is given) has no disk with this
+    /// datastore path.
+    #[error("{path} is not a disk of {owner}")]
+    NotADisk {
+        /// The datastore path asked for.
+        path: String,
+        /// The VM or snapshot.
+        owner: String,
+    },
 }
 
 /// Shorthand result.
@@ -499,9 +508,13 @@ pub fn open_vm_disk(
         .property(&owner, "config.hardware.device")?
         .ok_or_else(|| Error::InvalidArgument("the VM has no devices".into()))?;
     let disks = codec::virtual_disks(&val)?;
-    let disk = disks.iter().find(|d| d.file_name == path).ok_or_else(|| {
-        Error::InvalidArgument(format!("{path} is not a disk of {}", owner.value))
-    })?;
+    let disk = disks
+        .iter()
+        .find(|d| d.file_name == path)
+        .ok_or_else(|| Error::NotADisk {
+            path: path.to_string(),
+            owner: owner.value.clone(),
+        })?;
     let key = disk.key;
     let nfc = codec::parse_internal_content(&client.call(&codec::retrieve_internal_content())?)?
         .nfc_service;

@@ -666,3 +666,55 @@ fn async_error_text_reaches_the_calling_thread() {
         "the detail names the file: {line}"
     );
 }
+
+/// When every transport fails for the same reason, `Open` returns that
+/// reason's code: an unknown VM or a deleted snapshot is
+/// `VIX_E_OBJECT_NOT_FOUND`, a path that is not one of the VM's disks
+/// `VIX_E_FILE_NOT_FOUND` (not "no transport", `VIX_E_NOT_SUPPORTED`).
+#[test]
+fn open_errors_name_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Vcenter),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let _nfc = sim.start_nfc(NfcOptions::default()).unwrap();
+    let config = dir.path().join("vix.conf");
+    std::fs::write(
+        &config,
+        vsphere_sim::proxy_config(
+            &dir.path().join("proxy-host"),
+            &dir.path().join("hotadd.state"),
+        ),
+    )
+    .unwrap();
+    let code = |spec: &str, snapshot: Option<&str>| {
+        let mut c = Command::new(&built().vixtest);
+        c.args(["opencode", spec]).env("VIXTEST_CONFIG", &config);
+        if let Some(s) = snapshot {
+            c.env("VIXTEST_SNAPSHOT", s);
+        }
+        String::from_utf8(run(&mut c).stdout).unwrap()
+    };
+    let all = "san+hotadd+nbdssl+nbd";
+    assert_eq!(code(&sim_spec(&sim, all), None), "open 0\n");
+    let unknown_vm = sim_spec(&sim, all).replace("moref=vm-100", "moref=vm-999");
+    assert_eq!(code(&unknown_vm, None), "open 25\n", "unknown VM");
+    assert_eq!(
+        code(&sim_spec(&sim, all), Some("snapshot-999")),
+        "open 25\n",
+        "deleted snapshot"
+    );
+    let not_a_disk = sim_disk_spec(&sim, all, "demo-vm/nope.vmdk");
+    assert_eq!(
+        code(&not_a_disk, None),
+        "open 4\n",
+        "path not a disk of the VM"
+    );
+    assert_eq!(
+        code(&sim_disk_spec(&sim, "nbdssl", "demo-vm/nope.vmdk"), None),
+        "open 4\n"
+    );
+}

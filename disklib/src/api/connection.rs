@@ -221,7 +221,6 @@ impl Connection {
             };
             return Ok(Disk::new(Backend::Local(d), TransportMode::File, None));
         };
-        let mut tried = Vec::new();
         let remote = || {
             Some((
                 Arc::clone(&r.client),
@@ -231,6 +230,7 @@ impl Connection {
             ))
         };
         let streams = self.lib.config.streams();
+        let mut failed: Vec<(TransportMode, Error)> = Vec::new();
         for &mode in &self.transports {
             let ssl = match mode {
                 TransportMode::NbdSsl => true,
@@ -242,7 +242,7 @@ impl Connection {
                             disk.meta = Some(meta);
                             return Ok(disk);
                         }
-                        Err(e) => tried.push(format!("san: {e}")),
+                        Err(e) => failed.push((mode, e)),
                     }
                     continue;
                 }
@@ -260,12 +260,12 @@ impl Connection {
                             disk.meta = Some(meta);
                             return Ok(disk);
                         }
-                        Err(e) => tried.push(format!("hotadd: {e}")),
+                        Err(e) => failed.push((mode, e.into())),
                     }
                     continue;
                 }
                 TransportMode::File => {
-                    tried.push("file: only for local disks".into());
+                    failed.push((mode, Error::InvalidArgument("only for local disks".into())));
                     continue;
                 }
             };
@@ -281,13 +281,10 @@ impl Connection {
             ) {
                 Ok(d) => return Ok(Disk::new(Backend::Nbd(d), mode, remote())),
                 Err(e @ transport_nbd::Error::InvalidArgument(_)) => return Err(e.into()),
-                Err(e) => tried.push(format!("{}: {e}", mode.as_str())),
+                Err(e) => failed.push((mode, e.into())),
             }
         }
-        Err(Error::NoTransport {
-            disk: path.into(),
-            tried: tried.join("; "),
-        })
+        Err(no_transport(path, failed))
     }
 
     /// The san transport: the disk's block map from the configured
@@ -409,7 +406,10 @@ pub fn disk_info(
     codec::virtual_disks(&val)?
         .into_iter()
         .find(|d| d.file_name == path)
-        .ok_or_else(|| Error::InvalidArgument(format!("{path} is not a disk of {}", owner.value)))
+        .ok_or_else(|| Error::NotADisk {
+            path: path.to_string(),
+            owner: owner.value.clone(),
+        })
 }
 
 /// `QueryChangedDiskAreas`, every page, assembled and checked.
@@ -484,5 +484,36 @@ impl SimulatorBlockMaps<'_> {
             redo_log: m.redo_log,
             thin: m.thin,
         })
+    }
+}
+
+/// Every transport of the list failed. When they failed for the same
+/// reason (a VM or snapshot that does not exist, a path that is not one
+/// of its disks), that reason is the cause, and its VixDiskLib code the
+/// error's; transports that only declined the disk (a san LUN not
+/// visible, a disk HotAdd cannot take) do not hide it.
+fn no_transport(path: &str, failed: Vec<(TransportMode, Error)>) -> Error {
+    let tried = failed
+        .iter()
+        .map(|(m, e)| format!("{}: {e}", m.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let declined = |e: &Error| {
+        matches!(
+            e,
+            Error::San(transport_san::Error::Declined(_) | transport_san::Error::NotVisible { .. })
+                | Error::HotAdd(transport_hotadd::Error::Declined(_))
+                | Error::InvalidArgument(_)
+        )
+    };
+    let mut reasons = failed.into_iter().map(|(_, e)| e).filter(|e| !declined(e));
+    let cause = reasons.next().filter(|first| {
+        let code = first.vix_code();
+        reasons.all(|e| e.vix_code() == code)
+    });
+    Error::NoTransport {
+        disk: path.into(),
+        tried,
+        cause: cause.map(Box::new),
     }
 }

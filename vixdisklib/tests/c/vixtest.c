@@ -21,9 +21,11 @@
  *   vixtest atexit CONN               EndAccess from an atexit handler (the
  *                                     way Bareos's dumper calls it); prints
  *                                     "endaccess CODE"; must exit 0
+ *   vixtest opencode CONN             Open; print "open CODE"
  *   vixtest asyncerr PATH             a ReadAsync failing on a worker: the
  *                                     caller's GetErrorText has the detail
- * VIXTEST_CONFIG, when set, is the InitEx configuration file.
+ * VIXTEST_CONFIG, when set, is the InitEx configuration file;
+ * VIXTEST_SNAPSHOT, the snapshotRef given to ConnectEx.
  * CONN is "local:PATH" or
  *   "remote:HOST:PORT:THUMBPRINT:USER:PASSWORD:VM:TRANSPORTS:DISKPATH"
  * with ',' in place of ':' inside the thumbprint and '+' in place of ':'
@@ -175,7 +177,8 @@ static void connect_spec(struct conn *c, const char *spec_in, Bool read_only)
       c->params->specType = VIXDISKLIB_SPEC_VMX;
    }
    c->spec = spec;
-   VixError e = VixDiskLib_ConnectEx(c->params, read_only, NULL, c->transports,
+   VixError e = VixDiskLib_ConnectEx(c->params, read_only,
+                                     getenv("VIXTEST_SNAPSHOT"), c->transports,
                                      &c->conn);
    if (e != VIX_OK)
       die("ConnectEx", e);
@@ -824,6 +827,21 @@ static int cmd_asyncerr(const char *path)
    return failures != 0;
 }
 
+static int cmd_opencode(const char *spec)
+{
+   init();
+   struct conn c;
+   connect_spec(&c, spec, TRUE);
+   VixDiskLibHandle h = NULL;
+   VixError e = VixDiskLib_Open(c.conn, c.path, VIXDISKLIB_FLAG_OPEN_READ_ONLY, &h);
+   printf("open %" PRIu64 "\n", (uint64_t)VIX_ERROR_CODE(e));
+   if (e == VIX_OK)
+      VixDiskLib_Close(h);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 int main(int argc, char **argv)
 {
    setvbuf(stdout, NULL, _IOLBF, 0);
@@ -851,6 +869,8 @@ int main(int argc, char **argv)
       return cmd_cleanup(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "atexit") == 0)
       return cmd_atexit(argv[2]);
+   if (argc >= 3 && strcmp(argv[1], "opencode") == 0)
+      return cmd_opencode(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "asyncerr") == 0)
       return cmd_asyncerr(argv[2]);
    fprintf(stderr, "usage: see the comment at the top of vixtest.c\n");
