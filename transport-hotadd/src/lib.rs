@@ -189,6 +189,10 @@ pub fn parse_state(bytes: &[u8]) -> Vec<Record> {
 
 /// Reads the attaches recorded in a state file.
 pub fn recorded(state_file: &Path) -> Result<Vec<Record>> {
+    // Reading makes nothing: the file exists from the first attach on.
+    if !state_file.exists() {
+        return Ok(Vec::new());
+    }
     with_state(state_file, |r| r.clone())
 }
 

@@ -112,8 +112,13 @@ typedef enum {
    VIXDISKLIB_DISK_SPLIT_SPARSE = 3,
    VIXDISKLIB_DISK_SPLIT_FLAT = 4,
    VIXDISKLIB_DISK_VMFS_FLAT = 5,
+   /* Created empty; opens read-only only (VIX_E_FILE_READ_ONLY for
+      writing: grains are compressed in sequence), so it is filled by
+      VixDiskLib_Clone. */
    VIXDISKLIB_DISK_STREAM_OPTIMIZED = 6,
    VIXDISKLIB_DISK_VMFS_THIN = 7,
+   /* A COWD redo log: ESXi makes these for snapshots; VixDiskLib_Create
+      returns VIX_E_NOT_SUPPORTED for it. */
    VIXDISKLIB_DISK_VMFS_SPARSE = 8,
    VIXDISKLIB_DISK_UNKNOWN = 256
 } VixDiskLibDiskType;

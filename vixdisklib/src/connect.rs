@@ -8,7 +8,7 @@ use std::sync::Arc;
 use disklib::api::{ConnectParams, Connection, Credentials};
 use disklib::vix;
 
-use crate::errors::{fail, from_err, guard, tryv};
+use crate::errors::{fail, from_err, guard, log_info, tryv};
 use crate::registry::{
     conn_of, cstr, free_owned_str, give_str, lib, new_id, owned, state, ConnEntry, OwnedParams,
 };
@@ -115,6 +115,10 @@ pub unsafe extern "C" fn VixDiskLib_ConnectEx(
             Ok(c) => c,
             Err(e) => return from_err(e),
         };
+        log_info(&match &p.server {
+            Some(server) => format!("connected to {server}"),
+            None => "connected to local disks".to_string(),
+        });
         let id = new_id();
         if let Some(g) = state().as_mut() {
             g.conns.insert(

@@ -10,7 +10,7 @@ use disklib::vix;
 use disklib::Error;
 use vmdk_format::create::AdapterType;
 
-use crate::errors::{fail, from_err, guard, tryv};
+use crate::errors::{fail, from_err, guard, log_info, tryv};
 use crate::registry::{
     conn_of, cstr, disk_of, free_owned_str, give_str, local_conn, new_id, owned, state, wait_disk,
     ConnEntry, DiskEntry,
@@ -65,11 +65,15 @@ fn create_options_with(
     }
     // SAFETY: a valid VixDiskLibCreateParams.
     let p = unsafe { *p };
-    let t = disk_type(p.disk_type).ok_or_else(|| {
-        fail(
-            vix::E_INVALID_ARG,
-            format!("unknown disk type {}", p.disk_type),
-        )
+    const VMFS_SPARSE: u32 = 8;
+    let t = disk_type(p.disk_type).ok_or_else(|| match p.disk_type {
+        // A real type, but what ESXi makes for snapshot redo logs (the
+        // COWD format); a disk is never created as one.
+        VMFS_SPARSE => fail(
+            vix::E_NOT_SUPPORTED,
+            "VIXDISKLIB_DISK_VMFS_SPARSE (a COWD redo log, made by ESXi for snapshots) cannot be created; use VMFS_THIN or MONOLITHIC_SPARSE for a sparse disk",
+        ),
+        other => fail(vix::E_INVALID_ARG, format!("unknown disk type {other}")),
     })?;
     let cap = if need_capacity {
         if p.capacity == 0 {
@@ -140,6 +144,11 @@ pub unsafe extern "C" fn VixDiskLib_Open(
             Ok(d) => d,
             Err(e) => return from_err(e),
         };
+        log_info(&format!(
+            "opened {path} using transport {}{}",
+            disk.transport_mode(),
+            if f.read_only { " (read-only)" } else { "" }
+        ));
         let id = new_id();
         let entry = DiskEntry {
             disk: RwLock::new(Some(disk)),
@@ -171,6 +180,7 @@ pub extern "C" fn VixDiskLib_Close(handle: usize) -> VixError {
         wait_disk(&d);
         d.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
         let disk = d.disk.write().unwrap_or_else(|p| p.into_inner()).take();
+        log_info(&format!("closing {}", d.path));
         match disk.map(Disk::close) {
             Some(Err(e)) => from_err(e),
             _ => vix::OK,

@@ -63,9 +63,11 @@ fn detail_of(code: VixError) -> Option<String> {
 /// The InitEx warning (else log) function, apart from `STATE` so that
 /// reporting an error never needs the state lock a caller may hold.
 pub(crate) static WARN: Mutex<Option<LogFunc>> = Mutex::new(None);
+/// The InitEx log function: the library's informational messages.
+pub(crate) static LOG: Mutex<Option<LogFunc>> = Mutex::new(None);
 
-pub(crate) fn log_warn(msg: &str) {
-    let f = *WARN.lock().unwrap_or_else(|p| p.into_inner());
+fn log_to(to: &Mutex<Option<LogFunc>>, msg: &str) {
+    let f = *to.lock().unwrap_or_else(|p| p.into_inner());
     if let (Some(f), Ok(c)) = (f, CString::new(msg.replace('\0', " "))) {
         // SAFETY: `f` was given to InitEx as a VixDiskLib log function;
         // the shim builds the va_list it expects.
@@ -73,10 +75,28 @@ pub(crate) fn log_warn(msg: &str) {
     }
 }
 
+pub(crate) fn log_warn(msg: &str) {
+    log_to(&WARN, msg);
+}
+
+/// An informational message to the InitEx log function (what VDDK logs
+/// at its default level: initialisation, connections, opens, closes).
+pub(crate) fn log_info(msg: &str) {
+    log_to(&LOG, &format!("VixDiskLib: {msg}\n"));
+}
+
 pub(crate) fn fail(code: VixError, msg: impl Into<String>) -> VixError {
     let msg = msg.into();
     remember(code, &msg);
     log_warn(&format!("VixDiskLib: {msg}"));
+    code
+}
+
+/// An error the caller expects, such as the `BUFFER_TOOSMALL` of a
+/// length-only query (a NULL buffer): recorded for `GetErrorText`,
+/// not reported to the warning function.
+pub(crate) fn fail_quiet(code: VixError, msg: impl Into<String>) -> VixError {
+    remember(code, &msg.into());
     code
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use disklib::api::{Config, Library};
 use disklib::vix;
 
-use crate::errors::{fail, from_err, guard, log_warn, WARN};
+use crate::errors::{fail, from_err, guard, log_info, log_warn, LOG, WARN};
 use crate::registry::{cstr, state, wait_disk, Global};
 use crate::types::{LogFunc, VixError};
 
@@ -28,6 +28,7 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
             return fail(vix::E_INVALID_ARG, "unsupported API version");
         }
         *WARN.lock().unwrap_or_else(|p| p.into_inner()) = warn.or(log);
+        *LOG.lock().unwrap_or_else(|p| p.into_inner()) = log;
         // SAFETY: a C string or NULL.
         let config = match unsafe { cstr(config_file) } {
             Some(p) if !p.is_empty() => match Config::load(Path::new(&p)) {
@@ -44,6 +45,10 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
             disks: HashMap::new(),
         });
         drop(st);
+        log_info(&format!(
+            "vddk-rs {} initialised (API {major})",
+            env!("CARGO_PKG_VERSION")
+        ));
         for k in unknown {
             log_warn(&format!(
                 "VixDiskLib: unknown configuration key `{k}` ignored"
@@ -76,6 +81,7 @@ pub extern "C" fn VixDiskLib_Exit() {
             }
         }
         *WARN.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *LOG.lock().unwrap_or_else(|p| p.into_inner()) = None;
     });
 }
 

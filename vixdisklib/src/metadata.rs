@@ -4,7 +4,7 @@ use std::ffi::c_char;
 
 use disklib::vix;
 
-use crate::errors::{fail, from_err, guard, tryv};
+use crate::errors::{fail, fail_quiet, from_err, guard, tryv};
 use crate::registry::{cstr, disk_of};
 use crate::types::VixError;
 
@@ -26,7 +26,11 @@ unsafe fn copy_out(s: &[u8], buf: *mut c_char, len: usize, required: *mut usize)
             *required = s.len();
         }
     }
-    if buf.is_null() || len < s.len() {
+    if buf.is_null() {
+        // A length query: the answer is in `required`, nothing is wrong.
+        return fail_quiet(vix::E_BUFFER_TOOSMALL, format!("{} bytes needed", s.len()));
+    }
+    if len < s.len() {
         return fail(vix::E_BUFFER_TOOSMALL, format!("{} bytes needed", s.len()));
     }
     // SAFETY: the caller's buffer holds `len` bytes.

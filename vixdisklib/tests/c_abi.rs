@@ -718,3 +718,66 @@ fn open_errors_name_the_cause() {
         "open 4\n"
     );
 }
+
+/// The InitEx log function gets the library's informational messages
+/// (initialisation, connections, opens and closes); a length-only query
+/// (NULL buffer) is not a warning.
+#[test]
+fn log_gets_information_and_length_queries_do_not_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "l.vmdk", "monolithicSparse");
+    let out = run(Command::new(&built().vixtest).args(["lengths", s(&img)]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lengths ok\n");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("vixinfo: VixDiskLib: vddk-rs "), "{err}");
+    assert!(
+        err.contains("vixinfo: VixDiskLib: connected to local disks"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "vixinfo: VixDiskLib: opened {} using transport file (read-only)",
+            s(&img)
+        )),
+        "{err}"
+    );
+    assert!(err.contains("vixinfo: VixDiskLib: closing "), "{err}");
+    assert!(!err.contains("vixlog:"), "a length query warned: {err}");
+}
+
+/// Without a configuration file, nothing is written for HotAdd until a
+/// HotAdd attach happens: a `Cleanup` with nothing to clean leaves
+/// `$TMPDIR` empty.
+#[test]
+fn no_hotadd_state_file_until_an_attach() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Vcenter),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = run(Command::new(&built().vixtest)
+        .args(["cleanup", &sim_spec(&sim, "nbdssl")])
+        .env("TMPDIR", &tmp)
+        .env_remove("VIXTEST_CONFIG"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cleanup 0 0\n");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `VIXDISKLIB_DISK_VMFS_SPARSE` is a known type that cannot be created
+/// (`VIX_E_NOT_SUPPORTED`, not "unknown disk type"); a stream-optimized
+/// disk is created empty and opens read-only only (`VIX_E_FILE_READ_ONLY`
+/// for writing: its grains are compressed in sequence, so it is filled
+/// by Clone, as VDDK's are).
+#[test]
+fn create_types_vmfs_sparse_and_stream_optimized() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(vixtest(&["createtypes", s(dir.path())]), "createtypes ok\n");
+}

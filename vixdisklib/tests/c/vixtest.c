@@ -22,6 +22,9 @@
  *                                     way Bareos's dumper calls it); prints
  *                                     "endaccess CODE"; must exit 0
  *   vixtest opencode CONN             Open; print "open CODE"
+ *   vixtest lengths PATH              length-only metadata queries
+ *   vixtest createtypes DIR           what Create and Open do with the
+ *                                     VMFS sparse and stream-optimized types
  *   vixtest asyncerr PATH             a ReadAsync failing on a worker: the
  *                                     caller's GetErrorText has the detail
  * VIXTEST_CONFIG, when set, is the InitEx configuration file;
@@ -109,6 +112,12 @@ static void log_fn(const char *fmt, va_list args)
    vfprintf(stderr, fmt, args);
 }
 
+static void info_fn(const char *fmt, va_list args)
+{
+   fprintf(stderr, "vixinfo: ");
+   vfprintf(stderr, fmt, args);
+}
+
 static void die(const char *what, VixError e)
 {
    fprintf(stderr, "FATAL %s: %" PRIu64 " %s\n", what, e, text(e));
@@ -117,7 +126,7 @@ static void die(const char *what, VixError e)
 
 static void init(void)
 {
-   VixError e = VixDiskLib_InitEx(6, 5, log_fn, log_fn, log_fn, NULL,
+   VixError e = VixDiskLib_InitEx(6, 5, info_fn, log_fn, log_fn, NULL,
                                   getenv("VIXTEST_CONFIG"));
    if (e != VIX_OK)
       die("InitEx", e);
@@ -827,6 +836,60 @@ static int cmd_asyncerr(const char *path)
    return failures != 0;
 }
 
+static int cmd_lengths(const char *path)
+{
+   init();
+   char spec[4096];
+   snprintf(spec, sizeof spec, "local:%s", path);
+   struct conn c;
+   connect_spec(&c, spec, TRUE);
+   VixDiskLibHandle h = open_disk(&c, VIXDISKLIB_FLAG_OPEN_READ_ONLY);
+   size_t need = 0;
+   EXPECT(VixDiskLib_GetMetadataKeys(h, NULL, 0, &need), VIX_E_BUFFER_TOOSMALL);
+   CHECK(need > 1, "keys length %zu", need);
+   need = 0;
+   EXPECT(VixDiskLib_ReadMetadata(h, "adapterType", NULL, 0, &need), VIX_E_BUFFER_TOOSMALL);
+   CHECK(need > 1, "value length %zu", need);
+   printf("lengths ok\n");
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
+static int cmd_createtypes(const char *dir)
+{
+   init();
+   char path[4096], spec[4200];
+   snprintf(path, sizeof path, "%s/t.vmdk", dir);
+   snprintf(spec, sizeof spec, "local:%s", path);
+   struct conn c;
+   connect_spec(&c, spec, FALSE);
+   VixDiskLibCreateParams cp;
+   memset(&cp, 0, sizeof cp);
+   cp.adapterType = VIXDISKLIB_ADAPTER_SCSI_LSILOGIC;
+   cp.hwVersion = VIXDISKLIB_HWVERSION_ESX65;
+   cp.capacity = 2048;
+   cp.logicalSectorSize = 512;
+   cp.physicalSectorSize = 512;
+   /* A redo log is never created as a disk: not supported, not "unknown". */
+   cp.diskType = VIXDISKLIB_DISK_VMFS_SPARSE;
+   EXPECT(VixDiskLib_Create(c.conn, path, &cp, NULL, NULL), VIX_E_NOT_SUPPORTED);
+   cp.diskType = (VixDiskLibDiskType)99;
+   EXPECT(VixDiskLib_Create(c.conn, path, &cp, NULL, NULL), VIX_E_INVALID_ARG);
+   /* Stream-optimized: made empty, read-only in place (fill it by Clone). */
+   cp.diskType = VIXDISKLIB_DISK_STREAM_OPTIMIZED;
+   EXPECT(VixDiskLib_Create(c.conn, path, &cp, NULL, NULL), VIX_OK);
+   VixDiskLibHandle h = NULL;
+   EXPECT(VixDiskLib_Open(c.conn, path, 0, &h), VIX_E_FILE_READ_ONLY);
+   EXPECT(VixDiskLib_Open(c.conn, path, VIXDISKLIB_FLAG_OPEN_READ_ONLY, &h), VIX_OK);
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   printf("createtypes ok\n");
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 static int cmd_opencode(const char *spec)
 {
    init();
@@ -869,6 +932,10 @@ int main(int argc, char **argv)
       return cmd_cleanup(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "atexit") == 0)
       return cmd_atexit(argv[2]);
+   if (argc >= 3 && strcmp(argv[1], "createtypes") == 0)
+      return cmd_createtypes(argv[2]);
+   if (argc >= 3 && strcmp(argv[1], "lengths") == 0)
+      return cmd_lengths(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "opencode") == 0)
       return cmd_opencode(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "asyncerr") == 0)
