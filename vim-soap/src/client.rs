@@ -446,8 +446,69 @@ impl Client {
 
     /// Sends a request; returns the `…Response` element or the fault.
     pub fn call(&self, req: &Request) -> Result<Element> {
+        let head = format!(
+            "POST /sdk HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: \"{}\"\r\nContent-Length: {}\r\n",
+            self.cfg.server,
+            req.soap_action,
+            req.body.len()
+        );
+        let (status, body) = self.roundtrip(
+            &head,
+            req.body.as_bytes(),
+            &format!("sending {}", req.method),
+        )?;
+        match status {
+            200 | 500 => codec::parse_response(&body),
+            s => Err(Error::Http {
+                status: s,
+                reason: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+
+    /// `GET` of a datastore file through vSphere's HTTP file access
+    /// (`/folder/PATH?dcPath=DC&dsName=DS`, see [`codec::datastore_file_url`]),
+    /// optionally only the bytes `range` (`start..end`).
+    pub fn get_file(&self, url: &str, range: Option<std::ops::Range<u64>>) -> Result<Vec<u8>> {
+        let range = match range {
+            Some(r) if r.end > r.start => format!("Range: bytes={}-{}\r\n", r.start, r.end - 1),
+            _ => String::new(),
+        };
+        let head = format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\n{range}Content-Length: 0\r\n",
+            self.cfg.server
+        );
+        match self.roundtrip(&head, &[], "reading a datastore file")? {
+            (200 | 206, body) => Ok(body),
+            (status, body) => Err(Error::Http {
+                status,
+                reason: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+
+    /// `PUT` of a whole datastore file through vSphere's HTTP file
+    /// access (replaces it).
+    pub fn put_file(&self, url: &str, bytes: &[u8]) -> Result<()> {
+        let head = format!(
+            "PUT {url} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+            self.cfg.server,
+            bytes.len()
+        );
+        match self.roundtrip(&head, bytes, "writing a datastore file")? {
+            (200 | 201 | 204, _) => Ok(()),
+            (status, body) => Err(Error::Http {
+                status,
+                reason: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+
+    /// One request on the kept-alive connection (`head` without the
+    /// cookie and the blank line), with one retry on a fresh connection
+    /// when the kept-alive one died.
+    fn roundtrip(&self, head: &str, body: &[u8], context: &str) -> Result<(u16, Vec<u8>)> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        // One retry on a fresh connection when the kept-alive one died.
         for attempt in 0..2 {
             if guard.is_none() {
                 *guard = Some(connect_tls(
@@ -458,19 +519,12 @@ impl Client {
                 )?);
             }
             let tls = guard.as_mut().expect("connected above");
-            match self.exchange(tls, req) {
+            match self.exchange(tls, head, body, context) {
                 Ok((status, cookie, body)) => {
                     if let Some(c) = cookie {
                         self.set_cookie(Secret::new(c));
                     }
-                    return match status {
-                        200 | 500 => codec::parse_response(&body),
-                        s => Err(Error::Http {
-                            status: s,
-                            reason: String::from_utf8_lossy(&body[..body.len().min(200)])
-                                .into_owned(),
-                        }),
-                    };
+                    return Ok((status, body));
                 }
                 Err(Error::Io { .. }) if attempt == 0 => {
                     *guard = None;
@@ -485,23 +539,24 @@ impl Client {
         Err(Error::Malformed("unreachable retry loop".into()))
     }
 
-    fn exchange(&self, tls: &mut Tls, req: &Request) -> Result<(u16, Option<String>, Vec<u8>)> {
+    fn exchange(
+        &self,
+        tls: &mut Tls,
+        head: &str,
+        body: &[u8],
+        context: &str,
+    ) -> Result<(u16, Option<String>, Vec<u8>)> {
         let cookie = self
             .cookie()
             .map(|c| format!("Cookie: vmware_soap_session=\"{}\"\r\n", c.expose()))
             .unwrap_or_default();
-        let head = format!(
-            "POST /sdk HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: \"{}\"\r\nContent-Length: {}\r\n{cookie}Connection: keep-alive\r\n\r\n",
-            self.cfg.server,
-            req.soap_action,
-            req.body.len()
-        );
+        let head = format!("{head}{cookie}Connection: keep-alive\r\n\r\n");
         let io = |source| Error::Io {
-            context: format!("sending {}", req.method),
+            context: context.to_string(),
             source,
         };
         tls.write_all(head.as_bytes()).map_err(io)?;
-        tls.write_all(req.body.as_bytes()).map_err(io)?;
+        tls.write_all(body).map_err(io)?;
         tls.flush().map_err(io)?;
         let mut r = BufReader::new(tls);
         read_response(&mut r)

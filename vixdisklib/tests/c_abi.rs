@@ -781,3 +781,74 @@ fn create_types_vmfs_sparse_and_stream_optimized() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(vixtest(&["createtypes", s(dir.path())]), "createtypes ok\n");
 }
+
+/// What Bareos's plugin does with every backup and restore, over every
+/// remote transport: list the DDB keys (the `NULL, 0, &len` size query,
+/// then the keys), read `GetInfo` (the disk's own geometry and adapter,
+/// the same whatever the transport), write a key, and read it back
+/// through a new handle. A monolithic sparse disk lists its keys but its
+/// descriptor cannot be replaced over the network.
+#[test]
+fn metadata_and_info_over_every_remote_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Vcenter),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let _nfc = sim.start_nfc(NfcOptions::default()).unwrap();
+    let config = dir.path().join("vix.conf");
+    std::fs::write(
+        &config,
+        vsphere_sim::proxy_config(
+            &dir.path().join("proxy-host"),
+            &dir.path().join("hotadd.state"),
+        ),
+    )
+    .unwrap();
+    let meta = |spec: &str, key: &str, value: &str| {
+        let out = run(Command::new(&built().vixtest)
+            .args(["meta", spec, key, value])
+            .env("VIXTEST_CONFIG", &config));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = |text: &str, prefix: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {text}"))
+            .to_string()
+    };
+    let mut infos = Vec::new();
+    for t in ["nbdssl", "san", "hotadd", "nbd"] {
+        let spec = sim_disk_spec(&sim, t, "demo-vm/demo-vm_1.vmdk");
+        let value = format!("set over {t}");
+        let text = meta(&spec, "bareos.test", &value);
+        let keys = line(&text, "keys ");
+        for k in [
+            "adapterType",
+            "geometry.cylinders",
+            "geometry.heads",
+            "geometry.sectors",
+        ] {
+            assert!(keys.split(' ').any(|x| x == k), "{t}: {keys}");
+        }
+        assert!(!keys.contains("ddb."), "keys without the prefix: {keys}");
+        assert_eq!(line(&text, "write "), "write 0", "{t}: {text}");
+        assert_eq!(
+            line(&text, "readback "),
+            format!("readback 0 {value}"),
+            "{t}"
+        );
+        infos.push((t, line(&text, "info ")));
+    }
+    for (t, info) in &infos {
+        assert_eq!(info, &infos[0].1, "GetInfo over {t} differs from nbdssl");
+    }
+    assert!(infos[0].1.contains("adapter 3"), "{:?}", infos[0]);
+    // The thin sparse disk: its keys list, but its embedded descriptor
+    // is not replaced over the network.
+    let text = meta(&sim_spec(&sim, "nbdssl"), "bareos.test", "x");
+    assert!(line(&text, "keys ").contains(" adapterType"), "{text}");
+    assert_eq!(line(&text, "write "), "write 6", "{text}");
+}

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod files;
 pub mod inventory;
 pub mod model;
 pub mod nfc;

@@ -1,4 +1,5 @@
-//! The HTTPS side: TLS, HTTP/1.1 keep-alive, `POST /sdk`.
+//! The HTTPS side: TLS, HTTP/1.1 keep-alive, `POST /sdk`, and datastore
+//! files at `/folder` (see `files`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -63,13 +64,38 @@ fn serve(tcp: TcpStream, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> std::io
     let conn = ServerConnection::new(cfg).map_err(std::io::Error::other)?;
     let mut tls = StreamOwned::new(conn, tcp);
     loop {
-        let (cookie, body) = {
+        let req = {
             let mut r = BufReader::new(&mut tls);
             match read_request(&mut r)? {
                 Some(x) => x,
                 None => return Ok(()),
             }
         };
+        if req.target.starts_with("/folder/") {
+            let (status, headers, out) = shared.datastore_file(
+                req.cookie.as_deref(),
+                &req.method,
+                &req.target,
+                req.range.as_deref(),
+                &req.body,
+            );
+            let head = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{headers}Connection: keep-alive\r\n\r\n",
+                reason(status),
+                out.len()
+            );
+            tls.write_all(head.as_bytes())?;
+            tls.write_all(&out)?;
+            tls.flush()?;
+            continue;
+        }
+        if req.method != "POST" || req.target != "/sdk" {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "only POST /sdk and /folder are served",
+            ));
+        }
+        let (cookie, body) = (req.cookie, req.body);
         let (status, set_cookie, out) = match codec::parse_request(&body) {
             Ok((method, el)) => match shared.handle(cookie.as_deref(), &method, &el) {
                 Ok(o) => (200, o.cookie, codec::response_envelope(&method, &o.body)),
@@ -91,7 +117,7 @@ fn serve(tcp: TcpStream, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> std::io
             .unwrap_or_default();
         let head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n{cookie_line}Connection: keep-alive\r\n\r\n",
-            if status == 200 { "OK" } else { "Internal Server Error" },
+            reason(status),
             out.len()
         );
         tls.write_all(head.as_bytes())?;
@@ -100,18 +126,50 @@ fn serve(tcp: TcpStream, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> std::io
     }
 }
 
-/// Reads one request: the session cookie and the body. `None` at a clean end.
-fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<(Option<String>, Vec<u8>)>> {
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        416 => "Range Not Satisfiable",
+        _ => "Internal Server Error",
+    }
+}
+
+/// One HTTP request as the simulator reads it.
+struct HttpRequest {
+    method: String,
+    target: String,
+    cookie: Option<String>,
+    range: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Reads one request. `None` at a clean end.
+fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<HttpRequest>> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Ok(None);
     }
-    if !line.starts_with("POST ") {
-        return Err(bad("only POST /sdk is served"));
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("bad request line"));
+    };
+    if !version.starts_with("HTTP/1.") || !matches!(method, "POST" | "GET" | "PUT") {
+        return Err(bad("only GET, PUT and POST over HTTP/1.x"));
     }
+    let (method, target) = (method.to_string(), target.to_string());
     let mut len = 0usize;
     let mut cookie = None;
+    let mut range = None;
     let mut total = 0;
     loop {
         line.clear();
@@ -136,6 +194,8 @@ fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<(Option<String>,
                         }
                     }
                 }
+                "range" => range = Some(v.trim().to_string()),
+                "transfer-encoding" => return Err(bad("chunked requests are not taken")),
                 _ => {}
             }
         }
@@ -145,5 +205,11 @@ fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<(Option<String>,
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    Ok(Some((cookie, body)))
+    Ok(Some(HttpRequest {
+        method,
+        target,
+        cookie,
+        range,
+        body,
+    }))
 }

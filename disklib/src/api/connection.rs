@@ -240,6 +240,7 @@ impl Connection {
                         Ok((d, meta)) => {
                             let mut disk = Disk::new(Backend::San(d, streams), mode, remote());
                             disk.meta = Some(meta);
+                            disk.writable = !read_only;
                             return Ok(disk);
                         }
                         Err(e) => failed.push((mode, e)),
@@ -258,6 +259,7 @@ impl Connection {
                             let meta = d.disk_info().clone();
                             let mut disk = Disk::new(Backend::HotAdd(d, streams), mode, remote());
                             disk.meta = Some(meta);
+                            disk.writable = !read_only;
                             return Ok(disk);
                         }
                         Err(e) => failed.push((mode, e.into())),
@@ -279,7 +281,11 @@ impl Connection {
                 read_only,
                 opts,
             ) {
-                Ok(d) => return Ok(Disk::new(Backend::Nbd(d), mode, remote())),
+                Ok(d) => {
+                    let mut disk = Disk::new(Backend::Nbd(d), mode, remote());
+                    disk.writable = !read_only;
+                    return Ok(disk);
+                }
                 Err(e @ transport_nbd::Error::InvalidArgument(_)) => return Err(e.into()),
                 Err(e) => failed.push((mode, e.into())),
             }

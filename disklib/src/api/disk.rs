@@ -15,6 +15,7 @@ use vmdk_file::local::{AllocKind, LocalDisk};
 
 use super::config::TransportMode;
 use super::connection::changed_areas;
+use super::host_ddb::HostDescriptor;
 
 pub(super) enum Backend {
     Local(LocalDisk),
@@ -58,6 +59,11 @@ pub struct Disk {
     remote: Option<(Arc<Client>, MoRef, Option<MoRef>, String)>,
     /// The disk as the VM's configuration describes it (san, hotadd).
     pub(super) meta: Option<codec::VirtualDiskInfo>,
+    /// Opened for writing (metadata writes of remote disks check it).
+    pub(super) writable: bool,
+    /// DDB keys set on a remote disk, set again after the transport
+    /// closes (a host may write the descriptor when the disk closes).
+    ddb_set: Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -88,6 +94,8 @@ impl Disk {
             }),
             remote,
             meta: None,
+            writable: false,
+            ddb_set: Mutex::new(Vec::new()),
         }
     }
 
@@ -273,15 +281,24 @@ impl Disk {
                 let m = self.meta.as_ref().ok_or_else(|| {
                     Error::InvalidArgument("the disk's configuration is not known".into())
                 })?;
-                // VMware's geometry for SCSI disks: 255 heads, 63 sectors.
-                let sectors = m.capacity / 512;
+                // The disk's own geometry and adapter, from its descriptor,
+                // as every other transport reports them.
+                let desc = self.host_descriptor()?.descriptor;
+                let g = desc
+                    .bios_geometry()
+                    .or(desc.geometry())
+                    .map(|g| (g.cylinders, g.heads, g.sectors))
+                    .unwrap_or_default();
                 Ok(Info {
-                    capacity_sectors: sectors,
-                    geometry: ((sectors / (255 * 63)).clamp(1, 65535) as u32, 255, 63),
-                    adapter_type: 256,
+                    capacity_sectors: m.capacity / 512,
+                    geometry: g,
+                    adapter_type: adapter(desc.adapter_type()),
                     num_links: 1,
                     parent_file_name_hint: None,
-                    uuid: m.uuid.clone(),
+                    uuid: m
+                        .uuid
+                        .clone()
+                        .or_else(|| desc.ddb_get("ddb.uuid").map(str::to_string)),
                 })
             }
             Backend::Nbd(d) => {
@@ -302,10 +319,13 @@ impl Disk {
     pub fn metadata_keys(&self) -> Result<Vec<String>> {
         match &*self.backend {
             Backend::Local(d) => Ok(d.descriptor().ddb.iter().map(|(k, _)| k.clone()).collect()),
-            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => Err(Error::Unsupported {
-                path: "remote disk".into(),
-                what: format!("listing DDB keys over {}", self.mode.as_str()),
-            }),
+            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => Ok(self
+                .host_descriptor()?
+                .descriptor
+                .ddb
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()),
         }
     }
 
@@ -314,28 +334,48 @@ impl Disk {
         match &*self.backend {
             Backend::Local(d) => Ok(d.descriptor().ddb_get(key).map(str::to_string)),
             Backend::Nbd(d) => Ok(d.ddb(key)?),
-            Backend::San(..) | Backend::HotAdd(..) => match key {
-                "uuid" | "ddb.uuid" => Ok(self.meta.as_ref().and_then(|m| m.uuid.clone())),
-                _ => Err(Error::Unsupported {
-                    path: "remote disk".into(),
-                    what: format!(
-                        "reading DDB key {key} over {} (use nbd or nbdssl)",
-                        self.mode.as_str()
-                    ),
-                }),
-            },
+            Backend::San(..) | Backend::HotAdd(..) => Ok(self
+                .host_descriptor()?
+                .descriptor
+                .ddb_get(key)
+                .map(str::to_string)),
         }
     }
 
-    /// Sets a DDB value (local disks opened for writing).
+    /// Sets a DDB value: in the local descriptor, or in a remote disk's
+    /// descriptor on its datastore (see `host_ddb`; the disk must be open
+    /// for writing).
     pub fn write_metadata(&self, key: &str, value: &str) -> Result<()> {
         match &*self.backend {
             Backend::Local(d) => Ok(d.set_metadata(key, value)?),
-            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => Err(Error::Unsupported {
-                path: "remote disk".into(),
-                what: format!("writing DDB keys over {}", self.mode.as_str()),
-            }),
+            Backend::Nbd(_) | Backend::San(..) | Backend::HotAdd(..) => {
+                let Some((client, vm, _, path)) = &self.remote else {
+                    return Err(Error::InvalidArgument("no server for this disk".into()));
+                };
+                if !self.writable {
+                    return Err(Error::File(vmdk_file::Error::ReadOnly {
+                        path: path.into(),
+                        reason: "opened read-only",
+                    }));
+                }
+                let pair = (key.to_string(), value.to_string());
+                HostDescriptor::set(client, vm, path, std::slice::from_ref(&pair))?;
+                self.ddb_set
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(pair);
+                Ok(())
+            }
         }
+    }
+
+    /// The descriptor of a remote disk, from its datastore.
+    fn host_descriptor(&self) -> Result<HostDescriptor> {
+        let (client, vm, _, path) = self
+            .remote
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no server for this disk".into()))?;
+        HostDescriptor::read(client, vm, path)
     }
 
     /// `QueryAllocatedBlocks`: allocated ranges `(start, count)` in sectors,
@@ -386,12 +426,20 @@ impl Disk {
     pub fn close(self) -> Result<()> {
         self.wait();
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match Arc::try_unwrap(self.backend) {
-            Ok(Backend::Local(d)) => Ok(d.close()?),
-            Ok(Backend::Nbd(d)) => Ok(d.close()?),
-            Ok(Backend::San(d, _)) => Ok(d.flush()?),
-            Ok(Backend::HotAdd(d, _)) => Ok(d.close()?),
+        let closed = match Arc::try_unwrap(self.backend) {
+            Ok(Backend::Local(d)) => d.close().map_err(Error::from),
+            Ok(Backend::Nbd(d)) => d.close().map_err(Error::from),
+            Ok(Backend::San(d, _)) => d.flush().map_err(Error::from),
+            Ok(Backend::HotAdd(d, _)) => d.close().map_err(Error::from),
             Err(_) => Ok(()), // the worker still holds it; it is dropped with the worker
+        };
+        closed?;
+        // Keys set while the disk was open, once more now that the host
+        // has closed it (and may have rewritten its descriptor then).
+        let set = self.ddb_set.into_inner().unwrap_or_else(|p| p.into_inner());
+        match (&self.remote, set.is_empty()) {
+            (Some((client, vm, _, path)), false) => HostDescriptor::set(client, vm, path, &set),
+            _ => Ok(()),
         }
     }
 }

@@ -19,6 +19,7 @@
 mod config;
 mod connection;
 mod disk;
+mod host_ddb;
 
 pub use config::{
     list_transport_modes, Config, Library, SanBlockMaps, TransportMode, DEFAULT_STREAMS,

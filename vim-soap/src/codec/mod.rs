@@ -9,6 +9,7 @@ mod cbt;
 mod devices;
 mod envelope;
 mod faults;
+mod files;
 mod methods;
 mod nfc;
 mod properties;
@@ -41,6 +42,7 @@ pub use envelope::{parse_request, response_envelope};
 #[cfg(feature = "server")]
 pub use faults::fault_envelope;
 pub use faults::{Fault, FaultKind};
+pub use files::{datastore_file_url, percent_decode, split_datastore_path};
 pub use methods::{disable_methods, enable_methods, relocate_vm_task};
 pub use nfc::{
     nfc_random_access_open, parse_host_service_ticket, parse_internal_content,

@@ -23,6 +23,8 @@
  *                                     "endaccess CODE"; must exit 0
  *   vixtest opencode CONN             Open; print "open CODE"
  *   vixtest lengths PATH              length-only metadata queries
+ *   vixtest meta CONN KEY VALUE       list keys, GetInfo, WriteMetadata, and
+ *                                     read it back after reopening
  *   vixtest createtypes DIR           what Create and Open do with the
  *                                     VMFS sparse and stream-optimized types
  *   vixtest asyncerr PATH             a ReadAsync failing on a worker: the
@@ -890,6 +892,50 @@ static int cmd_createtypes(const char *dir)
    return failures != 0;
 }
 
+static void print_info(VixDiskLibHandle h)
+{
+   VixDiskLibInfo *info = NULL;
+   EXPECT(VixDiskLib_GetInfo(h, &info), VIX_OK);
+   if (info) {
+      printf("info %u/%u/%u adapter %d capacity %" PRIu64 "\n", info->biosGeo.cylinders,
+             info->biosGeo.heads, info->biosGeo.sectors, (int)info->adapterType,
+             (uint64_t)info->capacity);
+      VixDiskLib_FreeInfo(info);
+   }
+}
+
+static int cmd_meta(const char *spec, const char *key, const char *value)
+{
+   init();
+   struct conn c;
+   connect_spec(&c, spec, FALSE);
+   VixDiskLibHandle h = open_disk(&c, 0);
+   size_t need = 0;
+   EXPECT(VixDiskLib_GetMetadataKeys(h, NULL, 0, &need), VIX_E_BUFFER_TOOSMALL);
+   char *keys = calloc(1, need + 1);
+   EXPECT(VixDiskLib_GetMetadataKeys(h, keys, need, NULL), VIX_OK);
+   printf("keys");
+   for (char *k = keys; *k; k += strlen(k) + 1)
+      printf(" %s", k);
+   printf("\n");
+   free(keys);
+   print_info(h);
+   VixError e = VixDiskLib_WriteMetadata(h, key, value);
+   printf("write %" PRIu64 "\n", (uint64_t)VIX_ERROR_CODE(e));
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   disconnect(&c);
+   /* A new connection and handle read what was written. */
+   connect_spec(&c, spec, TRUE);
+   h = open_disk(&c, VIXDISKLIB_FLAG_OPEN_READ_ONLY);
+   char buf[256] = "";
+   e = VixDiskLib_ReadMetadata(h, key, buf, sizeof buf, NULL);
+   printf("readback %" PRIu64 " %s\n", (uint64_t)VIX_ERROR_CODE(e), e == VIX_OK ? buf : "-");
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 static int cmd_opencode(const char *spec)
 {
    init();
@@ -934,6 +980,8 @@ int main(int argc, char **argv)
       return cmd_atexit(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "createtypes") == 0)
       return cmd_createtypes(argv[2]);
+   if (argc >= 5 && strcmp(argv[1], "meta") == 0)
+      return cmd_meta(argv[2], argv[3], argv[4]);
    if (argc >= 3 && strcmp(argv[1], "lengths") == 0)
       return cmd_lengths(argv[2]);
    if (argc >= 3 && strcmp(argv[1], "opencode") == 0)

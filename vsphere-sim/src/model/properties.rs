@@ -67,6 +67,8 @@ impl Shared {
                     s.push_str("</val>");
                     Some(s)
                 }
+                ("Folder", "parent") if obj.value == "group-v1" => Some(codec::moref_val(&MoRef::new("Datacenter", "datacenter-1"))),
+                ("Datacenter", "parent") => Some(codec::moref_val(&MoRef::new("Folder", "group-d1"))),
                 ("Folder", "name") => Some(codec::simple_val("string", if obj.value == "group-d1" { "Datacenters" } else { "vm" })),
                 ("Datacenter", "vmFolder") => Some(codec::moref_val(&MoRef::new("Folder", "group-v1"))),
                 ("Datacenter", "name") => Some(codec::simple_val("string", dc)),
@@ -79,6 +81,7 @@ impl Shared {
                     let v = st.vm(&obj.value)?;
                     match path {
                         "name" | "config.name" => Some(codec::simple_val("string", &v.name)),
+                        "parent" => Some(codec::moref_val(&MoRef::new("Folder", "group-v1"))),
                         "config.uuid" => Some(codec::simple_val("string", &v.uuid)),
                         "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, None))),
                         "config.changeTrackingEnabled" => Some(codec::simple_val("boolean", &v.disks.iter().any(|d| d.cbt.enabled).to_string())),

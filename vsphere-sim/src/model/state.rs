@@ -539,6 +539,11 @@ impl Shared {
     }
 
     /// Records that disk data changed; called after the change is made.
+    /// Whether `cookie` is a logged-in session.
+    pub(crate) fn session_is_valid(&self, cookie: &str) -> bool {
+        self.lock().sessions.contains_key(cookie)
+    }
+
     pub(crate) fn disks_changed(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
