@@ -188,6 +188,21 @@ fn wait_task(
     Ok(client.wait_task(&task, TASK_TIMEOUT)?)
 }
 
+/// Turns changed-block tracking off and on again: a new epoch, so the
+/// next incremental backup refuses (`EpochChanged`: take a full one)
+/// instead of missing what was written where the host could not see it
+/// (a restore over san).
+fn reset_change_tracking(client: &vim_soap::client::Client, vm: &MoRef) -> Result<()> {
+    for on in [false, true] {
+        let spec = codec::ConfigSpec {
+            change_tracking: Some(on),
+            device_changes: Vec::new(),
+        };
+        wait_task(client, &client.call(&codec::reconfig_vm_task(vm, &spec))?)?;
+    }
+    Ok(())
+}
+
 /// Backs up every non-independent disk of the VM in `params` into `repo`.
 /// PrepareForAccess, snapshot, read, remove the snapshot, EndAccess —
 /// the last two also after a failure.
@@ -621,16 +636,23 @@ pub fn restore(
                     )));
                 }
                 let disk = Arc::new(conn.open(&cur.file_name, OpenFlags::default())?);
+                // SAN writes reach the LUN without passing through the
+                // host, so its changed-block tracking cannot see them.
+                let via_san = disk.transport_mode() == "san";
+                let client = Arc::clone(client);
                 let d2 = Arc::clone(&disk);
                 write_at = Box::new(move |off, b| d2.write_at(off, b));
                 zero_holes = true;
                 let mut slot = Some(disk);
-                finish = Box::new(move || match slot.take().map(Arc::try_unwrap) {
-                    Some(Ok(d)) => {
+                finish = Box::new(move || {
+                    if let Some(Ok(d)) = slot.take().map(Arc::try_unwrap) {
                         d.flush()?;
-                        d.close()
+                        d.close()?;
                     }
-                    _ => Ok(()),
+                    if via_san {
+                        reset_change_tracking(&client, &vm)?;
+                    }
+                    Ok(())
                 });
             }
         }

@@ -750,3 +750,62 @@ fn writes_over_hotadd_and_nbdssl_are_changes() {
     let block = vsphere_sim::DEFAULT_CBT_BLOCK;
     assert_eq!(got, [(3 * MIB, block), (5 * MIB, block)]);
 }
+
+/// A restore over san writes the LUN without passing through the host,
+/// whose changed-block tracking therefore cannot see it: the restore
+/// resets tracking, so the next incremental refuses (take a full) rather
+/// than miss the restored bytes, and a full works.
+#[test]
+fn a_restore_over_san_makes_the_next_backup_full() {
+    let e = env();
+    let lib = e.lib();
+    let repo = e.dir.path().join("repo");
+    backup::backup(
+        &lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        Some("nbdssl"),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    e.scribble(THICK, 5);
+    backup::restore(
+        &lib,
+        &repo,
+        1,
+        &RestoreTarget::Remote {
+            params: e.params.clone(),
+            key: THICK,
+            transports: Some("san".into()),
+        },
+        Some(THICK),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let err = backup::backup(
+        &lib,
+        &e.params,
+        &repo,
+        BackupKind::Incremental,
+        Some("nbdssl"),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            disklib::Error::Plan(cbt::PlanError::EpochChanged { .. })
+        ),
+        "{err}"
+    );
+    backup::backup(
+        &lib,
+        &e.params,
+        &repo,
+        BackupKind::Full,
+        Some("nbdssl"),
+        &mut |_, _| {},
+    )
+    .unwrap();
+}
