@@ -2,11 +2,17 @@
 //!
 //! Responses are parsed into [`Element`] trees with hard caps on input
 //! size, depth and element count, so a hostile server cannot exhaust
-//! memory or the stack. Names are kept without their namespace prefix
-//! (vSphere's dialect never needs the prefix to tell elements apart).
+//! memory or the stack. Namespaces are resolved (quick-xml's `NsReader`):
+//! each element keeps its local name and namespace URI; `xsi:type` is
+//! recognised by the XML Schema instance namespace under whatever prefix
+//! a peer binds it to (Go's encoding/xml writes `XMLSchema-instance:type`)
+//! and kept apart from a plain `type` attribute such as a
+//! `ManagedObjectReference`'s, in either order. A prefix bound nowhere is
+//! an error.
 
 use quick_xml::events::Event;
-use quick_xml::Reader;
+use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::reader::NsReader;
 
 use crate::Error;
 
@@ -17,13 +23,22 @@ pub const MAX_DEPTH: usize = 64;
 /// Most elements accepted in one message.
 pub const MAX_ELEMENTS: usize = 2_000_000;
 
+/// The XML Schema instance namespace (`xsi:`).
+pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
 /// One XML element.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Element {
     /// Local name (prefix stripped).
     pub name: String,
-    /// Attributes as (local name, unescaped value).
+    /// The element's namespace URI, if it is in one.
+    pub ns: Option<String>,
+    /// Attributes in no namespace, as (local name, unescaped value).
+    /// Namespace declarations and namespaced attributes are not here.
     pub attrs: Vec<(String, String)>,
+    /// The value of the `type` attribute in the XML Schema instance
+    /// namespace ([`XSI_NS`]), as written (a QName such as `xsd:string`).
+    pub xsi: Option<String>,
     /// Child elements.
     pub children: Vec<Element>,
     /// Concatenated, unescaped text content.
@@ -31,11 +46,20 @@ pub struct Element {
 }
 
 fn local(name: &[u8]) -> String {
-    let n = match name.iter().rposition(|&b| b == b':') {
-        Some(i) => &name[i + 1..],
-        None => name,
-    };
-    String::from_utf8_lossy(n).into_owned()
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// The namespace URI a name resolved to; a prefix bound nowhere is an
+/// error (the document is not namespace-well-formed).
+fn namespace(res: ResolveResult<'_>) -> Result<Option<String>, Error> {
+    match res {
+        ResolveResult::Bound(Namespace(uri)) => Ok(Some(String::from_utf8_lossy(uri).into_owned())),
+        ResolveResult::Unbound => Ok(None),
+        ResolveResult::Unknown(prefix) => Err(Error::Malformed(format!(
+            "XML: prefix `{}` is bound to no namespace",
+            String::from_utf8_lossy(&prefix)
+        ))),
+    }
 }
 
 impl Element {
@@ -44,16 +68,19 @@ impl Element {
         if bytes.len() > MAX_MESSAGE {
             return Err(Error::Malformed("message too large".into()));
         }
-        let mut reader = Reader::from_reader(bytes);
+        let mut reader = NsReader::from_reader(bytes);
         reader.config_mut().trim_text(false);
         let mut stack: Vec<Element> = Vec::new();
         let mut root: Option<Element> = None;
         let mut count = 0usize;
         let mut buf = Vec::new();
+        let malformed =
+            |what: &str, e: &dyn std::fmt::Display| Error::Malformed(format!("XML {what}: {e}"));
         loop {
-            let ev = reader
-                .read_event_into(&mut buf)
+            let (res, ev) = reader
+                .read_resolved_event_into(&mut buf)
                 .map_err(|e| Error::Malformed(format!("XML: {e}")))?;
+            let ns = namespace(res)?;
             match ev {
                 Event::Start(ref e) | Event::Empty(ref e) => {
                     count += 1;
@@ -61,15 +88,26 @@ impl Element {
                         return Err(Error::Malformed("XML too large or too deep".into()));
                     }
                     let mut el = Element {
-                        name: local(e.name().as_ref()),
+                        name: local(e.local_name().as_ref()),
+                        ns,
                         ..Element::default()
                     };
                     for a in e.attributes() {
-                        let a = a.map_err(|e| Error::Malformed(format!("XML attribute: {e}")))?;
+                        let a = a.map_err(|e| malformed("attribute", &e))?;
+                        if a.key.as_namespace_binding().is_some() {
+                            continue; // a declaration, resolved by the reader
+                        }
                         let v = a
                             .unescape_value()
-                            .map_err(|e| Error::Malformed(format!("XML attribute: {e}")))?;
-                        el.attrs.push((local(a.key.as_ref()), v.into_owned()));
+                            .map_err(|e| malformed("attribute", &e))?
+                            .into_owned();
+                        let (res, name) = reader.resolve_attribute(a.key);
+                        let name = local(name.as_ref());
+                        match namespace(res)? {
+                            None => el.attrs.push((name, v)),
+                            Some(uri) if uri == XSI_NS && name == "type" => el.xsi = Some(v),
+                            Some(_) => {} // other namespaced attributes: not vSphere's
+                        }
                     }
                     if matches!(ev, Event::Empty(_)) {
                         match stack.last_mut() {
@@ -151,9 +189,13 @@ impl Element {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The `xsi:type` attribute, prefix stripped.
+    /// The `xsi:type` attribute (in the XML Schema instance namespace,
+    /// whatever its prefix), the type's prefix stripped. Never a plain
+    /// `type` attribute.
     pub fn xsi_type(&self) -> Option<&str> {
-        self.attr("type").map(|t| t.rsplit(':').next().unwrap_or(t))
+        self.xsi
+            .as_deref()
+            .map(|t| t.rsplit(':').next().unwrap_or(t))
     }
 
     /// Serialises the element (local names; attributes kept, namespaces
@@ -167,6 +209,13 @@ impl Element {
     fn write_xml(&self, s: &mut String) {
         s.push('<');
         s.push_str(&self.name);
+        if let Some(t) = &self.xsi {
+            s.push_str(" xmlns:xsi=\"");
+            s.push_str(XSI_NS);
+            s.push_str("\" xsi:type=\"");
+            s.push_str(&escape(t));
+            s.push('"');
+        }
         for (k, v) in &self.attrs {
             s.push(' ');
             s.push_str(k);
@@ -233,6 +282,50 @@ mod tests {
         assert!(Element::parse(b"<a/><b/>").is_err());
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert!(Element::parse(deep.as_bytes()).is_err());
+    }
+
+    /// Go's encoding/xml (govmomi's vcsim) binds the XML Schema instance
+    /// namespace to the prefix `XMLSchema-instance`, and a
+    /// ManagedObjectReference has a plain `type` too: the two never mix,
+    /// in either order, under any prefix.
+    #[test]
+    fn xsi_type_by_namespace_not_by_prefix() {
+        let vcsim = br#"<val xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="ManagedObjectReference" type="Folder">group-v3</val>"#;
+        let e = Element::parse(vcsim).unwrap();
+        assert_eq!(e.attr("type"), Some("Folder"));
+        assert_eq!(e.xsi_type(), Some("ManagedObjectReference"));
+        let reversed = br#"<val type="Folder" x:type="ManagedObjectReference" xmlns:x="http://www.w3.org/2001/XMLSchema-instance">group-v3</val>"#;
+        let e = Element::parse(reversed).unwrap();
+        assert_eq!(e.attr("type"), Some("Folder"));
+        assert_eq!(e.xsi_type(), Some("ManagedObjectReference"));
+        // Bound on an ancestor; a value with a prefix of its own.
+        let nested = br#"<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><val xsi:type="xsd:string">x</val></r>"#;
+        let e = Element::parse(nested).unwrap();
+        assert_eq!(e.children[0].xsi_type(), Some("string"));
+        assert_eq!(e.children[0].attr("type"), None);
+        // A `type` in another namespace is neither.
+        let other = br#"<val xmlns:o="urn:other" o:type="X">x</val>"#;
+        let e = Element::parse(other).unwrap();
+        assert_eq!((e.attr("type"), e.xsi_type()), (None, None));
+        // A plain `type` alone is no xsi:type.
+        let e =
+            Element::parse(br#"<_this type="ServiceInstance">ServiceInstance</_this>"#).unwrap();
+        assert_eq!(
+            (e.attr("type"), e.xsi_type()),
+            (Some("ServiceInstance"), None)
+        );
+        // Element namespaces are resolved too.
+        let e = Element::parse(br#"<a:R xmlns:a="urn:vim25"><b/></a:R>"#).unwrap();
+        assert_eq!((e.name.as_str(), e.ns.as_deref()), ("R", Some("urn:vim25")));
+        assert_eq!(e.children[0].ns, None);
+        // An unbound prefix is malformed.
+        assert!(Element::parse(br#"<val xsi:type="string">x</val>"#).is_err());
+        assert!(Element::parse(br#"<q:val>x</q:val>"#).is_err());
+        // Round trip through to_xml keeps the xsi:type.
+        let e = Element::parse(vcsim).unwrap();
+        let again = Element::parse(e.to_xml().as_bytes()).unwrap();
+        assert_eq!(again.xsi_type(), Some("ManagedObjectReference"));
+        assert_eq!(again.attr("type"), Some("Folder"));
     }
 
     #[test]

@@ -77,6 +77,16 @@ mod tests {
     use crate::xml::Element;
     use crate::{Error, Secret};
 
+    /// A response value as it sits in an envelope, which binds `xsi` and
+    /// `xsd` (the `*_xml` writers make fragments for the envelope).
+    fn fragment(xml: &str) -> Element {
+        let doc = format!(
+            r#"<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">{xml}</r>"#
+        );
+        let mut r = Element::parse(doc.as_bytes()).unwrap();
+        r.children.remove(0)
+    }
+
     fn sm() -> MoRef {
         MoRef::new("SessionManager", "SessionManager")
     }
@@ -221,7 +231,7 @@ mod tests {
                 message: "no".into(),
             }),
         };
-        let val = Element::parse(task_info_xml(&info).as_bytes()).unwrap();
+        let val = fragment(&task_info_xml(&info));
         assert_eq!(task_info(&val).unwrap(), info);
 
         let tree = vec![SnapshotNode {
@@ -234,7 +244,7 @@ mod tests {
             }],
         }];
         assert_eq!(
-            snapshot_tree(&Element::parse(snapshot_tree_xml(&tree).as_bytes()).unwrap()).unwrap(),
+            snapshot_tree(&fragment(&snapshot_tree_xml(&tree))).unwrap(),
             tree
         );
 
@@ -295,7 +305,9 @@ mod tests {
             },
         ];
         // Malformed numbers are typed errors, not defaults.
-        let bad_bus = Element::parse(br#"<val><VirtualDevice xsi:type="ParaVirtualSCSIController"><key>1000</key><busNumber>x</busNumber></VirtualDevice></val>"#).unwrap();
+        let bad_bus = fragment(
+            r#"<val><VirtualDevice xsi:type="ParaVirtualSCSIController"><key>1000</key><busNumber>x</busNumber></VirtualDevice></val>"#,
+        );
         assert!(matches!(
             virtual_controllers(&bad_bus),
             Err(Error::Malformed(_))
@@ -306,7 +318,7 @@ mod tests {
             Err(Error::Malformed(_))
         ));
         let xml = virtual_devices_xml(&ctrls, &disks);
-        let el = Element::parse(xml.as_bytes()).unwrap();
+        let el = fragment(&xml);
         assert_eq!(virtual_controllers(&el).unwrap(), ctrls);
         assert_eq!(virtual_disks(&el).unwrap(), disks);
 
