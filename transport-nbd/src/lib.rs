@@ -169,7 +169,7 @@ impl Ticket {
     /// From vim-soap's `HostServiceTicket`.
     pub fn from_host_ticket(t: &HostServiceTicket) -> Result<Self> {
         Ok(Self {
-            server: format!("{}:{}", t.host, t.port),
+            server: vim_soap::client::server_address(&t.host, t.port),
             thumbprint: Thumbprint::parse(&t.ssl_thumbprint)?,
             ticket: t.session_id.clone(),
         })

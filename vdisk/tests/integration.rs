@@ -9,4 +9,5 @@ mod edge;
 mod formats;
 mod malformed;
 mod oracle;
+mod peers;
 mod sim_cli;

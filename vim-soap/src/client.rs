@@ -13,7 +13,7 @@
 //! # Ok::<(), vim_soap::Error>(())
 //! ```
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +27,11 @@ use rustls::{
 use sha1::Digest as _;
 
 use crate::codec::{self, MoRef, Request, ServiceContent, UserSession};
-use crate::xml::{Element, MAX_MESSAGE};
+use crate::http;
+use crate::xml::Element;
+
+/// The session's cookie.
+const SESSION_COOKIE: &str = "vmware_soap_session";
 use crate::{Error, Result, Secret};
 
 /// A certificate thumbprint.
@@ -245,6 +249,27 @@ pub fn connect_tls(
     Ok(tls)
 }
 
+/// `host:port` for connecting: an IPv6 literal is bracketed
+/// (`fd00::5` → `[fd00::5]:443`), a host that already carries a port
+/// (`esx1:8443`, `[::1]:8443`) is kept, port 0 means 443.
+pub fn server_address(host: &str, port: u16) -> String {
+    let port = if port == 0 { 443 } else { port };
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((_, "")) => format!("{host}:{port}"),
+            _ => host.to_string(),
+        };
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{host}]:{port}");
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => host.to_string(),
+        _ => format!("{host}:{port}"),
+    }
+}
+
 /// How to reach a server.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -277,7 +302,9 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 pub struct Client {
     cfg: ClientConfig,
     conn: Mutex<Option<Tls>>,
-    cookie: Mutex<Option<Secret>>,
+    /// Every cookie the server set, by name (the session's is
+    /// `vmware_soap_session`); all are sent back.
+    cookies: Mutex<Vec<(String, Secret)>>,
     content: ServiceContent,
 }
 
@@ -288,96 +315,6 @@ impl std::fmt::Debug for Client {
             .field("thumbprint", &self.cfg.thumbprint)
             .finish_non_exhaustive()
     }
-}
-
-/// Reads one HTTP response: status, `vmware_soap_session` cookie, body.
-fn read_response(r: &mut impl BufRead) -> Result<(u16, Option<String>, Vec<u8>)> {
-    let io = |source| Error::Io {
-        context: "reading the response".into(),
-        source,
-    };
-    let mut line = String::new();
-    let mut header_bytes = 0usize;
-    r.read_line(&mut line).map_err(io)?;
-    if line.is_empty() {
-        return Err(Error::Io {
-            context: "reading the response".into(),
-            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"),
-        });
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::Malformed(format!("bad status line `{}`", line.trim())))?;
-    let mut len: Option<usize> = None;
-    let mut chunked = false;
-    let mut cookie = None;
-    loop {
-        line.clear();
-        let n = r.read_line(&mut line).map_err(io)?;
-        header_bytes += n;
-        if n == 0 || header_bytes > 64 << 10 {
-            return Err(Error::Malformed("headers too long or truncated".into()));
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        match k.to_ascii_lowercase().as_str() {
-            "content-length" => {
-                len = Some(
-                    v.parse()
-                        .map_err(|_| Error::Malformed("bad Content-Length".into()))?,
-                )
-            }
-            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-            "set-cookie" => {
-                if let Some(rest) = v.strip_prefix("vmware_soap_session=") {
-                    cookie = Some(
-                        rest.split(';')
-                            .next()
-                            .unwrap_or_default()
-                            .trim_matches('"')
-                            .to_string(),
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line).map_err(io)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| Error::Malformed("bad chunk size".into()))?;
-            if body.len() + size > MAX_MESSAGE {
-                return Err(Error::Malformed("response too large".into()));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..]).map_err(io)?;
-            line.clear();
-            r.read_line(&mut line).map_err(io)?;
-            if size == 0 {
-                break;
-            }
-        }
-    } else {
-        let len = len.ok_or_else(|| Error::Malformed("response without Content-Length".into()))?;
-        if len > MAX_MESSAGE {
-            return Err(Error::Malformed("response too large".into()));
-        }
-        body.resize(len, 0);
-        r.read_exact(&mut body).map_err(io)?;
-    }
-    Ok((status, cookie, body))
 }
 
 impl Client {
@@ -393,7 +330,7 @@ impl Client {
         let mut c = Self {
             cfg,
             conn: Mutex::new(Some(conn)),
-            cookie: Mutex::new(None),
+            cookies: Mutex::new(Vec::new()),
             content: ServiceContent {
                 root_folder: MoRef::new("Folder", ""),
                 property_collector: MoRef::new("PropertyCollector", ""),
@@ -424,14 +361,21 @@ impl Client {
 
     /// The session cookie, once logged in.
     pub fn cookie(&self) -> Option<Secret> {
-        self.cookie.lock().ok().and_then(|c| c.clone())
+        let jar = self.cookies.lock().unwrap_or_else(|p| p.into_inner());
+        jar.iter()
+            .find(|(n, _)| n == SESSION_COOKIE)
+            .map(|(_, v)| v.clone())
     }
 
     /// Uses an existing session cookie (VDDK's `SESSIONID` credentials).
     pub fn set_cookie(&self, cookie: Secret) {
-        if let Ok(mut c) = self.cookie.lock() {
-            *c = Some(cookie);
-        }
+        self.keep_cookie(SESSION_COOKIE, cookie);
+    }
+
+    fn keep_cookie(&self, name: &str, value: Secret) {
+        let mut jar = self.cookies.lock().unwrap_or_else(|p| p.into_inner());
+        jar.retain(|(n, _)| n != name);
+        jar.push((name.to_string(), value));
     }
 
     /// The server address.
@@ -456,6 +400,7 @@ impl Client {
             &head,
             req.body.as_bytes(),
             &format!("sending {}", req.method),
+            codec::is_idempotent(req.method),
         )?;
         match status {
             200 | 500 => codec::parse_response(&body),
@@ -478,7 +423,7 @@ impl Client {
             "GET {url} HTTP/1.1\r\nHost: {}\r\n{range}Content-Length: 0\r\n",
             self.cfg.server
         );
-        match self.roundtrip(&head, &[], "reading a datastore file")? {
+        match self.roundtrip(&head, &[], "reading a datastore file", true)? {
             (200 | 206, body) => Ok(body),
             (status, body) => Err(Error::Http {
                 status,
@@ -495,7 +440,7 @@ impl Client {
             self.cfg.server,
             bytes.len()
         );
-        match self.roundtrip(&head, bytes, "writing a datastore file")? {
+        match self.roundtrip(&head, bytes, "writing a datastore file", true)? {
             (200 | 201 | 204, _) => Ok(()),
             (status, body) => Err(Error::Http {
                 status,
@@ -505,9 +450,18 @@ impl Client {
     }
 
     /// One request on the kept-alive connection (`head` without the
-    /// cookie and the blank line), with one retry on a fresh connection
-    /// when the kept-alive one died.
-    fn roundtrip(&self, head: &str, body: &[u8], context: &str) -> Result<(u16, Vec<u8>)> {
+    /// cookies and the blank line). When the kept-alive connection turns
+    /// out dead, an `idempotent` request is sent again on a fresh one;
+    /// any other may have reached the server, so its error is returned
+    /// rather than risk doing it twice (a second `CreateSnapshot_Task`, a
+    /// second `Login`, a ticket spent).
+    fn roundtrip(
+        &self,
+        head: &str,
+        body: &[u8],
+        context: &str,
+        idempotent: bool,
+    ) -> Result<(u16, Vec<u8>)> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
             if guard.is_none() {
@@ -520,13 +474,16 @@ impl Client {
             }
             let tls = guard.as_mut().expect("connected above");
             match self.exchange(tls, head, body, context) {
-                Ok((status, cookie, body)) => {
-                    if let Some(c) = cookie {
-                        self.set_cookie(Secret::new(c));
+                Ok(resp) => {
+                    for (name, value) in resp.cookies {
+                        self.keep_cookie(&name, Secret::new(value));
                     }
-                    return Ok((status, body));
+                    if resp.close {
+                        *guard = None;
+                    }
+                    return Ok((resp.status, resp.body));
                 }
-                Err(Error::Io { .. }) if attempt == 0 => {
+                Err(Error::Io { .. }) if attempt == 0 && idempotent => {
                     *guard = None;
                     continue;
                 }
@@ -545,11 +502,25 @@ impl Client {
         head: &str,
         body: &[u8],
         context: &str,
-    ) -> Result<(u16, Option<String>, Vec<u8>)> {
-        let cookie = self
-            .cookie()
-            .map(|c| format!("Cookie: vmware_soap_session=\"{}\"\r\n", c.expose()))
-            .unwrap_or_default();
+    ) -> Result<http::Response> {
+        let cookie = {
+            let jar = self.cookies.lock().unwrap_or_else(|p| p.into_inner());
+            let pairs: Vec<String> = jar
+                .iter()
+                .map(|(n, v)| {
+                    if n == SESSION_COOKIE {
+                        format!("{n}=\"{}\"", v.expose())
+                    } else {
+                        format!("{n}={}", v.expose())
+                    }
+                })
+                .collect();
+            if pairs.is_empty() {
+                String::new()
+            } else {
+                format!("Cookie: {}\r\n", pairs.join("; "))
+            }
+        };
         let head = format!("{head}{cookie}Connection: keep-alive\r\n\r\n");
         let io = |source| Error::Io {
             context: context.to_string(),
@@ -559,7 +530,7 @@ impl Client {
         tls.write_all(body).map_err(io)?;
         tls.flush().map_err(io)?;
         let mut r = BufReader::new(tls);
-        read_response(&mut r)
+        http::read_response(&mut r)
     }
 
     /// `Login`; the session cookie is kept for later calls.
@@ -687,15 +658,37 @@ mod tests {
     }
 
     #[test]
+    fn server_addresses() {
+        for (host, port, want) in [
+            ("esx1.example.com", 443, "esx1.example.com:443"),
+            ("esx1.example.com", 0, "esx1.example.com:443"),
+            ("esx1:8443", 443, "esx1:8443"),
+            ("10.0.0.5", 902, "10.0.0.5:902"),
+            ("::1", 443, "[::1]:443"),
+            ("fd00::5", 0, "[fd00::5]:443"),
+            ("[::1]", 8443, "[::1]:8443"),
+            ("[::1]:8443", 443, "[::1]:8443"),
+        ] {
+            assert_eq!(server_address(host, port), want, "{host} {port}");
+        }
+    }
+
+    #[test]
     fn responses() {
+        use crate::http::read_response;
         let raw = b"HTTP/1.1 200 OK\r\nSet-Cookie: vmware_soap_session=\"abc\"; Path=/; HttpOnly\r\nContent-Length: 5\r\n\r\nhello";
-        let (s, c, b) = read_response(&mut &raw[..]).unwrap();
+        let r = read_response(&mut &raw[..]).unwrap();
+        let c = r
+            .cookies
+            .iter()
+            .find(|(n, _)| n == SESSION_COOKIE)
+            .map(|(_, v)| v.as_str());
         assert_eq!(
-            (s, c.as_deref(), b.as_slice()),
+            (r.status, c, r.body.as_slice()),
             (200, Some("abc"), &b"hello"[..])
         );
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(read_response(&mut &raw[..]).unwrap().2, b"abcde");
+        assert_eq!(read_response(&mut &raw[..]).unwrap().body, b"abcde");
         assert!(read_response(
             &mut &b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\n"[..]
         )

@@ -51,6 +51,8 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;
+#[cfg(feature = "client")]
+pub mod http;
 pub mod xml;
 
 pub use codec::{Fault, FaultKind, MoRef};

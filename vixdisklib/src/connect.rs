@@ -56,15 +56,10 @@ fn to_params(o: &OwnedParams) -> Result<ConnectParams, VixError> {
     let Some(server) = &o.server else {
         return Ok(ConnectParams::local());
     };
-    let server = if server.contains(':') || o.port == 0 {
-        if server.contains(':') {
-            server.clone()
-        } else {
-            format!("{server}:443")
-        }
-    } else {
-        format!("{server}:{}", o.port)
-    };
+    // An IPv6 literal (`fd00::5`, `[::1]`) is bracketed before its port.
+    let port = u16::try_from(o.port)
+        .map_err(|_| fail(vix::E_INVALID_ARG, format!("port {} out of range", o.port)))?;
+    let server = vim_soap::client::server_address(server, port);
     let credentials = match (&o.cookie, &o.user, &o.password) {
         (Some(c), _, _) => Credentials::SessionCookie(c.as_str().into()),
         (None, Some(u), Some(p)) => Credentials::password(u, p),

@@ -65,7 +65,6 @@ pub(crate) enum Kind {
     /// `go build -o target/peers/NAME MAIN` with `GOPATH=/usr/share/gocode`
     /// and `GO111MODULE=off`; `sources` are the Debian packages holding
     /// MAIN and what it imports.
-    #[allow(dead_code, reason = "no peer is a Go build yet")]
     Go {
         name: &'static str,
         main: &'static str,
@@ -214,6 +213,20 @@ pub(crate) const PEERS: &[Peer] = &[
             present: Probe::Command("readelf"),
             packages: &["binutils"],
         }),
+    },
+    Peer {
+        what: "vcsim",
+        why: "the peer tests (vdisk/tests/peers.rs) point our SOAP client and CLI at govmomi's \
+              vCenter simulator, a vCenter nobody here wrote",
+        groups: TEST,
+        kind: Kind::Go {
+            name: "vcsim",
+            main: "./xtask/peers/vcsim",
+            sources: &[Apt {
+                present: Probe::Path("/usr/share/gocode/src/github.com/vmware/govmomi/simulator"),
+                packages: &["golang-github-vmware-govmomi-dev"],
+            }],
+        },
     },
     Peer {
         what: "fio",
@@ -819,8 +832,8 @@ mod tests {
         assert_eq!(dist_name("x ; python_version>'3'"), "x");
     }
 
-    /// The table covers what `.ci/run` used to install, fio only for the
-    /// benches.
+    /// The table covers what `.ci/run` used to install, the Go toolchain
+    /// and govmomi's sources for vcsim, fio only for the benches.
     #[test]
     fn table_covers_the_debian_peers() {
         let (test, _) = plan_with(PEERS, &[Group::Test], &[]);
@@ -831,6 +844,8 @@ mod tests {
             [
                 "binutils",
                 "gcc",
+                "golang-github-vmware-govmomi-dev",
+                "golang-go",
                 "libc6-dev",
                 "libnbd-bin",
                 "libvmdk-utils",

@@ -23,7 +23,7 @@ const TASKS: &[(&str, &str)] = &[
     ),
     (
         "integration",
-        "only the integration runs against the simulators, after deps",
+        "only the integration runs against the simulators and the peers (vcsim), after deps",
     ),
     (
         "deps [--bench] [--check]",
@@ -175,7 +175,9 @@ fn integration() -> Result {
         "vdisk",
         "--test",
         "integration",
+        "--",
         "sim_cli",
+        "peers",
     ]);
     run(c)?;
     // The C library against simulator disks over nbd / nbdssl.

@@ -207,3 +207,49 @@ pub fn parse_bool(resp: &Element) -> Result<bool> {
 pub fn parse_moref(resp: &Element) -> Result<Option<MoRef>> {
     Ok(resp.child("returnval").and_then(MoRef::from_element))
 }
+
+/// Whether sending `method` twice does no more than sending it once:
+/// only such calls are resent when a connection dies under them (a
+/// task, a login, a ticket or any change may have happened already).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "RetrieveServiceContent"
+            | "RetrieveProperties"
+            | "RetrievePropertiesEx"
+            | "ContinueRetrievePropertiesEx"
+            | "RetrieveInternalContent"
+            | "QueryChangedDiskAreas"
+            | "FindByInventoryPath"
+            | "FindByUuid"
+            | "SessionIsActive"
+            | "SimQueryDiskBlockMap"
+    )
+}
+
+#[cfg(test)]
+mod idempotency_tests {
+    use super::is_idempotent;
+
+    #[test]
+    fn only_reads_are_resent() {
+        for m in [
+            "RetrievePropertiesEx",
+            "QueryChangedDiskAreas",
+            "RetrieveServiceContent",
+        ] {
+            assert!(is_idempotent(m), "{m}");
+        }
+        for m in [
+            "Login",
+            "CreateSnapshot_Task",
+            "RemoveSnapshot_Task",
+            "ReconfigVM_Task",
+            "AcquireCloneTicket",
+            "NfcRandomAccessOpenDisk",
+            "DisableMethods",
+        ] {
+            assert!(!is_idempotent(m), "{m}");
+        }
+    }
+}

@@ -34,8 +34,8 @@ pub use devices::{
 #[cfg(feature = "server")]
 pub use devices::{virtual_devices_xml, virtual_disks_xml};
 pub use envelope::{
-    parse_bool, parse_moref, parse_response, parse_string, service_instance, MoRef, Namespace,
-    Request, API_VERSION,
+    is_idempotent, parse_bool, parse_moref, parse_response, parse_string, service_instance, MoRef,
+    Namespace, Request, API_VERSION,
 };
 #[cfg(feature = "server")]
 pub use envelope::{parse_request, response_envelope};
