@@ -114,3 +114,61 @@ fn vcsim_answers_vm_list_disks_snapshots_and_cbt() {
     assert!(!listed.contains(&snap), "{listed}");
     vdisk(&sim, &["vm", "cbt", "enable", "--vm", &vm_arg]);
 }
+
+/// pyVmomi (VMware's Python SDK, from PyPI, in the virtualenv `cargo
+/// xtask deps` makes) as a client of `vdisk sim serve`: version
+/// negotiation through `/sdk/vimServiceVersions.xml`, `Fetch`, a
+/// container view, devices and `runtime.host`, a snapshot taken and
+/// removed through tasks (`WaitForTask`: a property filter and
+/// `WaitForUpdates`), `QueryChangedDiskAreas`, and `InvalidLogin`.
+#[test]
+fn pyvmomi_drives_the_simulator() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["sim", "serve", "--demo", "--root"])
+        .arg(root.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let env: Vec<(String, String)> = (0..4)
+        .map(|_| {
+            let l = lines.next().unwrap().unwrap();
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('\'').to_string())
+        })
+        .collect();
+    let python =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv-pyvmomi/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyvmomi_client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask deps`)", python.display()));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = [
+        "wrong password: InvalidLogin",
+        "connected VirtualCenter 8.0.1.0",
+        "vms backup-proxy demo-vm",
+        "disks 2000:[datastore1] demo-vm/demo-vm.vmdk 2001:[datastore1] demo-vm/demo-vm_1.vmdk",
+        "host esx1.sim.local",
+    ];
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(&got[..want.len()], want, "{text}");
+    assert!(
+        got.iter().any(|l| l.starts_with("snapshot snapshot-")),
+        "{text}"
+    );
+    assert!(
+        got.contains(&"snapshot removed") && got.last() == Some(&"ok"),
+        "{text}"
+    );
+}

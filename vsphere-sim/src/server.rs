@@ -89,11 +89,17 @@ fn serve(tcp: TcpStream, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> std::io
             tls.flush()?;
             continue;
         }
-        if req.method != "POST" || req.target != "/sdk" {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "only POST /sdk and /folder are served",
-            ));
+        if req.method == "GET"
+            && req.target.split('?').next() == Some("/sdk/vimServiceVersions.xml")
+        {
+            // What SDKs ask first to choose their API version (pyVmomi's
+            // SmartConnect, govmomi): the versions this host speaks.
+            write_plain(&mut tls, 200, "text/xml", service_versions().as_bytes())?;
+            continue;
+        }
+        if req.method != "POST" || req.target.split('?').next() != Some("/sdk") {
+            write_plain(&mut tls, 404, "text/plain", b"not found")?;
+            continue;
         }
         let (cookie, body) = (req.cookie, req.body);
         let (status, set_cookie, out) = match codec::parse_request(&body) {
@@ -125,6 +131,41 @@ fn serve(tcp: TcpStream, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> std::io
         tls.flush()?;
     }
 }
+
+/// A response with a fixed body.
+fn write_plain(
+    w: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+/// `/sdk/vimServiceVersions.xml`: the `urn:vim25` versions served, newest
+/// first, in the layout vCenter and ESXi publish.
+fn service_versions() -> String {
+    let prior: String = PRIOR_VERSIONS
+        .iter()
+        .map(|v| format!("      <version>{v}</version>\n"))
+        .collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<namespaces version=\"1.0\">\n  <namespace>\n    <name>urn:vim25</name>\n    <version>{}</version>\n    <priorVersions>\n{prior}    </priorVersions>\n  </namespace>\n</namespaces>\n",
+        codec::API_VERSION
+    )
+}
+
+/// Older `urn:vim25` versions a client may speak to this simulator.
+const PRIOR_VERSIONS: &[&str] = &[
+    "8.0.0.0", "7.0.3.0", "7.0.2.0", "7.0.1.0", "7.0.0.0", "6.7.3", "6.7", "6.5",
+];
 
 fn reason(status: u16) -> &'static str {
     match status {

@@ -57,7 +57,6 @@ pub(crate) enum Kind {
     /// A virtualenv `target/peers/venv-NAME` with these pip requirements
     /// (`name` or `name==version`; a package counts as present when
     /// `pip show name` finds it, whatever its version).
-    #[allow(dead_code, reason = "no peer is a virtualenv yet")]
     Venv {
         name: &'static str,
         pip: &'static [&'static str],
@@ -226,6 +225,16 @@ pub(crate) const PEERS: &[Peer] = &[
                 present: Probe::Path("/usr/share/gocode/src/github.com/vmware/govmomi/simulator"),
                 packages: &["golang-github-vmware-govmomi-dev"],
             }],
+        },
+    },
+    Peer {
+        what: "pyVmomi",
+        why: "the peer tests (vdisk/tests/peers.rs) run VMware's Python SDK as a client of our \
+              simulator: connect, container views, devices, tasks, snapshots, changed areas",
+        groups: TEST,
+        kind: Kind::Venv {
+            name: "pyvmomi",
+            pip: &["pyvmomi"],
         },
     },
     Peer {
@@ -833,7 +842,8 @@ mod tests {
     }
 
     /// The table covers what `.ci/run` used to install, the Go toolchain
-    /// and govmomi's sources for vcsim, fio only for the benches.
+    /// and govmomi's sources for vcsim, python3-venv for pyVmomi's
+    /// virtualenv, fio only for the benches.
     #[test]
     fn table_covers_the_debian_peers() {
         let (test, _) = plan_with(PEERS, &[Group::Test], &[]);
@@ -851,6 +861,7 @@ mod tests {
                 "libvmdk-utils",
                 "nbdkit",
                 "nbdkit-plugin-python",
+                "python3-venv",
                 "qemu-utils",
                 "valgrind"
             ]

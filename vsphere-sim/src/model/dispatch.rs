@@ -11,7 +11,7 @@ use vim_soap::FaultKind;
 use crate::inventory::Mode;
 use crate::san::LunState;
 
-use super::state::{fault, random_hex, Fault, NfcGrant, Reply, Shared};
+use super::state::{fault, not_found, random_hex, Fault, NfcGrant, Reply, Shared};
 
 pub(super) fn this(el: &Element) -> Result<MoRef, Fault> {
     el.child("_this")
@@ -45,6 +45,21 @@ pub(super) fn arg_moref(el: &Element, name: &str) -> Result<MoRef, Fault> {
             format!("missing {name}"),
         )
     })
+}
+
+/// A property value (`<val xsi:type=…>…</val>`) as a method's result.
+fn val_as_returnval(val: &str) -> String {
+    let inner = val
+        .strip_prefix("<val")
+        .and_then(|v| v.strip_suffix("</val>"));
+    match inner {
+        Some(rest) => format!("<returnval{rest}</returnval>"),
+        None => val.to_string(),
+    }
+}
+
+fn service_content_rv(s: &str) -> String {
+    format!("<returnval xsi:type=\"ServiceContent\">{s}</returnval>")
 }
 
 fn rv(s: &str) -> String {
@@ -165,6 +180,83 @@ impl Shared {
                     .find(|v| bare(&v.uuid) == bare(uuid))
                     .map(|v| MoRef::new("VirtualMachine", &v.moref));
                 plain(found.map(|r| rv_moref(&r)).unwrap_or_default())
+            }
+            // pyVmomi reads every property through the internal `Fetch`.
+            "Fetch" => {
+                let obj = this(el)?;
+                let prop = arg(el, "prop")?;
+                if obj.kind == "ServiceInstance" && prop == "content" {
+                    return plain(self.service_content());
+                }
+                let st = self.lock();
+                let props = self.object_props(&st, &obj, &[prop.to_string()])?;
+                plain(match props.into_iter().next() {
+                    Some((_, val)) => val_as_returnval(val.as_str()),
+                    None => String::new(),
+                })
+            }
+            "CreateContainerView" => {
+                let container = arg_moref(el, "container")?;
+                if container.kind != "Folder" && container.kind != "Datacenter" {
+                    return Err(not_found(&container.kind, &container.value));
+                }
+                let types = el
+                    .children_named("type")
+                    .map(|t| t.text.trim().to_string())
+                    .collect();
+                let mut st = self.lock();
+                let id = format!("session[{}]{}", random_hex(8), st.id("view"));
+                st.views.insert(id.clone(), types);
+                plain(rv_moref(&MoRef::new("ContainerView", &id)))
+            }
+            // How pyVmomi's WaitForTask and govmomi's task.Wait follow a
+            // task: a filter on it, then updates until it is done.
+            "CreateFilter" => {
+                let spec = el.child("spec").ok_or_else(|| {
+                    fault(FaultKind::InvalidArgument("spec".into()), "missing spec")
+                })?;
+                let mut watched = Vec::new();
+                for os in spec.children_named("objectSet") {
+                    let obj = arg_moref(os, "obj")?;
+                    let paths: Vec<String> = spec
+                        .children_named("propSet")
+                        .filter(|p| p.child_text("type") == Some(obj.kind.as_str()))
+                        .flat_map(|p| {
+                            p.children_named("pathSet")
+                                .map(|x| x.text.trim().to_string())
+                        })
+                        .collect();
+                    watched.push((obj, paths));
+                }
+                let mut st = self.lock();
+                let id = format!("session[{}]{}", random_hex(8), st.id("filter"));
+                st.filters.insert(id.clone(), watched);
+                plain(rv_moref(&MoRef::new("PropertyFilter", &id)))
+            }
+            "DestroyPropertyFilter" => {
+                let f = this(el)?;
+                self.lock()
+                    .filters
+                    .remove(&f.value)
+                    .ok_or_else(|| not_found("PropertyFilter", &f.value))?;
+                plain(String::new())
+            }
+            "WaitForUpdates" | "WaitForUpdatesEx" | "CheckForUpdates" => {
+                let since = el.child_text("version").unwrap_or_default().to_string();
+                if !since.is_empty() {
+                    // Answered at once with the current state; a short
+                    // pause keeps a polling client from spinning.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                plain(self.update_set()?)
+            }
+            "DestroyView" => {
+                let view = this(el)?;
+                self.lock()
+                    .views
+                    .remove(&view.value)
+                    .ok_or_else(|| not_found("ContainerView", &view.value))?;
+                plain(String::new())
             }
             "RetrievePropertiesEx" => self.retrieve(el).map(|b| Outcome {
                 body: b,
@@ -301,8 +393,9 @@ impl Shared {
                 self.guest_write(&vm.value, key, offset, &vec![byte; len as usize])?;
                 plain(String::new())
             }
+            // What vCenter answers for a method it does not have.
             other => Err(fault(
-                FaultKind::NotSupported,
+                FaultKind::Other("MethodNotFound".into()),
                 format!("method {other} is not implemented by the simulator"),
             )),
         }
@@ -329,8 +422,8 @@ impl Shared {
             Mode::Vcenter => ("VirtualCenter", "vddk-rs vSphere simulator (vCenter)"),
             Mode::Esxi => ("HostAgent", "vddk-rs vSphere simulator (ESXi)"),
         };
-        rv(&format!(
-            "<rootFolder type=\"Folder\">group-d1</rootFolder><propertyCollector type=\"PropertyCollector\">propertyCollector</propertyCollector><sessionManager type=\"SessionManager\">SessionManager</sessionManager><searchIndex type=\"SearchIndex\">SearchIndex</searchIndex><authorizationManager type=\"AuthorizationManager\">AuthorizationManager</authorizationManager><about><name>vsphere-sim</name><fullName>{full}</fullName><apiType>{api_type}</apiType><apiVersion>8.0.1.0</apiVersion></about>"
+        service_content_rv(&format!(
+            "<rootFolder type=\"Folder\">group-d1</rootFolder><viewManager type=\"ViewManager\">ViewManager</viewManager><propertyCollector type=\"PropertyCollector\">propertyCollector</propertyCollector><sessionManager type=\"SessionManager\">SessionManager</sessionManager><searchIndex type=\"SearchIndex\">SearchIndex</searchIndex><authorizationManager type=\"AuthorizationManager\">AuthorizationManager</authorizationManager><about><name>vsphere-sim</name><fullName>{full}</fullName><apiType>{api_type}</apiType><apiVersion>8.0.1.0</apiVersion></about>"
         ))
     }
 

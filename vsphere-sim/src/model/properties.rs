@@ -6,7 +6,9 @@ use vim_soap::xml::{escape, Element};
 use vim_soap::FaultKind;
 
 use super::dispatch::arg_moref;
-use super::state::{fault, not_found, random_hex, Fault, Reply, Shared, SimSnapshot, SimVm, State};
+use super::state::{
+    fault, not_found, random_hex, Fault, Reply, Shared, SimSnapshot, SimVm, State, Watched,
+};
 
 impl Shared {
     fn disk_infos(&self, v: &SimVm, snapshot: Option<&SimSnapshot>) -> Vec<VirtualDiskInfo> {
@@ -48,7 +50,7 @@ impl Shared {
         )
     }
 
-    fn object_props(
+    pub(super) fn object_props(
         &self,
         st: &State,
         obj: &MoRef,
@@ -73,6 +75,23 @@ impl Shared {
                 ("Datacenter", "vmFolder") => Some(codec::moref_val(&MoRef::new("Folder", "group-v1"))),
                 ("Datacenter", "name") => Some(codec::simple_val("string", dc)),
                 ("Folder", _) | ("Datacenter", _) => None,
+                ("ContainerView", "view") => {
+                    let types = st.views.get(&obj.value).ok_or_else(|| not_found("ContainerView", &obj.value))?;
+                    let mut s = String::from("<val xsi:type=\"ArrayOfManagedObjectReference\">");
+                    if types.iter().any(|t| t == "VirtualMachine") {
+                        for v in st.vms.values() {
+                            s.push_str(&format!("<ManagedObjectReference type=\"VirtualMachine\" xsi:type=\"ManagedObjectReference\">{}</ManagedObjectReference>", v.moref));
+                        }
+                    }
+                    if types.iter().any(|t| t == "HostSystem") {
+                        s.push_str("<ManagedObjectReference type=\"HostSystem\" xsi:type=\"ManagedObjectReference\">host-1</ManagedObjectReference>");
+                    }
+                    s.push_str("</val>");
+                    Some(s)
+                }
+                ("HostSystem", "name") if obj.value == "host-1" => Some(codec::simple_val("string", &self.host_name())),
+                ("HostSystem", "parent") if obj.value == "host-1" => Some(codec::moref_val(&MoRef::new("Folder", "group-h1"))),
+                ("HostSystem", _) if obj.value == "host-1" => None,
                 ("Task", "info") => {
                     let t = st.tasks.get(&obj.value).ok_or_else(|| not_found("Task", &obj.value))?;
                     Some(codec::task_info_xml(t))
@@ -86,6 +105,8 @@ impl Shared {
                         "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, None))),
                         "config.changeTrackingEnabled" => Some(codec::simple_val("boolean", &v.disks.iter().any(|d| d.cbt.enabled).to_string())),
                         "config" => Some(self.config_xml(v, None)),
+                        "runtime.host" => Some(codec::moref_val(&MoRef::new("HostSystem", "host-1"))),
+                        "runtime" => Some(format!("<val xsi:type=\"VirtualMachineRuntimeInfo\"><host type=\"HostSystem\">host-1</host><connectionState>connected</connectionState><powerState>{}</powerState></val>", v.power)),
                         "runtime.powerState" => Some(format!("<val xsi:type=\"VirtualMachinePowerState\">{}</val>", v.power)),
                         "summary.config.template" => Some(codec::simple_val("boolean", "false")),
                         "snapshot.rootSnapshotList" => {
@@ -176,5 +197,67 @@ impl Shared {
         }
         body.push_str("</returnval>");
         body
+    }
+}
+
+impl Shared {
+    /// The one host the simulator's VMs run on (`host-1`): the
+    /// inventory's first host's name, else a made-up one.
+    fn host_name(&self) -> String {
+        self.inv
+            .hosts
+            .first()
+            .map_or_else(|| "esx-sim.local".to_string(), |h| h.name.clone())
+    }
+}
+
+impl Shared {
+    /// An `UpdateSet` with the current value of everything every filter
+    /// watches (a full update each time: correct, if not minimal).
+    pub(super) fn update_set(&self) -> Reply {
+        let mut st = self.lock();
+        st.update_version += 1;
+        let version = st.update_version;
+        let mut sets = String::new();
+        let filters: Vec<(String, Watched)> = st
+            .filters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, watched) in filters {
+            let mut objects = String::new();
+            for (obj, paths) in watched {
+                let paths = if paths.is_empty() && obj.kind == "Task" {
+                    vec!["info".to_string()]
+                } else {
+                    paths
+                };
+                let props = match self.object_props(&st, &obj, &paths) {
+                    Ok(p) => p,
+                    Err(_) => continue, // gone: nothing to report
+                };
+                let changes: String = props
+                    .iter()
+                    .map(|(name, val)| {
+                        format!(
+                            "<changeSet><name>{}</name><op>assign</op>{val}</changeSet>",
+                            escape(name)
+                        )
+                    })
+                    .collect();
+                objects.push_str(&format!(
+                    "<objectSet><kind>modify</kind><obj type=\"{}\">{}</obj>{changes}</objectSet>",
+                    escape(&obj.kind),
+                    escape(&obj.value)
+                ));
+            }
+            sets.push_str(&format!(
+                "<filterSet><filter type=\"PropertyFilter\">{}</filter>{objects}</filterSet>",
+                escape(&id)
+            ));
+        }
+        Ok(format!(
+            "<returnval xsi:type=\"UpdateSet\"><version>{version}</version>{sets}</returnval>"
+        ))
     }
 }

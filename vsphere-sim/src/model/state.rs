@@ -154,6 +154,14 @@ pub(crate) struct State {
     pub vms: BTreeMap<String, SimVm>,
     pub tasks: HashMap<String, TaskInfo>,
     pub pending: HashMap<String, Vec<String>>,
+    /// Container views (`CreateContainerView`): id → the managed object
+    /// types they list.
+    pub views: HashMap<String, Vec<String>>,
+    /// Property filters (`CreateFilter`): id → the objects and paths
+    /// watched (an empty path list: every property this simulator has).
+    pub filters: HashMap<String, Watched>,
+    /// The version `WaitForUpdates` last answered.
+    pub update_version: u64,
     pub nfc_tickets: HashMap<String, NfcGrant>,
     pub next_id: u64,
 }
@@ -196,6 +204,9 @@ impl State {
 pub(super) fn not_found(kind: &str, value: &str) -> Fault {
     fault(FaultKind::ManagedObjectNotFound(Some(MoRef::new(kind, value))), format!("The object '{kind}:{value}' has already been deleted or has not been completely created"))
 }
+
+/// What a property filter watches: objects and their property paths.
+pub(crate) type Watched = Vec<(MoRef, Vec<String>)>;
 
 /// [`SimOptions::cbt_block`] by default: 64 KiB.
 pub const DEFAULT_CBT_BLOCK: u64 = 64 << 10;
@@ -302,6 +313,9 @@ impl Shared {
             vms: BTreeMap::new(),
             tasks: HashMap::new(),
             pending: HashMap::new(),
+            views: HashMap::new(),
+            filters: HashMap::new(),
+            update_version: 0,
             nfc_tickets: HashMap::new(),
             next_id: 0,
         };
@@ -315,6 +329,9 @@ impl Shared {
                 vms: BTreeMap::new(),
                 tasks: HashMap::new(),
                 pending: HashMap::new(),
+                views: HashMap::new(),
+                filters: HashMap::new(),
+                update_version: 0,
                 nfc_tickets: HashMap::new(),
                 next_id: 0,
             }),
