@@ -124,20 +124,7 @@ fn vcsim_answers_vm_list_disks_snapshots_and_cbt() {
 #[test]
 fn pyvmomi_drives_the_simulator() {
     let root = tempfile::tempdir().unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_vdisk"))
-        .args(["sim", "serve", "--demo", "--root"])
-        .arg(root.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
-    let env: Vec<(String, String)> = (0..4)
-        .map(|_| {
-            let l = lines.next().unwrap().unwrap();
-            let (k, v) = l.split_once('=').unwrap();
-            (k.to_string(), v.trim_matches('\'').to_string())
-        })
-        .collect();
+    let (mut sim, env) = simulator(root.path());
     let python =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv-pyvmomi/bin/python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyvmomi_client.py");
@@ -169,6 +156,68 @@ fn pyvmomi_drives_the_simulator() {
     );
     assert!(
         got.contains(&"snapshot removed") && got.last() == Some(&"ok"),
+        "{text}"
+    );
+}
+
+/// Starts `vdisk sim serve --demo`; the server and its VDISK_* variables.
+fn simulator(root: &std::path::Path) -> (Child, Vec<(String, String)>) {
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["sim", "serve", "--demo", "--root"])
+        .arg(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let env = (0..4)
+        .map(|_| {
+            let l = lines.next().unwrap().unwrap();
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('\'').to_string())
+        })
+        .collect();
+    (sim, env)
+}
+
+/// govmomi (Debian's sources, `xtask/peers/govmomi-client`) as a client
+/// of `vdisk sim serve`: a chunked SOAP body (Go's HTTP client), the
+/// finder's traversal specs over `RetrieveProperties`, `Device()`,
+/// `CreateSnapshot` and `task.Wait` (a collector of its own, a filter,
+/// `WaitForUpdatesEx`), `QueryChangedDiskAreas`, `RemoveSnapshot` by
+/// the snapshot tree, `Logout`.
+#[test]
+fn govmomi_drives_the_simulator() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut sim, env) = simulator(root.path());
+    let exe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/peers/govmomi-client");
+    let out = Command::new(&exe)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask deps`)", exe.display()));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        got[..5],
+        [
+            "wrong password refused",
+            "connected VirtualCenter",
+            "vm vm-100",
+            "disk 2000 [datastore1] demo-vm/demo-vm.vmdk",
+            "disk 2001 [datastore1] demo-vm/demo-vm_1.vmdk",
+        ],
+        "{text}"
+    );
+    assert!(got[5].starts_with("snapshot snapshot-"), "{text}");
+    assert_eq!(
+        got[6..],
+        ["changes true", "snapshot removed", "ok"],
         "{text}"
     );
 }

@@ -150,6 +150,12 @@ pub fn read_response(r: &mut impl BufRead) -> Result<Response, Error> {
     Ok(out)
 }
 
+/// Reads a chunked body (after the head) into `body`, within
+/// [`MAX_MESSAGE`] bytes; servers use it for chunked requests.
+pub fn read_chunked_body(r: &mut impl BufRead, body: &mut Vec<u8>) -> Result<(), Error> {
+    read_chunked(r, body, &mut Vec::new())
+}
+
 fn read_chunked(r: &mut impl BufRead, body: &mut Vec<u8>, line: &mut Vec<u8>) -> Result<(), Error> {
     loop {
         if read_line(r, line)? == 0 {

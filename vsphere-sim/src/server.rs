@@ -211,6 +211,7 @@ fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<HttpRequest>> {
     let mut len = 0usize;
     let mut cookie = None;
     let mut range = None;
+    let mut chunked = false;
     let mut total = 0;
     loop {
         line.clear();
@@ -236,16 +237,30 @@ fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<HttpRequest>> {
                     }
                 }
                 "range" => range = Some(v.trim().to_string()),
-                "transfer-encoding" => return Err(bad("chunked requests are not taken")),
+                "transfer-encoding" => {
+                    chunked = v
+                        .rsplit(',')
+                        .next()
+                        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+                }
                 _ => {}
             }
         }
     }
-    if len > MAX_BODY {
-        return Err(bad("request too large"));
+    let mut body = Vec::new();
+    if chunked {
+        // Go's HTTP client (govmomi) sends SOAP bodies chunked.
+        vim_soap::http::read_chunked_body(r, &mut body).map_err(|e| bad(&e.to_string()))?;
+        if body.len() > MAX_BODY {
+            return Err(bad("request too large"));
+        }
+    } else {
+        if len > MAX_BODY {
+            return Err(bad("request too large"));
+        }
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
     Ok(Some(HttpRequest {
         method,
         target,

@@ -228,6 +228,20 @@ pub(crate) const PEERS: &[Peer] = &[
         },
     },
     Peer {
+        what: "govmomi-client",
+        why: "the peer tests (vdisk/tests/peers.rs) run govmomi as a client of our simulator: \
+              finder, devices, snapshot tasks, changed areas",
+        groups: TEST,
+        kind: Kind::Go {
+            name: "govmomi-client",
+            main: "./xtask/peers/govmomi-client",
+            sources: &[Apt {
+                present: Probe::Path("/usr/share/gocode/src/github.com/vmware/govmomi/find"),
+                packages: &["golang-github-vmware-govmomi-dev"],
+            }],
+        },
+    },
+    Peer {
         what: "pyVmomi",
         why: "the peer tests (vdisk/tests/peers.rs) run VMware's Python SDK as a client of our \
               simulator: connect, container views, devices, tasks, snapshots, changed areas",

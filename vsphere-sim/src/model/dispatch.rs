@@ -228,10 +228,21 @@ impl Shared {
                         .collect();
                     watched.push((obj, paths));
                 }
+                let collector = this(el)?.value;
                 let mut st = self.lock();
                 let id = format!("session[{}]{}", random_hex(8), st.id("filter"));
-                st.filters.insert(id.clone(), watched);
+                st.filters.insert(id.clone(), (collector, watched));
                 plain(rv_moref(&MoRef::new("PropertyFilter", &id)))
+            }
+            // govmomi's task.Wait makes a collector of its own.
+            "CreatePropertyCollector" => {
+                let id = format!("session[{}]{}", random_hex(8), self.lock().id("collector"));
+                plain(rv_moref(&MoRef::new("PropertyCollector", &id)))
+            }
+            "DestroyPropertyCollector" => {
+                let pc = this(el)?.value;
+                self.lock().filters.retain(|_, (owner, _)| *owner != pc);
+                plain(String::new())
             }
             "DestroyPropertyFilter" => {
                 let f = this(el)?;
@@ -248,7 +259,7 @@ impl Shared {
                     // pause keeps a polling client from spinning.
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                plain(self.update_set()?)
+                plain(self.update_set(&this(el)?.value)?)
             }
             "DestroyView" => {
                 let view = this(el)?;
@@ -258,6 +269,10 @@ impl Shared {
                     .ok_or_else(|| not_found("ContainerView", &view.value))?;
                 plain(String::new())
             }
+            "RetrieveProperties" => self.retrieve_unpaged(el).map(|b| Outcome {
+                body: b,
+                cookie: None,
+            }),
             "RetrievePropertiesEx" => self.retrieve(el).map(|b| Outcome {
                 body: b,
                 cookie: None,

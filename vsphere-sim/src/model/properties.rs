@@ -1,6 +1,8 @@
 //! The property collector: `RetrievePropertiesEx` and its paging, and the
 //! properties of each object.
 
+use std::collections::HashMap;
+
 use vim_soap::codec::{self, MoRef, SnapshotNode, VirtualDiskInfo};
 use vim_soap::xml::{escape, Element};
 use vim_soap::FaultKind;
@@ -121,6 +123,25 @@ impl Shared {
                                 Some(codec::snapshot_tree_xml(&node.into_iter().collect::<Vec<_>>()))
                             }
                         }
+                        // The whole VirtualMachineSnapshotInfo (govmomi
+                        // finds snapshots by name through it).
+                        "snapshot" => v.snapshots.last().map(|cur| {
+                            let mut node: Option<SnapshotNode> = None;
+                            for s in v.snapshots.iter().rev() {
+                                node = Some(SnapshotNode { snapshot: MoRef::new("VirtualMachineSnapshot", &s.moref), name: s.name.clone(), children: node.into_iter().collect() });
+                            }
+                            let tree = codec::snapshot_tree_xml(&node.into_iter().collect::<Vec<_>>());
+                            let roots = tree
+                                .strip_prefix("<val xsi:type=\"ArrayOfVirtualMachineSnapshotTree\">")
+                                .and_then(|t| t.strip_suffix("</val>"))
+                                .unwrap_or_default()
+                                .replace("<VirtualMachineSnapshotTree ", "<rootSnapshotList ")
+                                .replace("</VirtualMachineSnapshotTree>", "</rootSnapshotList>");
+                            format!(
+                                "<val xsi:type=\"VirtualMachineSnapshotInfo\"><currentSnapshot type=\"VirtualMachineSnapshot\">{}</currentSnapshot>{roots}</val>",
+                                escape(&cur.moref)
+                            )
+                        }),
                         "snapshot.currentSnapshot" => v.snapshots.last().map(|s| codec::moref_val(&MoRef::new("VirtualMachineSnapshot", &s.moref))),
                         "simulator.proxy" => Some(codec::simple_val("boolean", &v.proxy.to_string())),
                         _ => None,
@@ -147,21 +168,60 @@ impl Shared {
     }
 
     pub(super) fn retrieve(&self, el: &Element) -> Reply {
+        let max = el
+            .path(&["options", "maxObjects"])
+            .and_then(|m| m.text.trim().parse::<usize>().ok())
+            .unwrap_or(100)
+            .max(1);
+        let objects = self.collect(el)?;
+        Ok(self.page(objects, max))
+    }
+
+    /// `RetrieveProperties` (the old form govmomi's finder uses): every
+    /// object content as a `returnval` of its own, unpaged.
+    pub(super) fn retrieve_unpaged(&self, el: &Element) -> Reply {
+        Ok(self
+            .collect(el)?
+            .into_iter()
+            .map(|o| {
+                let inner = o
+                    .strip_prefix("<objects>")
+                    .and_then(|o| o.strip_suffix("</objects>"))
+                    .unwrap_or(&o)
+                    .to_string();
+                format!("<returnval>{inner}</returnval>")
+            })
+            .collect())
+    }
+
+    /// The object contents a `specSet` asks for: each `objectSet`'s
+    /// object (unless `skip`) and what its `selectSet` traversal specs
+    /// reach (by `path` from objects of their `type`, `SelectionSpec`s
+    /// naming specs anywhere in the set), each with the `propSet` paths
+    /// of its type.
+    fn collect(&self, el: &Element) -> Result<Vec<String>, Fault> {
         let spec = el.child("specSet").ok_or_else(|| {
             fault(
                 FaultKind::InvalidArgument("specSet".into()),
                 "missing specSet",
             )
         })?;
-        let max = el
-            .path(&["options", "maxObjects"])
-            .and_then(|m| m.text.trim().parse::<usize>().ok())
-            .unwrap_or(100)
-            .max(1);
+        let mut named = HashMap::new();
+        for os in spec.children_named("objectSet") {
+            name_specs(os, &mut named);
+        }
         let st = self.lock();
-        let mut objects = Vec::new();
+        let mut found: Vec<MoRef> = Vec::new();
         for os in spec.children_named("objectSet") {
             let obj = arg_moref(os, "obj")?;
+            if os.child_text("skip") != Some("true") && !found.contains(&obj) {
+                found.push(obj.clone());
+            }
+            let select: Vec<&Element> = os.children_named("selectSet").collect();
+            self.traverse(&st, &obj, &select, &named, &mut found, 0);
+        }
+        let mut objects = Vec::new();
+        for obj in found {
             let paths: Vec<String> = spec
                 .children_named("propSet")
                 .filter(|p| p.child_text("type") == Some(obj.kind.as_str()))
@@ -170,11 +230,59 @@ impl Shared {
                         .map(|x| x.text.trim().to_string())
                 })
                 .collect();
+            if !spec
+                .children_named("propSet")
+                .any(|p| p.child_text("type") == Some(obj.kind.as_str()))
+            {
+                continue; // no propSet for this type: not reported
+            }
             let props = self.object_props(&st, &obj, &paths)?;
             objects.push(codec::object_content_xml(&obj, &props));
         }
-        drop(st);
-        Ok(self.page(objects, max))
+        Ok(objects)
+    }
+
+    fn traverse<'a>(
+        &self,
+        st: &State,
+        obj: &MoRef,
+        select: &[&'a Element],
+        named: &HashMap<String, &'a Element>,
+        found: &mut Vec<MoRef>,
+        depth: usize,
+    ) {
+        if depth > 16 {
+            return;
+        }
+        for sel in select {
+            let ts = match sel.child_text("type") {
+                Some(_) => *sel,
+                None => match sel.child_text("name").and_then(|n| named.get(n)) {
+                    Some(ts) => *ts,
+                    None => continue,
+                },
+            };
+            if ts.child_text("type") != Some(obj.kind.as_str()) {
+                continue;
+            }
+            let Some(path) = ts.child_text("path") else {
+                continue;
+            };
+            let Ok(props) = self.object_props(st, obj, &[path.to_string()]) else {
+                continue;
+            };
+            let children: Vec<MoRef> = props.iter().flat_map(|(_, v)| morefs_in(v)).collect();
+            let next: Vec<&Element> = ts.children_named("selectSet").collect();
+            for child in children {
+                let seen = found.contains(&child);
+                if ts.child_text("skip") != Some("true") && !seen {
+                    found.push(child.clone());
+                }
+                if !seen {
+                    self.traverse(st, &child, &next, named, found, depth + 1);
+                }
+            }
+        }
     }
 
     pub(super) fn page(&self, mut objects: Vec<String>, max: usize) -> String {
@@ -212,9 +320,10 @@ impl Shared {
 }
 
 impl Shared {
-    /// An `UpdateSet` with the current value of everything every filter
-    /// watches (a full update each time: correct, if not minimal).
-    pub(super) fn update_set(&self) -> Reply {
+    /// An `UpdateSet` with the current value of everything the filters
+    /// of `collector` watch (a full update each time: correct, if not
+    /// minimal).
+    pub(super) fn update_set(&self, collector: &str) -> Reply {
         let mut st = self.lock();
         st.update_version += 1;
         let version = st.update_version;
@@ -222,7 +331,8 @@ impl Shared {
         let filters: Vec<(String, Watched)> = st
             .filters
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(_, (owner, _))| owner == collector)
+            .map(|(k, (_, w))| (k.clone(), w.clone()))
             .collect();
         for (id, watched) in filters {
             let mut objects = String::new();
@@ -259,5 +369,30 @@ impl Shared {
         Ok(format!(
             "<returnval xsi:type=\"UpdateSet\"><version>{version}</version>{sets}</returnval>"
         ))
+    }
+}
+
+/// Every `TraversalSpec` with a name, wherever it sits in `el`.
+fn name_specs<'a>(el: &'a Element, named: &mut HashMap<String, &'a Element>) {
+    for sel in el.children_named("selectSet") {
+        if let (Some(name), Some(_)) = (sel.child_text("name"), sel.child_text("type")) {
+            named.insert(name.to_string(), sel);
+        }
+        name_specs(sel, named);
+    }
+}
+
+/// The managed object references in a property value (one, or an array).
+fn morefs_in(val: &str) -> Vec<MoRef> {
+    let doc = format!("<r xmlns:xsi=\"{}\">{val}</r>", vim_soap::xml::XSI_NS);
+    let Ok(r) = Element::parse(doc.as_bytes()) else {
+        return Vec::new();
+    };
+    let Some(v) = r.children.first() else {
+        return Vec::new();
+    };
+    match MoRef::from_element(v) {
+        Some(m) => vec![m],
+        None => v.children.iter().filter_map(MoRef::from_element).collect(),
     }
 }

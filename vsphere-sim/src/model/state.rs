@@ -159,7 +159,7 @@ pub(crate) struct State {
     pub views: HashMap<String, Vec<String>>,
     /// Property filters (`CreateFilter`): id → the objects and paths
     /// watched (an empty path list: every property this simulator has).
-    pub filters: HashMap<String, Watched>,
+    pub filters: HashMap<String, (String, Watched)>,
     /// The version `WaitForUpdates` last answered.
     pub update_version: u64,
     pub nfc_tickets: HashMap<String, NfcGrant>,
