@@ -305,6 +305,8 @@ pub struct Client {
     /// Every cookie the server set, by name (the session's is
     /// `vmware_soap_session`); all are sent back.
     cookies: Mutex<Vec<(String, Secret)>>,
+    /// The `urn:vim25` version negotiated at connect.
+    version: &'static str,
     content: ServiceContent,
 }
 
@@ -331,6 +333,7 @@ impl Client {
             cfg,
             conn: Mutex::new(Some(conn)),
             cookies: Mutex::new(Vec::new()),
+            version: codec::API_VERSION,
             content: ServiceContent {
                 root_folder: MoRef::new("Folder", ""),
                 property_collector: MoRef::new("PropertyCollector", ""),
@@ -344,6 +347,13 @@ impl Client {
                 },
             },
         };
+        // The API version: the newest the server lists that we speak,
+        // else our default (as pyVmomi does when the list is missing).
+        if let Ok(doc) = c.get_file("/sdk/vimServiceVersions.xml", None) {
+            if let Some(v) = codec::negotiate_version(&doc) {
+                c.version = v;
+            }
+        }
         let resp = c.call(&codec::retrieve_service_content())?;
         c.content = codec::parse_service_content(&resp)?;
         Ok(c)
@@ -383,6 +393,12 @@ impl Client {
         &self.cfg.server
     }
 
+    /// The `urn:vim25` API version spoken with this server (negotiated
+    /// from its `/sdk/vimServiceVersions.xml`).
+    pub fn api_version(&self) -> &'static str {
+        self.version
+    }
+
     /// The pinned thumbprint.
     pub fn thumbprint(&self) -> &Thumbprint {
         &self.cfg.thumbprint
@@ -393,7 +409,9 @@ impl Client {
         let head = format!(
             "POST /sdk HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: \"{}\"\r\nContent-Length: {}\r\n",
             self.cfg.server,
-            req.soap_action,
+            req.soap_action
+                .strip_suffix(codec::API_VERSION)
+                .map_or_else(|| req.soap_action.clone(), |ns| format!("{ns}{}", self.version)),
             req.body.len()
         );
         let (status, body) = self.roundtrip(

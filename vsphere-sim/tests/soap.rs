@@ -640,3 +640,20 @@ fn reconfigure_disks_and_failing_tasks() {
     assert_eq!(c.wait_task(&t, T).unwrap().state, codec::TaskState::Success);
     drop(dir);
 }
+
+/// The client reads `/sdk/vimServiceVersions.xml` before anything else
+/// and speaks the newest version both sides know (the simulator lists
+/// 8.0.1.0 first); the document is served before login, as hosts do.
+#[test]
+fn api_version_is_negotiated_from_vim_service_versions() {
+    let (_d, sim) = start(Mode::Vcenter, 1 << 30);
+    let c = client(&sim);
+    assert_eq!(c.api_version(), "8.0.1.0");
+    let doc = c.get_file("/sdk/vimServiceVersions.xml", None).unwrap();
+    let text = String::from_utf8(doc).unwrap();
+    assert!(
+        text.contains("<name>urn:vim25</name>") && text.contains("<priorVersions>"),
+        "{text}"
+    );
+    assert_eq!(codec::negotiate_version(text.as_bytes()), Some("8.0.1.0"));
+}

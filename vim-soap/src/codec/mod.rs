@@ -17,6 +17,7 @@ mod search;
 mod session;
 mod snapshots;
 mod tasks;
+mod versions;
 
 #[cfg(feature = "server")]
 pub use block_map::disk_block_map_xml;
@@ -70,6 +71,7 @@ pub use snapshots::{
 #[cfg(feature = "server")]
 pub use tasks::task_info_xml;
 pub use tasks::{task_info, TaskInfo, TaskState};
+pub use versions::{negotiate_version, SUPPORTED_VERSIONS};
 
 #[cfg(all(test, feature = "server"))]
 mod tests {
