@@ -1,7 +1,6 @@
 //! Creating new local disks of every hosted type.
 
-use std::fs::{File, OpenOptions as FsOpen};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use vmdk_format::create::{
@@ -10,6 +9,7 @@ use vmdk_format::create::{
 };
 use vmdk_format::descriptor::{CreateType, ExtentType};
 
+use crate::io::{std_storage, SharedStorage, Storage};
 use crate::write::{new_cid, random_bytes};
 use crate::{Error, Result};
 
@@ -116,31 +116,26 @@ impl CreateOptions {
 }
 
 /// Removes files created so far when creation fails midway.
-struct Cleanup(Vec<PathBuf>, bool);
+struct Cleanup<'a>(Vec<PathBuf>, bool, &'a dyn Storage);
 
-impl Drop for Cleanup {
+impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if !self.1 {
             for p in &self.0 {
-                let _ = std::fs::remove_file(p);
+                let _ = self.2.remove_file(p);
             }
         }
     }
 }
 
-fn create_new(path: &Path, cleanup: &mut Cleanup) -> Result<File> {
-    let f = FsOpen::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists(path.to_path_buf())
-            } else {
-                Error::disk_full_or_io(path, e)
-            }
-        })?;
+fn create_new(path: &Path, cleanup: &mut Cleanup<'_>) -> Result<File> {
+    let f = cleanup.2.create(path, true).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists(path.to_path_buf())
+        } else {
+            Error::disk_full_or_io(path, e)
+        }
+    })?;
     cleanup.0.push(path.to_path_buf());
     Ok(f)
 }
@@ -170,10 +165,21 @@ pub(crate) fn descriptor_options(o: &CreateOptions) -> DescriptorOptions {
 /// Creates an empty disk at `path` (and its extent files beside it).
 /// Existing files are never overwritten.
 pub fn create(path: &Path, o: &CreateOptions) -> Result<()> {
-    create_with(path, o, &descriptor_options(o))
+    create_in(&std_storage(), path, o)
 }
 
-pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions) -> Result<()> {
+/// [`create`] through `storage`.
+pub fn create_in(storage: &SharedStorage, path: &Path, o: &CreateOptions) -> Result<()> {
+    create_with(storage, path, o, &descriptor_options(o))
+}
+
+pub(crate) fn create_with(
+    storage: &SharedStorage,
+    path: &Path,
+    o: &CreateOptions,
+    d: &DescriptorOptions,
+) -> Result<()> {
+    let fs = &**storage;
     let sectors = o.capacity.div_ceil(512);
     if sectors * 512 > o.disk_type.max_capacity() {
         return Err(Error::InvalidArgument(format!(
@@ -183,7 +189,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
             o.disk_type.max_capacity()
         )));
     }
-    let mut cleanup = Cleanup(Vec::new(), false);
+    let mut cleanup = Cleanup(Vec::new(), false, fs);
     match o.disk_type {
         DiskType::MonolithicSparse => {
             let name = path
@@ -198,6 +204,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
             );
             let f = create_new(path, &mut cleanup)?;
             write_sparse_extent(
+                fs,
                 &f,
                 path,
                 sectors,
@@ -217,7 +224,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                 );
                 let f = create_new(&epath, &mut cleanup)?;
                 if sparse {
-                    write_sparse_extent(&f, &epath, ext_sectors, o.zeroed_grain, None)?;
+                    write_sparse_extent(fs, &f, &epath, ext_sectors, o.zeroed_grain, None)?;
                     lines.push(extent_line(
                         ext_sectors,
                         ExtentType::Sparse,
@@ -225,7 +232,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                         None,
                     ));
                 } else {
-                    f.set_len(ext_sectors * 512)
+                    fs.set_len(&f, ext_sectors * 512)
                         .map_err(|e| Error::disk_full_or_io(&epath, e))?;
                     lines.push(extent_line(
                         ext_sectors,
@@ -234,7 +241,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                         Some(0),
                     ));
                 }
-                f.sync_all().map_err(|e| Error::io(&epath, e))?;
+                fs.sync_all(&f).map_err(|e| Error::io(&epath, e))?;
             }
             write_descriptor_file(
                 path,
@@ -245,12 +252,13 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
         DiskType::MonolithicFlat | DiskType::Vmfs | DiskType::VmfsThin => {
             let (epath, ename) = sibling(path, "-flat.vmdk");
             let f = create_new(&epath, &mut cleanup)?;
-            f.set_len(sectors * 512)
+            fs.set_len(&f, sectors * 512)
                 .map_err(|e| Error::disk_full_or_io(&epath, e))?;
             if o.disk_type == DiskType::Vmfs {
-                preallocate(&f, &epath, sectors * 512)?;
+                fs.allocate(&f, sectors * 512)
+                    .map_err(|e| Error::disk_full_or_io(&epath, e))?;
             }
-            f.sync_all().map_err(|e| Error::io(&epath, e))?;
+            fs.sync_all(&f).map_err(|e| Error::io(&epath, e))?;
             let kind = if o.disk_type == DiskType::MonolithicFlat {
                 ExtentType::Flat
             } else {
@@ -275,6 +283,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
         DiskType::StreamOptimized => {
             cleanup.0.push(path.to_path_buf());
             crate::stream::write_stream(
+                fs,
                 path,
                 sectors * 512,
                 &[],
@@ -288,20 +297,8 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
     Ok(())
 }
 
-fn preallocate(f: &File, path: &Path, len: u64) -> Result<()> {
-    use rustix::fs::{fallocate, FallocateFlags};
-    use rustix::io::Errno;
-    if i64::try_from(len).is_err() {
-        return Ok(());
-    }
-    match fallocate(f, FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(Errno::OPNOTSUPP | Errno::INVAL) => Ok(()), // file system without fallocate: stays sparse
-        Err(e) => Err(Error::disk_full_or_io(path, e.into())),
-    }
-}
-
 fn write_sparse_extent(
+    fs: &dyn Storage,
     f: &File,
     path: &Path,
     sectors: u64,
@@ -317,21 +314,22 @@ fn write_sparse_extent(
     let meta = layout
         .metadata(descriptor.unwrap_or_default())
         .map_err(|e| Error::format(path, e))?;
-    f.write_all_at(&meta, 0)
+    fs.write_at(f, &meta, 0)
         .map_err(|e| Error::disk_full_or_io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    fs.sync_all(f).map_err(|e| Error::io(path, e))
 }
 
 fn write_descriptor_file(
     path: &Path,
     d: &vmdk_format::descriptor::Descriptor,
-    cleanup: &mut Cleanup,
+    cleanup: &mut Cleanup<'_>,
 ) -> Result<()> {
+    let fs = cleanup.2;
     let f = create_new(path, cleanup)?;
     let bytes = d.to_bytes().map_err(|e| Error::format(path, e))?;
-    f.write_all_at(&bytes, 0)
+    fs.write_at(&f, &bytes, 0)
         .map_err(|e| Error::disk_full_or_io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    fs.sync_all(&f).map_err(|e| Error::io(path, e))
 }
 
 /// Every file of the disk at `path` (descriptor and extents) and its
@@ -365,8 +363,13 @@ pub fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Deletes every file of a disk (not its parents).
 pub fn delete(path: &Path) -> Result<()> {
+    delete_in(&std_storage(), path)
+}
+
+/// [`delete`] through `storage`.
+pub fn delete_in(storage: &SharedStorage, path: &Path) -> Result<()> {
     for f in files_of(path)? {
-        std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
+        storage.remove_file(&f).map_err(|e| Error::io(&f, e))?;
     }
     Ok(())
 }
@@ -375,6 +378,11 @@ pub fn delete(path: &Path) -> Result<()> {
 /// follow the new name (`new-flat.vmdk`, `new-s001.vmdk`, ...). Children
 /// naming this disk as parent are not updated.
 pub fn rename(path: &Path, new: &Path) -> Result<()> {
+    rename_in(&std_storage(), path, new)
+}
+
+/// [`rename`] through `storage`.
+pub fn rename_in(storage: &SharedStorage, path: &Path, new: &Path) -> Result<()> {
     if new.exists() {
         return Err(Error::AlreadyExists(new.to_path_buf()));
     }
@@ -389,7 +397,7 @@ pub fn rename(path: &Path, new: &Path) -> Result<()> {
     if link.is_embedded() {
         drop(d);
         // A monolithic file binds to itself whatever its name.
-        return std::fs::rename(path, new).map_err(|e| Error::io(path, e));
+        return storage.rename(path, new).map_err(|e| Error::io(path, e));
     }
     let old_stem = path
         .file_stem()
@@ -423,8 +431,8 @@ pub fn rename(path: &Path, new: &Path) -> Result<()> {
     let bytes = desc.to_bytes().map_err(|e| Error::format(path, e))?;
     drop(d);
     for (from, to) in &moves {
-        std::fs::rename(from, to).map_err(|e| Error::io(from, e))?;
+        storage.rename(from, to).map_err(|e| Error::io(from, e))?;
     }
-    crate::write::replace_file(new, &bytes)?;
-    std::fs::remove_file(path).map_err(|e| Error::io(path, e))
+    crate::write::replace_file_in(storage, new, &bytes)?;
+    storage.remove_file(path).map_err(|e| Error::io(path, e))
 }

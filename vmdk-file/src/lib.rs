@@ -42,6 +42,7 @@ pub mod check;
 pub mod convert;
 pub mod create;
 mod error;
+pub mod io;
 pub mod local;
 pub mod maintain;
 mod map;
@@ -51,4 +52,4 @@ mod stream;
 mod write;
 
 pub use error::{Error, Result};
-pub use write::replace_file;
+pub use write::{replace_file, replace_file_in};
