@@ -9,8 +9,8 @@ use vmdk_format::create::{
 };
 use vmdk_format::descriptor::{CreateType, ExtentType};
 
-use crate::io::{std_storage, SharedStorage, Storage};
-use crate::write::{new_cid, random_bytes};
+use crate::io::{parent_dir, std_storage, SharedStorage, Storage};
+use crate::write::{new_cid, random_bytes, sync_dir};
 use crate::{Error, Result};
 
 /// The disk types this kit creates (VixDiskLib's `VIXDISKLIB_DISK_*`).
@@ -202,15 +202,10 @@ pub(crate) fn create_with(
                 vec![extent_line(sectors, ExtentType::Sparse, Some(&name), None)],
                 d,
             );
-            let f = create_new(path, &mut cleanup)?;
-            write_sparse_extent(
-                fs,
-                &f,
-                path,
-                sectors,
-                o.zeroed_grain,
-                Some(&desc.to_bytes().map_err(|e| Error::format(path, e))?),
-            )?;
+            let desc = desc.to_bytes().map_err(|e| Error::format(path, e))?;
+            create_whole(fs, path, |f, tmp| {
+                write_sparse_extent(fs, f, tmp, sectors, o.zeroed_grain, Some(&desc))
+            })?;
         }
         DiskType::TwoGbMaxExtentSparse | DiskType::TwoGbMaxExtentFlat => {
             let sparse = o.disk_type == DiskType::TwoGbMaxExtentSparse;
@@ -281,7 +276,6 @@ pub(crate) fn create_with(
             )?;
         }
         DiskType::StreamOptimized => {
-            cleanup.0.push(path.to_path_buf());
             crate::stream::write_stream(
                 fs,
                 path,
@@ -319,17 +313,60 @@ fn write_sparse_extent(
     fs.sync_all(f).map_err(|e| Error::io(path, e))
 }
 
+/// Writes the descriptor of a disk whose extent files are written and
+/// synced: their names are made durable first, so that a descriptor
+/// never outlives a power cut without its extents.
 fn write_descriptor_file(
     path: &Path,
     d: &vmdk_format::descriptor::Descriptor,
     cleanup: &mut Cleanup<'_>,
 ) -> Result<()> {
     let fs = cleanup.2;
-    let f = create_new(path, cleanup)?;
+    sync_dir(fs, parent_dir(path))?;
     let bytes = d.to_bytes().map_err(|e| Error::format(path, e))?;
-    fs.write_at(&f, &bytes, 0)
-        .map_err(|e| Error::disk_full_or_io(path, e))?;
-    fs.sync_all(&f).map_err(|e| Error::io(path, e))
+    create_whole(fs, path, |f, tmp| {
+        fs.write_at(f, &bytes, 0)
+            .map_err(|e| Error::disk_full_or_io(tmp, e))
+    })
+}
+
+/// Creates `path` whole or not at all: `fill` writes a temporary file
+/// beside it, which is synced, renamed to `path` unless that exists, and
+/// made durable by a sync of the directory. A crash leaves either no
+/// `path` or a complete one (and perhaps the temporary).
+pub(crate) fn create_whole(
+    fs: &dyn Storage,
+    path: &Path,
+    fill: impl FnOnce(&File, &Path) -> Result<()>,
+) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::AlreadyExists(path.to_path_buf()));
+    }
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.new-{}", std::process::id()));
+    let result = (|| {
+        let f = fs
+            .create(&tmp, false)
+            .map_err(|e| Error::disk_full_or_io(&tmp, e))?;
+        fill(&f, &tmp)?;
+        fs.sync_all(&f).map_err(|e| Error::io(&tmp, e))?;
+        fs.rename_noreplace(&tmp, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists(path.to_path_buf())
+            } else {
+                Error::io(path, e)
+            }
+        })
+    })();
+    if result.is_err() {
+        let _ = fs.remove_file(&tmp);
+        return result;
+    }
+    sync_dir(fs, dir)
 }
 
 /// Every file of the disk at `path` (descriptor and extents) and its

@@ -12,6 +12,10 @@
 //! the read path has no indirection, and the write path one virtual call
 //! per system call.
 //!
+//! With the testing-only `__crash-test` feature, [`crash`] records every
+//! change and replays the recording into the states a power cut could
+//! leave.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use vmdk_file::io::{std_storage, SharedStorage, StdStorage};
@@ -26,6 +30,9 @@
 //! assert!(s.create(&dir.path().join("a"), true).is_err());
 //! # Ok::<(), std::io::Error>(())
 //! ```
+
+#[cfg(feature = "__crash-test")]
+pub mod crash;
 
 use std::fmt;
 use std::fs::File;

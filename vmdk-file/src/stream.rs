@@ -90,20 +90,16 @@ pub fn write_stream(
             capacity: (DESCRIPTOR_SECTORS * 512) as usize,
         });
     }
-    let file = fs.create(path, true).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::AlreadyExists(path.to_path_buf())
-        } else {
-            Error::disk_full_or_io(path, e)
-        }
+    // Written beside, then renamed into place: a crash leaves no
+    // half-written stream at `path`.
+    crate::create::create_whole(fs, path, |file, tmp| {
+        write_body(
+            fs, file, tmp, sectors, capacity, &desc, data, read, progress,
+        )
     })?;
-    let result = write_body(
-        fs, &file, path, sectors, capacity, &desc, data, read, progress,
-    );
-    if result.is_err() {
-        let _ = fs.remove_file(path);
-    }
-    result
+    let total = data.iter().map(|r| r.1).sum();
+    progress(total, total);
+    Ok(())
 }
 
 /// Bytes of output gathered before one write.
@@ -297,11 +293,7 @@ fn write_body(
     footer.gd_offset = gd_at;
     out.put(&footer.to_bytes())?;
     out.put(&marker_sector(0, 0))?;
-    out.flush()?;
-    drop(out);
-    fs.sync_all(file).map_err(|e| Error::io(path, e))?;
-    progress(total, total);
-    Ok(())
+    out.flush()
 }
 
 fn flush_table(out: &mut Out<'_>, gd: &mut [u32], gt: u64, table: &mut [u32]) -> Result<()> {

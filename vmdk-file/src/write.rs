@@ -688,6 +688,18 @@ fn write_zero_bytes(
     Ok(())
 }
 
+/// Syncs directory `dir` so that the names created, renamed or removed
+/// in it survive a power cut. A file system that cannot sync a directory
+/// (`EINVAL`) is not an error.
+pub(crate) fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<()> {
+    match fs.sync_dir(dir) {
+        Err(e) if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err(Error::io(dir, e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Replaces a small file atomically: write a temporary beside it, sync,
 /// rename over, sync the directory.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -714,8 +726,7 @@ pub fn replace_file_in(storage: &SharedStorage, path: &Path, bytes: &[u8]) -> Re
             let _ = std::fs::set_permissions(&tmp, meta.permissions());
         }
         fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        let _ = fs.sync_dir(dir);
-        Ok(())
+        sync_dir(fs, dir)
     })();
     if result.is_err() {
         let _ = fs.remove_file(&tmp);

@@ -1,0 +1,551 @@
+//! Power loss, not just SIGKILL: a workload runs on a recording storage
+//! (`vmdk_file::io::crash`), and every state a power cut could leave at
+//! each sync point (a bounded, seeded sample of them) must open, be
+//! clean or made clean by `repair`, and hold every write acknowledged by
+//! a completed flush (or by an operation that returned); a sector
+//! written since then may hold its old value or any newer one, nothing
+//! else.
+//!
+//! The number of crash states checked is `VMDK_CRASH_STATES` (a total,
+//! spread over the crash points; `cargo xtask crash --states N`), or a
+//! bounded default for CI.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use vmdk_file::check::check_disk;
+use vmdk_file::create::{create_in, CreateOptions, DiskType};
+use vmdk_file::io::crash::{CrashState, Recorder, Recording};
+use vmdk_file::io::SharedStorage;
+use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
+use vmdk_file::repair::repair;
+
+/// Total crash states to check (spread over the crash points).
+pub const STATES_ENV: &str = "VMDK_CRASH_STATES";
+/// What CI checks when the variable is unset.
+const DEFAULT_STATES: usize = 500;
+
+const SECTOR: u64 = 512;
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// Crash states to check in all, from the environment or the default.
+pub fn states_wanted(default: usize) -> usize {
+    std::env::var(STATES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------
+// Sector contents: every sector a write leaves names the write and the
+// sector, so a wrong sector says whose it is.
+
+const MAGIC: u64 = 0x5644_4b5f_5057_524c; // "VDK_PWRL"
+
+/// The bytes write `tag` puts in sector `sector` (tag 0: zeros).
+pub fn sector_bytes(tag: u32, sector: u64) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    if tag == 0 {
+        return b;
+    }
+    let head = u64::from(tag) | (sector << 32);
+    b[..8].copy_from_slice(&head.to_le_bytes());
+    b[8..16].copy_from_slice(&MAGIC.to_le_bytes());
+    let mut x = head ^ MAGIC;
+    for w in b[16..].chunks_exact_mut(8) {
+        x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ head;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+/// Which write left `bytes` in sector `sector`: `Some(0)` for zeros,
+/// `None` for anything no write left there.
+fn tag_in(bytes: &[u8], sector: u64) -> Option<u32> {
+    if bytes.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let head = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+    let tag = head as u32;
+    (head >> 32 == sector && tag != 0 && bytes == sector_bytes(tag, sector)).then_some(tag)
+}
+
+fn data_of(tag: u32, offset: u64, len: u64) -> Vec<u8> {
+    assert!(offset.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR));
+    let mut v = Vec::with_capacity(len as usize);
+    for s in offset / SECTOR..(offset + len) / SECTOR {
+        v.extend_from_slice(&sector_bytes(tag, s));
+    }
+    v
+}
+
+// ---------------------------------------------------------------------
+// The model: what each disk must be.
+
+/// Per sector, the values it may hold: the acknowledged one first, then
+/// those written since (the last is the newest). Absent: zeros.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Content {
+    sectors: BTreeMap<u64, Vec<u32>>,
+}
+
+impl Content {
+    /// A write (tag 0: zeros) not yet acknowledged.
+    pub fn write(&mut self, offset: u64, len: u64, tag: u32) {
+        for s in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
+            let v = self.sectors.entry(s).or_insert_with(|| vec![0]);
+            if v.last() != Some(&tag) {
+                v.push(tag);
+            }
+        }
+    }
+
+    /// Everything written so far is acknowledged.
+    pub fn settle(&mut self) {
+        self.sectors.retain(|_, v| {
+            let last = *v.last().unwrap_or(&0);
+            v.clear();
+            v.push(last);
+            last != 0
+        });
+    }
+
+    fn allowed(&self, sector: u64) -> &[u32] {
+        self.sectors.get(&sector).map_or(&[0], |v| v.as_slice())
+    }
+}
+
+/// What a disk path must be in a crash state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expect {
+    /// No such file.
+    Absent,
+    /// Anything (a file left mid-operation that is no longer the disk).
+    Any,
+    /// A disk of this capacity and content.
+    Disk { capacity: u64, content: Content },
+}
+
+/// What every disk of the workload must be: one possible world.
+pub type World = BTreeMap<String, Expect>;
+
+/// One operation of the workload and the worlds a crash during it may
+/// leave.
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub start: usize,
+    pub end: usize,
+    /// Acceptable worlds while the step runs (before and after included).
+    pub during: Vec<World>,
+}
+
+/// A workload being recorded.
+pub struct Run {
+    pub dir: PathBuf,
+    pub rec: Arc<Recorder>,
+    pub storage: SharedStorage,
+    pub world: World,
+    pub steps: Vec<Step>,
+    next_tag: u32,
+}
+
+impl Run {
+    pub fn new(dir: &Path) -> Self {
+        let rec = Recorder::new(dir).unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+            storage: rec.clone(),
+            rec,
+            world: World::new(),
+            steps: Vec::new(),
+            next_tag: 1,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Runs `op` as a step. `change` turns the world before into the
+    /// world after; `mid` adds worlds acceptable only during the step.
+    pub fn step<T>(
+        &mut self,
+        name: &str,
+        op: impl FnOnce(&Self) -> vmdk_file::Result<T>,
+        change: impl FnOnce(&mut World),
+        mid: Vec<World>,
+    ) -> T {
+        let start = self.rec.position();
+        let before = self.world.clone();
+        let out = op(self).unwrap_or_else(|e| panic!("{name}: {e}"));
+        change(&mut self.world);
+        let mut during = vec![self.world.clone()];
+        if before != self.world {
+            during.push(before);
+        }
+        during.extend(mid);
+        self.steps.push(Step {
+            name: name.to_string(),
+            start,
+            end: self.rec.position(),
+            during,
+        });
+        out
+    }
+
+    pub fn content(&self, disk: &str) -> Content {
+        match &self.world[disk] {
+            Expect::Disk { content, .. } => content.clone(),
+            other => panic!("{disk} is {other:?}"),
+        }
+    }
+
+    pub fn create(&mut self, name: &str, t: DiskType, capacity: u64) {
+        let p = self.path(name);
+        // Until it is created, there is no such disk.
+        self.world.entry(name.into()).or_insert(Expect::Absent);
+        self.step(
+            &format!("create {name}"),
+            |r| create_in(&r.storage, &p, &CreateOptions::new(t, capacity)),
+            |w| {
+                w.insert(
+                    name.into(),
+                    Expect::Disk {
+                        capacity,
+                        content: Content::default(),
+                    },
+                );
+            },
+            vec![],
+        );
+    }
+
+    pub fn open(&mut self, name: &str) -> LocalDisk {
+        let p = self.path(name);
+        self.step(
+            &format!("open {name} for writing"),
+            |r| {
+                LocalDisk::open(
+                    &p,
+                    &OpenOptions {
+                        writable: true,
+                        storage: r.storage.clone(),
+                        ..OpenOptions::default()
+                    },
+                )
+            },
+            |_| {},
+            vec![],
+        )
+    }
+
+    fn edit(&mut self, disk: &str, f: impl FnOnce(&mut Content)) -> impl FnOnce(&mut World) {
+        let mut c = self.content(disk);
+        f(&mut c);
+        let disk = disk.to_string();
+        move |w: &mut World| {
+            if let Some(Expect::Disk { content, .. }) = w.get_mut(&disk) {
+                *content = c;
+            }
+        }
+    }
+
+    /// A write of fresh data (`zero`: `write_zeroes`).
+    pub fn write(&mut self, d: &LocalDisk, disk: &str, offset: u64, len: u64, zero: bool) {
+        let tag = if zero {
+            0
+        } else {
+            self.next_tag += 1;
+            self.next_tag
+        };
+        let change = self.edit(disk, |c| c.write(offset, len, tag));
+        self.step(
+            &format!(
+                "{} {disk} {offset}+{len}",
+                if zero { "zero" } else { "write" }
+            ),
+            |_| {
+                if zero {
+                    d.write_zeroes(offset, len)
+                } else {
+                    d.write_at(offset, &data_of(tag, offset, len))
+                }
+            },
+            change,
+            vec![],
+        );
+    }
+
+    pub fn flush(&mut self, d: &LocalDisk, disk: &str) {
+        let change = self.edit(disk, Content::settle);
+        self.step(&format!("flush {disk}"), |_| d.flush(), change, vec![]);
+    }
+
+    pub fn close(&mut self, d: LocalDisk, disk: &str) {
+        let change = self.edit(disk, Content::settle);
+        self.step(&format!("close {disk}"), |_| d.close(), change, vec![]);
+    }
+}
+
+// ---------------------------------------------------------------------
+// Checking a crash state.
+
+fn opts() -> OpenOptions {
+    OpenOptions {
+        inflate_threads: 1,
+        ..OpenOptions::default()
+    }
+}
+
+/// `check`, then `repair` of each link with findings and `check` again.
+fn check_and_repair(path: &Path) -> Result<(), String> {
+    let report = check_disk(path, &opts()).map_err(|e| format!("check: {e}"))?;
+    if report.is_consistent() {
+        return Ok(());
+    }
+    let bad: Vec<PathBuf> = report.findings.iter().map(|f| f.file.clone()).collect();
+    // Repair each link of the chain a finding names (the user runs
+    // `check --repair` on it), top first.
+    let links: Vec<PathBuf> = match LocalDisk::open(path, &opts()) {
+        Ok(d) => d
+            .links()
+            .iter()
+            .filter(|l| {
+                l.path() == path
+                    || bad.iter().any(|b| {
+                        b == l.path() || l.extent_files().iter().flatten().any(|f| f.path() == b)
+                    })
+            })
+            .map(|l| l.path().to_path_buf())
+            .collect(),
+        Err(_) => vec![path.to_path_buf()],
+    };
+    for l in &links {
+        repair(l, &opts())
+            .map_err(|e| format!("repair {}: {e} (findings {report:?})", l.display()))?;
+    }
+    let again = check_disk(path, &opts()).map_err(|e| format!("check after repair: {e}"))?;
+    if !again.is_consistent() {
+        return Err(format!(
+            "not clean after repair: {:?} (before: {:?})",
+            again.findings, report.findings
+        ));
+    }
+    Ok(())
+}
+
+/// Sector runs `[start, end)` to read: the modelled sectors and every
+/// allocated range.
+fn runs_to_read(d: &LocalDisk, content: &Content) -> Result<Vec<(u64, u64)>, String> {
+    let mut sectors: Vec<(u64, u64)> = content.sectors.keys().map(|&s| (s, s + 1)).collect();
+    for e in d.map().map_err(|e| format!("map: {e}"))? {
+        if e.kind == AllocKind::Data {
+            sectors.push((e.start / SECTOR, (e.start + e.length).div_ceil(SECTOR)));
+        }
+    }
+    sectors.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in sectors {
+        match runs.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => runs.push((s, e)),
+        }
+    }
+    Ok(runs)
+}
+
+fn check_disk_expect(path: &Path, expect: &Expect) -> Result<(), String> {
+    let (capacity, content) = match expect {
+        Expect::Any => return Ok(()),
+        Expect::Absent => {
+            return match std::fs::symlink_metadata(path) {
+                Err(_) => Ok(()),
+                Ok(_) => Err("exists, but should not".into()),
+            }
+        }
+        Expect::Disk { capacity, content } => (*capacity, content),
+    };
+    check_and_repair(path)?;
+    let d = LocalDisk::open(path, &opts()).map_err(|e| format!("open: {e}"))?;
+    if d.capacity() != capacity {
+        return Err(format!("capacity {} instead of {capacity}", d.capacity()));
+    }
+    let mut buf = Vec::new();
+    for (start, end) in runs_to_read(&d, content)? {
+        let mut s = start;
+        while s < end {
+            let n = (end - s).min(2048);
+            buf.resize((n * SECTOR) as usize, 0);
+            d.read_at(s * SECTOR, &mut buf)
+                .map_err(|e| format!("read at {}: {e}", s * SECTOR))?;
+            for (k, bytes) in buf.chunks_exact(SECTOR as usize).enumerate() {
+                let sector = s + k as u64;
+                let allowed = content.allowed(sector);
+                match tag_in(bytes, sector) {
+                    Some(t) if allowed.contains(&t) => {}
+                    found => {
+                        return Err(format!(
+                            "sector {sector} (byte {}) holds {} but may hold only {:?} (0: zeros)",
+                            sector * SECTOR,
+                            found.map_or("bytes no write left there".into(), |t| format!(
+                                "write {t}"
+                            )),
+                            allowed
+                        ))
+                    }
+                }
+            }
+            s += n;
+        }
+    }
+    Ok(())
+}
+
+fn check_world(dir: &Path, world: &World) -> Result<(), String> {
+    for (name, expect) in world {
+        check_disk_expect(&dir.join(name), expect).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The step a crash at log `position` interrupts, or the world after
+/// the last step.
+fn worlds_at<'a>(steps: &'a [Step], position: usize, last: &'a World) -> (&'a str, Vec<&'a World>) {
+    match steps
+        .iter()
+        .find(|s| s.start <= position && position < s.end)
+    {
+        Some(s) => (&s.name, s.during.iter().collect()),
+        None => {
+            // Between steps: the world after the latest one that ended.
+            match steps.iter().rev().find(|s| s.end <= position) {
+                Some(s) => (&s.name, vec![&s.during[0]]),
+                None => ("(start)", vec![last]),
+            }
+        }
+    }
+}
+
+/// Checks one crash state; `Err` describes the failure.
+pub fn check_state(
+    scratch: &Path,
+    state: &CrashState,
+    steps: &[Step],
+    start_world: &World,
+    rec: &Recording,
+) -> Result<(), String> {
+    let (step, worlds) = worlds_at(steps, state.position(), start_world);
+    let mut errors = Vec::new();
+    for (i, w) in worlds.iter().enumerate() {
+        if i > 0 {
+            // Repairs may have changed the files: start from the state.
+            state.write_to(scratch).map_err(|e| e.to_string())?;
+        }
+        match check_world(scratch, w) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut msg = format!(
+        "{}\nduring step `{step}`; no acceptable world matches:\n",
+        state.describe()
+    );
+    for (w, e) in worlds.iter().zip(&errors) {
+        let _ = writeln!(
+            msg,
+            "  world {{{}}}: {e}",
+            w.iter()
+                .map(|(k, v)| format!(
+                    "{k}: {}",
+                    match v {
+                        Expect::Absent => "absent".to_string(),
+                        Expect::Any => "any".to_string(),
+                        Expect::Disk { capacity, .. } => format!("disk of {capacity}"),
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let p = state.position();
+    let _ = write!(
+        msg,
+        "log around the crash:\n{}",
+        rec.describe(p.saturating_sub(12)..p + 2)
+    );
+    Err(msg)
+}
+
+/// Replays `run` with `total` crash states spread over its crash points;
+/// returns how many were checked. Panics with the first failures.
+pub fn check_all(run: &Run, total: usize, seed: u64, start_world: &World) -> usize {
+    let rec = run.rec.recording();
+    let points = rec.crash_points();
+    let per_point = total.div_ceil(points).max(2);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("state");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for state in rec.replay(per_point, seed) {
+        state.write_to(&dir).unwrap();
+        checked += 1;
+        if let Err(e) = check_state(&dir, &state, &run.steps, start_world, &rec) {
+            failures.push(e);
+            if failures.len() >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} crash state(s) failed (of {checked} checked):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    checked
+}
+
+// ---------------------------------------------------------------------
+// The workloads.
+
+/// Runs `workload` recorded, then checks `total` crash states of it.
+fn record_and_check(name: &str, total: usize, seed: u64, workload: fn(&mut Run)) -> usize {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(dir.path());
+    workload(&mut run);
+    let rec = run.rec.recording();
+    let checked = check_all(&run, total, seed, &World::new());
+    eprintln!(
+        "power loss, {name}: {checked} crash states checked ({} changes, {} crash points, {} steps) in {:.1?}",
+        rec.len(),
+        rec.crash_points(),
+        run.steps.len(),
+        t.elapsed()
+    );
+    checked
+}
+
+/// A new disk of each kind exists whole once `create` returns, and a
+/// crash before then leaves no disk at all.
+fn create_workload(r: &mut Run) {
+    r.create("a.vmdk", DiskType::MonolithicSparse, 4 * MIB);
+    r.create("s.vmdk", DiskType::StreamOptimized, 4 * MIB);
+    r.create("t.vmdk", DiskType::TwoGbMaxExtentSparse, 4 * MIB);
+    r.create("f.vmdk", DiskType::MonolithicFlat, MIB);
+    for disk in ["a.vmdk", "t.vmdk", "f.vmdk"] {
+        let d = r.open(disk);
+        r.write(&d, disk, 64 * KIB, 8 * KIB, false);
+        r.close(d, disk);
+    }
+}
+
+#[test]
+fn power_loss_create() {
+    record_and_check("create", states_wanted(200), 0xc4ea7e, create_workload);
+}
