@@ -534,6 +534,16 @@ impl LocalDisk {
         // Data first: a crash before the table update leaves an
         // unreferenced grain, never a table entry pointing at garbage.
         write_all(&*self.storage, file, bytes, sector * SECTOR)?;
+        if self.links.len() > 1 {
+            // After a power cut the page cache may have written the
+            // table before the grain: the entry would show zeros where
+            // the parent's data was (the old value of every byte of the
+            // grain). Without a parent, zeros are the old value and the
+            // order may stay loose until the next flush.
+            self.storage
+                .sync_data(&file.file)
+                .map_err(|e| Error::io(&file.path, e))?;
+        }
         w.next_free = sector + count * grain_sectors;
         s.grow_file_len(w.next_free * SECTOR);
         let entries: Vec<u64> = (0..count).map(|i| sector + i * grain_sectors).collect();

@@ -21,6 +21,7 @@ use vmdk_file::create::{create_in, CreateOptions, DiskType};
 use vmdk_file::io::crash::{CrashState, Recorder, Recording};
 use vmdk_file::io::SharedStorage;
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
+use vmdk_file::maintain::create_child_in;
 use vmdk_file::repair::repair;
 
 /// Total crash states to check (spread over the crash points).
@@ -543,6 +544,47 @@ fn create_workload(r: &mut Run) {
         r.write(&d, disk, 64 * KIB, 8 * KIB, false);
         r.close(d, disk);
     }
+}
+
+/// Partial and whole grains written into a snapshot: until a flush, a
+/// crash may lose them, but never shows zeros where the parent has data.
+fn copy_on_write_workload(r: &mut Run) {
+    r.create("p.vmdk", DiskType::MonolithicSparse, 4 * MIB);
+    let d = r.open("p.vmdk");
+    r.write(&d, "p.vmdk", 0, 1024 * KIB, false);
+    r.close(d, "p.vmdk");
+    let (p, c) = (r.path("p.vmdk"), r.path("c.vmdk"));
+    let content = r.content("p.vmdk");
+    r.step(
+        "snapshot p.vmdk -> c.vmdk",
+        |r| create_child_in(&r.storage, &p, &c),
+        |w| {
+            w.insert(
+                "c.vmdk".into(),
+                Expect::Disk {
+                    capacity: 4 * MIB,
+                    content,
+                },
+            );
+        },
+        vec![],
+    );
+    let d = r.open("c.vmdk");
+    r.write(&d, "c.vmdk", 70 * KIB, 8 * KIB, false);
+    r.write(&d, "c.vmdk", 256 * KIB, 128 * KIB, false);
+    r.write(&d, "c.vmdk", 600 * KIB, 4 * KIB, true);
+    r.flush(&d, "c.vmdk");
+    r.close(d, "c.vmdk");
+}
+
+#[test]
+fn power_loss_copy_on_write() {
+    record_and_check(
+        "copy-on-write",
+        states_wanted(300),
+        0xc0de,
+        copy_on_write_workload,
+    );
 }
 
 #[test]
