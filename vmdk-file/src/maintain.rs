@@ -13,9 +13,9 @@ use vmdk_format::hosted::SparseExtentHeader;
 use vmdk_format::layout::{Backing, SegmentKind};
 
 use crate::create::{create_with, sibling, CreateOptions, DiskType};
-use crate::io::{std_storage, SharedStorage, Storage};
+use crate::io::{parent_dir, std_storage, SharedStorage, Storage};
 use crate::local::{LocalDisk, OpenOptions};
-use crate::write::{new_cid, random_bytes, replace_file_in};
+use crate::write::{new_cid, random_bytes, replace_file_in, sync_dir};
 use crate::{Error, Result};
 
 const SECTOR: u64 = 512;
@@ -134,6 +134,12 @@ pub fn merge_into_parent_in(
             what: "committing a child larger than its parent (grow the parent first)".into(),
         });
     }
+    // The parent's CID changes only once the merged data is durable: a
+    // crash before then leaves the child reading through its parent as
+    // before (the merged grains are the child's own), so the commit can
+    // be run again. Other children of the parent see a partly merged
+    // parent until then; after, they no longer match it.
+    p.keep_cid()?;
     let ranges = top_link_ranges(&c)?;
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut done = 0;
@@ -155,6 +161,11 @@ pub fn merge_into_parent_in(
             progress(done, total);
         }
     }
+    if total > 0 {
+        // As a first write would have (nothing written: the CID stays).
+        p.flush()?;
+        p.change_cid()?;
+    }
     p.close()?;
     Ok(parent_path)
 }
@@ -174,8 +185,13 @@ pub fn commit_in(
 ) -> Result<PathBuf> {
     let files = crate::create::files_of(child)?;
     let parent_path = merge_into_parent_in(storage, child, progress)?;
-    for f in files {
-        storage.remove_file(&f).map_err(|e| Error::io(&f, e))?;
+    for f in &files {
+        storage.remove_file(f).map_err(|e| Error::io(f, e))?;
+    }
+    let mut dirs: Vec<&Path> = files.iter().map(|f| parent_dir(f)).collect();
+    dirs.dedup();
+    for d in dirs {
+        sync_dir(&**storage, d)?;
     }
     Ok(parent_path)
 }

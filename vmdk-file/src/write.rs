@@ -251,6 +251,19 @@ impl LocalDisk {
         Ok(())
     }
 
+    /// Writes from now on keep the CID until [`Self::change_cid`].
+    pub(crate) fn keep_cid(&self) -> Result<()> {
+        self.state()?.cid_changed = true;
+        Ok(())
+    }
+
+    /// Gives the disk a new CID now, as its first write would have.
+    pub(crate) fn change_cid(&self) -> Result<()> {
+        let mut st = self.state()?;
+        st.cid_changed = false;
+        self.first_write(&mut st)
+    }
+
     /// Writes the descriptor: into the embedded area (refusing to grow
     /// into grain data) or atomically replacing the descriptor file.
     fn store_descriptor(&self, st: &WriteState, d: &Descriptor) -> Result<()> {

@@ -21,7 +21,7 @@ use vmdk_file::create::{create_in, CreateOptions, DiskType};
 use vmdk_file::io::crash::{CrashState, Recorder, Recording};
 use vmdk_file::io::SharedStorage;
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
-use vmdk_file::maintain::create_child_in;
+use vmdk_file::maintain::{commit_in, create_child_in};
 use vmdk_file::repair::repair;
 
 /// Total crash states to check (spread over the crash points).
@@ -575,6 +575,35 @@ fn copy_on_write_workload(r: &mut Run) {
     r.write(&d, "c.vmdk", 600 * KIB, 4 * KIB, true);
     r.flush(&d, "c.vmdk");
     r.close(d, "c.vmdk");
+}
+
+/// A snapshot committed into its parent: the data reads the same through
+/// the child until the parent holds it all, then through the parent.
+fn commit_workload(r: &mut Run) {
+    copy_on_write_workload(r);
+    commit(r, "c.vmdk", "p.vmdk");
+}
+
+/// Commits `child` into `parent`, with the worlds a crash may leave.
+fn commit(r: &mut Run, child: &str, parent: &str) {
+    let merged = r.world[child].clone();
+    let mid_child = World::from([(parent.into(), Expect::Any), (child.into(), merged.clone())]);
+    let mid_parent = World::from([(parent.into(), merged.clone()), (child.into(), Expect::Any)]);
+    let c = r.path(child);
+    r.step(
+        &format!("commit {child}"),
+        |r| commit_in(&r.storage, &c, &mut |_, _| {}),
+        |w| {
+            w.insert(parent.into(), merged);
+            w.insert(child.into(), Expect::Absent);
+        },
+        vec![mid_child, mid_parent],
+    );
+}
+
+#[test]
+fn power_loss_commit() {
+    record_and_check("commit", states_wanted(300), 0xc033, commit_workload);
 }
 
 #[test]
