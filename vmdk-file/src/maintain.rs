@@ -524,6 +524,10 @@ pub fn compact_in(storage: &SharedStorage, path: &Path) -> Result<u64> {
         match result {
             Ok(new_len) => {
                 fs.rename(&tmp, &epath).map_err(|e| Error::io(&epath, e))?;
+                // Until the directory is synced, a power cut could bring
+                // the old file back, and writes made to the new one after
+                // compact returned would be lost with it.
+                sync_dir(fs, parent_dir(&epath))?;
                 saved += old_len.saturating_sub(new_len);
             }
             Err(e) => {

@@ -21,7 +21,7 @@ use vmdk_file::create::{create_in, CreateOptions, DiskType};
 use vmdk_file::io::crash::{CrashState, Recorder, Recording};
 use vmdk_file::io::SharedStorage;
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
-use vmdk_file::maintain::{commit_in, create_child_in};
+use vmdk_file::maintain::{commit_in, compact_in, create_child_in};
 use vmdk_file::repair::repair;
 
 /// Total crash states to check (spread over the crash points).
@@ -599,6 +599,36 @@ fn commit(r: &mut Run, child: &str, parent: &str) {
         },
         vec![mid_child, mid_parent],
     );
+}
+
+/// Writes one run of fresh data to `disk` and closes it.
+fn write_close(r: &mut Run, disk: &str, offset: u64, len: u64) {
+    let d = r.open(disk);
+    r.write(&d, disk, offset, len, false);
+    r.close(d, disk);
+}
+
+/// A compacted disk written afterwards: the compacted file must be the
+/// disk for good once compact returns.
+fn compact_workload(r: &mut Run) {
+    r.create("a.vmdk", DiskType::MonolithicSparse, 4 * MIB);
+    let d = r.open("a.vmdk");
+    r.write(&d, "a.vmdk", 0, 192 * KIB, false);
+    r.write(&d, "a.vmdk", 64 * KIB, 64 * KIB, true);
+    r.close(d, "a.vmdk");
+    let a = r.path("a.vmdk");
+    r.step(
+        "compact a.vmdk",
+        |r| compact_in(&r.storage, &a),
+        |_| {},
+        vec![],
+    );
+    write_close(r, "a.vmdk", MIB, 64 * KIB);
+}
+
+#[test]
+fn power_loss_compact() {
+    record_and_check("compact", states_wanted(300), 0xc0a7, compact_workload);
 }
 
 #[test]
