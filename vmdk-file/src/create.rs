@@ -354,13 +354,7 @@ pub(crate) fn create_whole(
             .map_err(|e| Error::disk_full_or_io(&tmp, e))?;
         fill(&f, &tmp)?;
         fs.sync_all(&f).map_err(|e| Error::io(&tmp, e))?;
-        fs.rename_noreplace(&tmp, path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists(path.to_path_buf())
-            } else {
-                Error::io(path, e)
-            }
-        })
+        fs.rename_noreplace(&tmp, path).map_err(taken_or_io(path))
     })();
     if result.is_err() {
         let _ = fs.remove_file(&tmp);
@@ -413,7 +407,14 @@ pub fn delete_in(storage: &SharedStorage, path: &Path) -> Result<()> {
 
 /// Renames a disk and every file of it; extent names in the descriptor
 /// follow the new name (`new-flat.vmdk`, `new-s001.vmdk`, ...). Children
-/// naming this disk as parent are not updated.
+/// naming this disk as parent are not updated. Existing files are never
+/// replaced.
+///
+/// A crash leaves the disk whole under one of its names: the extents are
+/// first linked under their new names, then the new descriptor is
+/// written, and only then are the old names removed (on a file system
+/// without hard links the extents are renamed instead, and a crash
+/// in between leaves neither descriptor matching them).
 pub fn rename(path: &Path, new: &Path) -> Result<()> {
     rename_in(&std_storage(), path, new)
 }
@@ -430,11 +431,21 @@ pub fn rename_in(storage: &SharedStorage, path: &Path, new: &Path) -> Result<()>
             ..Default::default()
         },
     )?;
+    let fs = &**storage;
+    let (old_dir, new_dir) = (parent_dir(path), parent_dir(new));
+    let sync_both = || {
+        sync_dir(fs, new_dir)?;
+        if old_dir != new_dir {
+            sync_dir(fs, old_dir)?;
+        }
+        Ok(())
+    };
     let link = &d.links()[0];
     if link.is_embedded() {
         drop(d);
         // A monolithic file binds to itself whatever its name.
-        return storage.rename(path, new).map_err(|e| Error::io(path, e));
+        fs.rename_noreplace(path, new).map_err(taken_or_io(new))?;
+        return sync_both();
     }
     let old_stem = path
         .file_stem()
@@ -467,9 +478,73 @@ pub fn rename_in(storage: &SharedStorage, path: &Path, new: &Path) -> Result<()>
     }
     let bytes = desc.to_bytes().map_err(|e| Error::format(path, e))?;
     drop(d);
+    // The extents under their new names too, durably, before the new
+    // descriptor names them.
+    let mut linked: Vec<&Path> = Vec::new();
+    let mut links = true;
     for (from, to) in &moves {
-        storage.rename(from, to).map_err(|e| Error::io(from, e))?;
+        match fs.hard_link(from, to) {
+            Ok(()) => linked.push(to),
+            Err(e) if links && linked.is_empty() && no_hard_links(&e) => {
+                links = false;
+                break;
+            }
+            Err(e) => {
+                for l in linked {
+                    let _ = fs.remove_file(l);
+                }
+                return Err(taken_or_io(to)(e));
+            }
+        }
     }
-    crate::write::replace_file_in(storage, new, &bytes)?;
-    storage.remove_file(path).map_err(|e| Error::io(path, e))
+    if !links {
+        for (from, to) in &moves {
+            fs.rename_noreplace(from, to).map_err(taken_or_io(to))?;
+        }
+    }
+    sync_both()?;
+    let written = create_whole(fs, new, |f, tmp| {
+        fs.write_at(f, &bytes, 0)
+            .map_err(|e| Error::disk_full_or_io(tmp, e))
+    });
+    if let Err(e) = written {
+        for l in linked {
+            let _ = fs.remove_file(l);
+        }
+        return Err(e);
+    }
+    // The new disk is durable: the old names can go.
+    fs.remove_file(path).map_err(|e| Error::io(path, e))?;
+    if links {
+        for (from, _) in &moves {
+            fs.remove_file(from).map_err(|e| Error::io(from, e))?;
+        }
+    }
+    sync_dir(fs, old_dir)
+}
+
+/// An error naming `target`: [`Error::AlreadyExists`] when the name is
+/// taken.
+fn taken_or_io(target: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists(target.to_path_buf())
+        } else {
+            Error::io(target, e)
+        }
+    }
+}
+
+/// True when `e` says the file system cannot make hard links here.
+fn no_hard_links(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    [
+        Errno::PERM,
+        Errno::XDEV,
+        Errno::OPNOTSUPP,
+        Errno::MLINK,
+        Errno::NOSYS,
+    ]
+    .iter()
+    .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }

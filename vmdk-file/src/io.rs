@@ -67,6 +67,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Renames `from` to `to`, failing with `AlreadyExists` if `to`
     /// exists (atomically where the file system can).
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Gives the file `from` a second name `to` (a hard link), failing
+    /// with `AlreadyExists` if `to` exists.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file name.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Creates a directory.
@@ -154,6 +157,10 @@ impl Storage for StdStorage {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vmdk_file::check::check_disk;
-use vmdk_file::create::{create_in, CreateOptions, DiskType};
+use vmdk_file::convert::{convert_in, Source, Target};
+use vmdk_file::create::{create_in, rename_in, CreateOptions, DiskType};
 use vmdk_file::io::crash::{CrashState, Recorder, Recording};
 use vmdk_file::io::SharedStorage;
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
-use vmdk_file::maintain::{commit_in, compact_in, create_child_in};
+use vmdk_file::maintain::{commit_in, compact_in, create_child_in, grow_in};
 use vmdk_file::repair::repair;
 
 /// Total crash states to check (spread over the crash points).
@@ -514,6 +515,136 @@ pub fn check_all(run: &Run, total: usize, seed: u64, start_world: &World) -> usi
 // ---------------------------------------------------------------------
 // The workloads.
 
+/// Sparse writes across new grains and grain tables of a monolithicSparse
+/// disk (80 MiB: three tables), a snapshot written through copy-on-write
+/// and committed, grow, compact, rename, and a streamOptimized copy.
+fn sparse_workload(r: &mut Run) {
+    r.create("base.vmdk", DiskType::MonolithicSparse, 80 * MIB);
+    let d = r.open("base.vmdk");
+    r.write(&d, "base.vmdk", 0, 100 * KIB, false);
+    r.write(&d, "base.vmdk", 32 * MIB - 24 * KIB, 64 * KIB, false);
+    r.write(&d, "base.vmdk", 70 * MIB + 5 * SECTOR, 3 * KIB, false);
+    r.flush(&d, "base.vmdk");
+    r.write(&d, "base.vmdk", 50 * KIB, 100 * KIB, false);
+    r.write(&d, "base.vmdk", 0, 64 * KIB, true);
+    r.write(&d, "base.vmdk", 10 * MIB, 256 * KIB, false);
+    r.close(d, "base.vmdk");
+
+    // A snapshot, written partly over the parent's data.
+    let (base, snap) = (r.path("base.vmdk"), r.path("snap.vmdk"));
+    let content = r.content("base.vmdk");
+    r.step(
+        "snapshot base.vmdk -> snap.vmdk",
+        |r| create_child_in(&r.storage, &base, &snap),
+        |w| {
+            w.insert(
+                "snap.vmdk".into(),
+                Expect::Disk {
+                    capacity: 80 * MIB,
+                    content,
+                },
+            );
+        },
+        vec![],
+    );
+    let d = r.open("snap.vmdk");
+    r.write(&d, "snap.vmdk", 70 * KIB, 8 * KIB, false);
+    r.write(&d, "snap.vmdk", 3 * MIB, 128 * KIB, false);
+    r.write(&d, "snap.vmdk", 10 * MIB + 64 * KIB, 64 * KIB, false);
+    r.flush(&d, "snap.vmdk");
+    r.write(&d, "snap.vmdk", 32 * MIB - 4 * KIB, 8 * KIB, false);
+    r.write(&d, "snap.vmdk", 10 * MIB, 64 * KIB, true);
+    r.write(&d, "snap.vmdk", 20 * MIB + 3 * SECTOR, 2 * KIB, false);
+    r.close(d, "snap.vmdk");
+
+    // Commit: the child reads the same throughout; once the parent holds
+    // it all, the child goes.
+    commit(r, "snap.vmdk", "base.vmdk");
+    r.world.remove("snap.vmdk");
+
+    // Grow (a fourth grain table), write the new part.
+    let content = r.content("base.vmdk");
+    r.step(
+        "grow base.vmdk to 112 MiB",
+        |r| grow_in(&r.storage, &base, 112 * MIB),
+        |w| {
+            w.insert(
+                "base.vmdk".into(),
+                Expect::Disk {
+                    capacity: 112 * MIB,
+                    content,
+                },
+            );
+        },
+        vec![],
+    );
+    let d = r.open("base.vmdk");
+    r.write(&d, "base.vmdk", 100 * MIB, 96 * KIB, false);
+    r.write(&d, "base.vmdk", 33 * MIB, 64 * KIB, true);
+    r.close(d, "base.vmdk");
+
+    r.step(
+        "compact base.vmdk",
+        |r| compact_in(&r.storage, &base),
+        |_| {},
+        vec![],
+    );
+    write_close(r, "base.vmdk", 40 * MIB, 64 * KIB);
+
+    rename(r, "base.vmdk", "main.vmdk");
+    r.world.remove("base.vmdk");
+
+    let (main, stream) = (r.path("main.vmdk"), r.path("stream.vmdk"));
+    let copy = r.world["main.vmdk"].clone();
+    r.step(
+        "convert main.vmdk -> stream.vmdk (streamOptimized)",
+        |r| {
+            let src = LocalDisk::open(&main, &opts())?;
+            convert_in(
+                &r.storage,
+                &Source::Disk(&src),
+                &stream,
+                &Target::Disk(CreateOptions::new(DiskType::StreamOptimized, 0)),
+                &mut |_, _| {},
+            )
+        },
+        |w| {
+            w.insert("stream.vmdk".into(), copy);
+        },
+        vec![],
+    );
+}
+
+/// A split disk (descriptor file + sparse extents): written (the
+/// descriptor is replaced for the new CID), grown by an extent, renamed
+/// file by file.
+fn split_workload(r: &mut Run) {
+    r.create("split.vmdk", DiskType::TwoGbMaxExtentSparse, 8 * MIB);
+    let d = r.open("split.vmdk");
+    r.write(&d, "split.vmdk", MIB, 80 * KIB, false);
+    r.close(d, "split.vmdk");
+    let split = r.path("split.vmdk");
+    let content = r.content("split.vmdk");
+    r.step(
+        "grow split.vmdk to 12 MiB (a second extent)",
+        |r| grow_in(&r.storage, &split, 12 * MIB),
+        |w| {
+            w.insert(
+                "split.vmdk".into(),
+                Expect::Disk {
+                    capacity: 12 * MIB,
+                    content,
+                },
+            );
+        },
+        vec![],
+    );
+    let d = r.open("split.vmdk");
+    r.write(&d, "split.vmdk", 9 * MIB, 64 * KIB, false);
+    r.close(d, "split.vmdk");
+    rename(r, "split.vmdk", "moved.vmdk");
+}
+
 /// Runs `workload` recorded, then checks `total` crash states of it.
 fn record_and_check(name: &str, total: usize, seed: u64, workload: fn(&mut Run)) -> usize {
     let t = Instant::now();
@@ -601,11 +732,50 @@ fn commit(r: &mut Run, child: &str, parent: &str) {
     );
 }
 
+/// Renames `from` to `to`, with the worlds a crash may leave: the disk
+/// whole under one of its names.
+fn rename(r: &mut Run, from: &str, to: &str) {
+    let disk = r.world[from].clone();
+    let mids = vec![
+        World::from([(from.into(), disk.clone()), (to.into(), Expect::Any)]),
+        World::from([(from.into(), Expect::Any), (to.into(), disk.clone())]),
+    ];
+    let (f, t) = (r.path(from), r.path(to));
+    r.world.entry(to.into()).or_insert(Expect::Absent);
+    r.step(
+        &format!("rename {from} -> {to}"),
+        |r| rename_in(&r.storage, &f, &t),
+        |w| {
+            w.insert(from.into(), Expect::Absent);
+            w.insert(to.into(), disk);
+        },
+        mids,
+    );
+}
+
 /// Writes one run of fresh data to `disk` and closes it.
 fn write_close(r: &mut Run, disk: &str, offset: u64, len: u64) {
     let d = r.open(disk);
     r.write(&d, disk, offset, len, false);
     r.close(d, disk);
+}
+
+/// A monolithic disk and a split one renamed, then written under their
+/// new names.
+fn rename_workload(r: &mut Run) {
+    r.create("a.vmdk", DiskType::MonolithicSparse, 4 * MIB);
+    write_close(r, "a.vmdk", 0, 64 * KIB);
+    rename(r, "a.vmdk", "b.vmdk");
+    write_close(r, "b.vmdk", MIB, 64 * KIB);
+    r.create("t.vmdk", DiskType::TwoGbMaxExtentSparse, 4 * MIB);
+    write_close(r, "t.vmdk", 0, 64 * KIB);
+    rename(r, "t.vmdk", "u.vmdk");
+    write_close(r, "u.vmdk", MIB, 64 * KIB);
+}
+
+#[test]
+fn power_loss_rename() {
+    record_and_check("rename", states_wanted(300), 0x4e4a, rename_workload);
 }
 
 /// A compacted disk written afterwards: the compacted file must be the
@@ -649,4 +819,18 @@ fn power_loss_copy_on_write() {
 #[test]
 fn power_loss_create() {
     record_and_check("create", states_wanted(200), 0xc4ea7e, create_workload);
+}
+
+#[test]
+fn power_loss_sparse_snapshot_grow_compact_rename_stream() {
+    let total = states_wanted(DEFAULT_STATES);
+    let n = record_and_check("sparse workload", total * 4 / 5, 0x5eed, sparse_workload);
+    assert!(n > 0);
+}
+
+#[test]
+fn power_loss_split_disk() {
+    let total = states_wanted(DEFAULT_STATES);
+    let n = record_and_check("split disk", total / 5, 0x5911, split_workload);
+    assert!(n > 0);
 }

@@ -531,6 +531,21 @@ impl Storage for Recorder {
         Ok(())
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut log = self.log();
+        let node = log.id_of_path(from);
+        StdStorage.hard_link(from, to)?;
+        if let (Some(node), Some((dir, name))) = (node, log.place(to)) {
+            log.ops.push(Op::Link {
+                dir,
+                name,
+                node,
+                is_dir: false,
+            });
+        }
+        Ok(())
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut log = self.log();
         let place = log.place(path);
