@@ -356,6 +356,9 @@ pub fn grow_in(storage: &SharedStorage, path: &Path, new_capacity: u64) -> Resul
                     remaining -= n;
                     index += 1;
                 }
+                // The new extents' names are durable before a descriptor
+                // names them.
+                sync_dir(fs, parent_dir(path))?;
                 replace_file_in(
                     storage,
                     path,
