@@ -12,7 +12,7 @@
 //! the read path has no indirection, and the write path one virtual call
 //! per system call.
 //!
-//! With the testing-only `__crash-test` feature, [`crash`] records every
+//! With the testing-only `__crash-test` feature, `io::crash` records every
 //! change and replays the recording into the states a power cut could
 //! leave.
 //!
@@ -185,6 +185,30 @@ pub fn parent_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
+}
+
+/// Creates directory `path` and its missing parents through `storage`;
+/// with `durable`, syncs the directory holding each one created, so that
+/// they survive a power cut.
+pub fn create_dir_all(storage: &dyn Storage, path: &Path, durable: bool) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(storage, parent, durable)?;
+    }
+    match storage.create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        r => r?,
+    }
+    if durable {
+        match storage.sync_dir(parent_dir(path)) {
+            // A file system that cannot sync a directory.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 /// Removes a directory tree through `storage`, file by file (the walk
