@@ -136,7 +136,14 @@ impl WriteState {
                 }
                 None => None,
             };
-            let file_sectors = file.len.div_ceil(SECTOR);
+            let mut file_sectors = file.len.div_ceil(SECTOR);
+            if h.unclean_shutdown {
+                // Not closed cleanly: after a power cut a table entry may
+                // point past the end of the file, at a grain that never
+                // reached the disk. New grains go after every such place,
+                // or the stale entry would read another grain's data.
+                file_sectors = file_sectors.max(referenced_end(s, rgd.as_deref(), file)?);
+            }
             let next_free = file_sectors
                 .max(h.overhead)
                 .next_multiple_of(h.grain_sectors);
@@ -159,6 +166,30 @@ impl WriteState {
             closed: false,
         })
     }
+}
+
+/// The sector after the last grain any grain table (or redundant table)
+/// of `s` points at, tables beyond the end of the file skipped.
+fn referenced_end(s: &SparseExtent, rgd: Option<&[u64]>, file: &ExtentFile) -> Result<u64> {
+    let grain_sectors = s.grain_bytes() / SECTOR;
+    let table_len = s.gtes_per_gt() * 4;
+    let mut end = 0u64;
+    let mut buf = vec![0u8; table_len as usize];
+    for &gt in s.directory().iter().chain(rgd.unwrap_or_default()) {
+        let Some(off) = gt.checked_mul(SECTOR) else {
+            continue;
+        };
+        if gt == 0 || off.checked_add(table_len).is_none_or(|e| e > file.len) {
+            continue;
+        }
+        file.read_exact_at(&mut buf, off)?;
+        for e in entries_le(&buf) {
+            if e > 1 {
+                end = end.max(e.saturating_add(grain_sectors));
+            }
+        }
+    }
+    Ok(end)
 }
 
 impl LocalDisk {

@@ -71,11 +71,12 @@ type Page = Arc<[u8; PAGE as usize]>;
 /// One recorded change.
 #[derive(Clone, Debug)]
 enum Op {
-    /// Bytes within one page of a file.
+    /// Bytes within one page of a file, from the `call`-th `write_at`.
     Write {
         node: NodeId,
         offset: u64,
         data: Vec<u8>,
+        call: u64,
     },
     /// `set_len` of a file.
     SetLen { node: NodeId, len: u64 },
@@ -202,7 +203,9 @@ impl Image {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Write { node, offset, data } => {
+            Op::Write {
+                node, offset, data, ..
+            } => {
                 if let Some(f) = self.file(*node) {
                     f.write(*offset, data);
                 }
@@ -345,6 +348,8 @@ struct Log {
     /// Real `(dev, ino)` to node id, for what lies beneath the root.
     ids: HashMap<(u64, u64), NodeId>,
     next_id: NodeId,
+    /// `write_at` calls so far.
+    writes: u64,
 }
 
 impl Log {
@@ -405,6 +410,7 @@ impl Recorder {
                 ops: Vec::new(),
                 ids,
                 next_id,
+                writes: 0,
             }),
         }))
     }
@@ -459,6 +465,8 @@ impl Storage for Recorder {
         let mut log = self.log();
         StdStorage.write_at(file, buf, offset)?;
         if let Some(node) = log.id_of_file(file) {
+            log.writes += 1;
+            let call = log.writes;
             let mut done = 0usize;
             while done < buf.len() {
                 let at = offset + done as u64;
@@ -467,6 +475,7 @@ impl Storage for Recorder {
                     node,
                     offset: at,
                     data: buf[done..done + n].to_vec(),
+                    call,
                 });
                 done += n;
             }
@@ -627,9 +636,15 @@ impl Recording {
         let mut s = String::new();
         for i in range.start..range.end.min(self.ops.len()) {
             let line = match &self.ops[i] {
-                Op::Write { node, offset, data } => {
-                    format!("write  node {node} at {offset} ({} bytes)", data.len())
-                }
+                Op::Write {
+                    node,
+                    offset,
+                    data,
+                    call,
+                } => format!(
+                    "write  node {node} at {offset} ({} bytes, write {call})",
+                    data.len()
+                ),
                 Op::SetLen { node, len } => format!("setlen node {node} to {len}"),
                 Op::Extend { node, len } => format!("extend node {node} to {len}"),
                 Op::Link {
@@ -838,16 +853,29 @@ impl Replay<'_> {
     }
 
     /// A random subset of the changes in flight, the data changes in a
-    /// random order.
+    /// random order. The pages of one write are all kept, all lost, or
+    /// torn (each kept or not), a third of the time each, so that states
+    /// where a large write is lost whole while a small one after it
+    /// survives are as likely as torn ones.
     fn pick(&self, in_flight: &[usize], rng: &mut Rng) -> Vec<usize> {
         let ops = &self.rec.ops;
-        // How much to keep: all sizes equally likely, so small and large
-        // subsets both get tried.
+        // How much to keep of what is torn: all fractions equally likely.
         let keep_per_mille = rng.below(1001) as u64;
+        let mut choice: HashMap<u64, usize> = HashMap::new();
         let kept: Vec<usize> = in_flight
             .iter()
             .copied()
-            .filter(|_| rng.next() % 1000 < keep_per_mille)
+            .filter(|&i| {
+                let whole = match &ops[i] {
+                    Op::Write { call, .. } => *choice.entry(*call).or_insert_with(|| rng.below(3)),
+                    _ => rng.below(3),
+                };
+                match whole {
+                    0 => true,
+                    1 => false,
+                    _ => rng.next() % 1000 < keep_per_mille,
+                }
+            })
             .collect();
         let (mut out, mut data): (Vec<usize>, Vec<usize>) =
             kept.into_iter().partition(|&i| ops[i].dirs().is_some());
