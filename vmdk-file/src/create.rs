@@ -399,8 +399,14 @@ pub fn delete(path: &Path) -> Result<()> {
 
 /// [`delete`] through `storage`.
 pub fn delete_in(storage: &SharedStorage, path: &Path) -> Result<()> {
-    for f in files_of(path)? {
-        storage.remove_file(&f).map_err(|e| Error::io(&f, e))?;
+    let files = files_of(path)?;
+    for f in &files {
+        storage.remove_file(f).map_err(|e| Error::io(f, e))?;
+    }
+    let mut dirs: Vec<&Path> = files.iter().map(|f| parent_dir(f)).collect();
+    dirs.dedup();
+    for d in dirs {
+        sync_dir(&**storage, d)?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use vmdk_file::check::check_disk;
 use vmdk_file::convert::{convert_in, Source, Target};
-use vmdk_file::create::{create_in, rename_in, CreateOptions, DiskType};
+use vmdk_file::create::{create_in, delete_in, rename_in, CreateOptions, DiskType};
 use vmdk_file::io::crash::{CrashState, Recorder, Recording};
 use vmdk_file::io::SharedStorage;
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
@@ -705,7 +705,7 @@ fn record_and_check_then(
 }
 
 /// A new disk of each kind exists whole once `create` returns, and a
-/// crash before then leaves no disk at all.
+/// crash before then leaves no disk at all; a deleted one stays deleted.
 fn create_workload(r: &mut Run) {
     r.create("a.vmdk", DiskType::MonolithicSparse, 4 * MIB);
     r.create("s.vmdk", DiskType::StreamOptimized, 4 * MIB);
@@ -716,6 +716,16 @@ fn create_workload(r: &mut Run) {
         r.write(&d, disk, 64 * KIB, 8 * KIB, false);
         r.close(d, disk);
     }
+    // Deleted: gone for good once delete returns.
+    let f = r.path("f.vmdk");
+    r.step(
+        "delete f.vmdk",
+        |r| delete_in(&r.storage, &f),
+        |w| {
+            w.insert("f.vmdk".into(), Expect::Absent);
+        },
+        vec![World::from([("f.vmdk".into(), Expect::Any)])],
+    );
 }
 
 /// Partial and whole grains written into a snapshot: until a flush, a
