@@ -21,7 +21,7 @@ use std::time::Instant;
 use vmdk_file::check::check_disk;
 use vmdk_file::convert::{convert_in, Source, Target};
 use vmdk_file::create::{create_in, delete_in, rename_in, CreateOptions, DiskType};
-use vmdk_file::io::crash::{CrashState, Recorder, Recording};
+use vmdk_file::io::crash::{CrashState, NoSync, Recorder, Recording};
 use vmdk_file::io::SharedStorage;
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
 use vmdk_file::maintain::{commit_in, compact_in, create_child_in, grow_in};
@@ -30,7 +30,7 @@ use vmdk_file::repair::repair;
 /// Crash states to check per workload (spread over its crash points).
 pub const STATES_ENV: &str = "VMDK_CRASH_STATES";
 /// What CI checks per workload when the variable is unset.
-const DEFAULT_STATES: usize = 150;
+const DEFAULT_STATES: usize = 300;
 
 const SECTOR: u64 = 512;
 const KIB: u64 = 1 << 10;
@@ -52,32 +52,42 @@ pub fn states_wanted(weight: usize) -> usize {
 
 const MAGIC: u64 = 0x5644_4b5f_5057_524c; // "VDK_PWRL"
 
-/// The bytes write `tag` puts in sector `sector` (tag 0: zeros).
+/// The bytes write `tag` puts in sector `sector` (tag 0: zeros): a head
+/// word naming both, then a body that depends on the tag alone (so that
+/// checking a sector is one comparison, quick even in a debug build).
 pub fn sector_bytes(tag: u32, sector: u64) -> [u8; 512] {
     let mut b = [0u8; 512];
     if tag == 0 {
         return b;
     }
-    let head = u64::from(tag) | (sector << 32);
-    b[..8].copy_from_slice(&head.to_le_bytes());
-    b[8..16].copy_from_slice(&MAGIC.to_le_bytes());
-    let mut x = head ^ MAGIC;
-    for w in b[16..].chunks_exact_mut(8) {
-        x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ head;
-        w.copy_from_slice(&x.to_le_bytes());
+    b[..8].copy_from_slice(&(u64::from(tag) | (sector << 32)).to_le_bytes());
+    b[8..].copy_from_slice(&body_of(tag));
+    b
+}
+
+fn body_of(tag: u32) -> [u8; 504] {
+    let word = (u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ MAGIC).to_le_bytes();
+    let mut b = [0u8; 504];
+    for w in b.chunks_exact_mut(8) {
+        w.copy_from_slice(&word);
     }
     b
 }
 
 /// Which write left `bytes` in sector `sector`: `Some(0)` for zeros,
-/// `None` for anything no write left there.
-fn tag_in(bytes: &[u8], sector: u64) -> Option<u32> {
-    if bytes.iter().all(|&b| b == 0) {
-        return Some(0);
-    }
+/// `None` for anything no write left there. `bodies` caches the bodies.
+fn tag_in(bytes: &[u8], sector: u64, bodies: &mut BTreeMap<u32, [u8; 504]>) -> Option<u32> {
+    static ZEROS: [u8; 512] = [0; 512];
     let head = u64::from_le_bytes(bytes[..8].try_into().ok()?);
     let tag = head as u32;
-    (head >> 32 == sector && tag != 0 && bytes == sector_bytes(tag, sector)).then_some(tag)
+    if head == 0 {
+        return (bytes == &ZEROS[..]).then_some(0);
+    }
+    if head >> 32 != sector || tag == 0 {
+        return None;
+    }
+    let body = bodies.entry(tag).or_insert_with(|| body_of(tag));
+    (bytes[8..] == body[..]).then_some(tag)
 }
 
 fn data_of(tag: u32, offset: u64, len: u64) -> Vec<u8> {
@@ -308,9 +318,11 @@ impl Run {
 // ---------------------------------------------------------------------
 // Checking a crash state.
 
-fn opts() -> OpenOptions {
+/// How the checks open crash states (repairs included).
+pub fn opts() -> OpenOptions {
     OpenOptions {
         inflate_threads: 1,
+        storage: Arc::new(NoSync),
         ..OpenOptions::default()
     }
 }
@@ -388,18 +400,19 @@ fn check_disk_expect(path: &Path, expect: &Expect) -> Result<(), String> {
     if d.capacity() != capacity {
         return Err(format!("capacity {} instead of {capacity}", d.capacity()));
     }
-    let mut buf = Vec::new();
+    let mut buf = vec![0u8; 2048 * SECTOR as usize];
+    let mut bodies = BTreeMap::new();
     for (start, end) in runs_to_read(&d, content)? {
         let mut s = start;
         while s < end {
             let n = (end - s).min(2048);
-            buf.resize((n * SECTOR) as usize, 0);
-            d.read_at(s * SECTOR, &mut buf)
+            let buf = &mut buf[..(n * SECTOR) as usize];
+            d.read_at(s * SECTOR, buf)
                 .map_err(|e| format!("read at {}: {e}", s * SECTOR))?;
             for (k, bytes) in buf.chunks_exact(SECTOR as usize).enumerate() {
                 let sector = s + k as u64;
                 let allowed = content.allowed(sector);
-                match tag_in(bytes, sector) {
+                match tag_in(bytes, sector, &mut bodies) {
                     Some(t) if allowed.contains(&t) => {}
                     found => {
                         return Err(format!(
@@ -733,7 +746,7 @@ fn create_workload(r: &mut Run) {
 fn copy_on_write_workload(r: &mut Run) {
     r.create("p.vmdk", DiskType::MonolithicSparse, 4 * MIB);
     let d = r.open("p.vmdk");
-    r.write(&d, "p.vmdk", 0, 1024 * KIB, false);
+    r.write(&d, "p.vmdk", 0, 640 * KIB, false);
     r.close(d, "p.vmdk");
     let (p, c) = (r.path("p.vmdk"), r.path("c.vmdk"));
     let content = r.content("p.vmdk");
@@ -879,7 +892,7 @@ fn power_loss_then_write_without_repair() {
             &path,
             &OpenOptions {
                 writable: true,
-                ..OpenOptions::default()
+                ..opts()
             },
         )
         .map_err(|e| format!("open for writing without repair: {e}"))?;
