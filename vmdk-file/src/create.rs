@@ -203,8 +203,8 @@ pub(crate) fn create_with(
                 d,
             );
             let desc = desc.to_bytes().map_err(|e| Error::format(path, e))?;
-            create_whole(fs, path, |f, tmp| {
-                write_sparse_extent(fs, f, tmp, sectors, o.zeroed_grain, Some(&desc))
+            create_whole(fs, path, |f, at| {
+                write_sparse_extent(fs, f, at, sectors, o.zeroed_grain, Some(&desc))
             })?;
         }
         DiskType::TwoGbMaxExtentSparse | DiskType::TwoGbMaxExtentFlat => {
@@ -324,16 +324,17 @@ fn write_descriptor_file(
     let fs = cleanup.2;
     sync_dir(fs, parent_dir(path))?;
     let bytes = d.to_bytes().map_err(|e| Error::format(path, e))?;
-    create_whole(fs, path, |f, tmp| {
+    create_whole(fs, path, |f, at| {
         fs.write_at(f, &bytes, 0)
-            .map_err(|e| Error::disk_full_or_io(tmp, e))
+            .map_err(|e| Error::disk_full_or_io(at, e))
     })
 }
 
 /// Creates `path` whole or not at all: `fill` writes a temporary file
-/// beside it, which is synced, renamed to `path` unless that exists, and
-/// made durable by a sync of the directory. A crash leaves either no
-/// `path` or a complete one (and perhaps the temporary).
+/// beside it (errors name `path`, passed to it), which is synced,
+/// renamed to `path` unless that exists, and made durable by a sync of
+/// the directory. A crash leaves either no `path` or a complete one (and
+/// perhaps the temporary).
 pub(crate) fn create_whole(
     fs: &dyn Storage,
     path: &Path,
@@ -351,9 +352,9 @@ pub(crate) fn create_whole(
     let result = (|| {
         let f = fs
             .create(&tmp, false)
-            .map_err(|e| Error::disk_full_or_io(&tmp, e))?;
-        fill(&f, &tmp)?;
-        fs.sync_all(&f).map_err(|e| Error::io(&tmp, e))?;
+            .map_err(|e| Error::disk_full_or_io(path, e))?;
+        fill(&f, path)?;
+        fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
         fs.rename_noreplace(&tmp, path).map_err(taken_or_io(path))
     })();
     if result.is_err() {
@@ -509,9 +510,9 @@ pub fn rename_in(storage: &SharedStorage, path: &Path, new: &Path) -> Result<()>
         }
     }
     sync_both()?;
-    let written = create_whole(fs, new, |f, tmp| {
+    let written = create_whole(fs, new, |f, at| {
         fs.write_at(f, &bytes, 0)
-            .map_err(|e| Error::disk_full_or_io(tmp, e))
+            .map_err(|e| Error::disk_full_or_io(at, e))
     });
     if let Err(e) = written {
         for l in linked {

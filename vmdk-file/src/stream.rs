@@ -92,10 +92,8 @@ pub fn write_stream(
     }
     // Written beside, then renamed into place: a crash leaves no
     // half-written stream at `path`.
-    crate::create::create_whole(fs, path, |file, tmp| {
-        write_body(
-            fs, file, tmp, sectors, capacity, &desc, data, read, progress,
-        )
+    crate::create::create_whole(fs, path, |file, at| {
+        write_body(fs, file, at, sectors, capacity, &desc, data, read, progress)
     })?;
     let total = data.iter().map(|r| r.1).sum();
     progress(total, total);
