@@ -1,10 +1,14 @@
 //! Power loss, not just SIGKILL: a workload runs on a recording storage
 //! (`vmdk_file::io::crash`), and every state a power cut could leave at
 //! each sync point (a bounded, seeded sample of them) must open, be
-//! clean or made clean by `repair`, and hold every write acknowledged by
-//! a completed flush (or by an operation that returned); a sector
-//! written since then may hold its old value or any newer one, nothing
-//! else.
+//! clean or made clean by `repair` (of each file of the chain a finding
+//! names, as a user runs `check --repair` on it), and hold every write
+//! acknowledged by a completed flush (or by an operation that returned);
+//! a sector written since then may hold its old value or any newer one,
+//! nothing else. A disk is acknowledged where the operation that
+//! returned last put it; during an operation, a crash may leave it as
+//! before or as after (or, for commit and rename, whole under one of
+//! its names).
 //!
 //! The crash states checked per workload are about `VMDK_CRASH_STATES`
 //! (spread over its crash points, every state of a point with few;
