@@ -5,10 +5,9 @@
 //! and logs those beneath one root directory: writes (cut at 4 KiB page
 //! boundaries, the unit the page cache writes back), length changes,
 //! creations, renames, removals, and the syncs of files and
-//! directories. A [`Recording`]
-//! then replays that log into the states a power cut could leave, as
-//! the crash-consistency literature does (ALICE, CrashMonkey), with the
-//! guarantees of Linux ext4:
+//! directories. A [`Recording`] then replays that log into the states a
+//! power cut could leave, as the crash-consistency literature does
+//! (ALICE, CrashMonkey), with the guarantees of Linux ext4:
 //!
 //! - a file's data and length are durable once a later `fsync` or
 //!   `fdatasync` of that file has completed;
@@ -16,15 +15,17 @@
 //!   later `fsync` of that directory has completed (an `fsync` of the
 //!   file alone is not enough); a rename is atomic;
 //! - what is not yet durable may be lost or not, in any subset: page
-//!   writes in any order, name changes in their order (the engine does
-//!   not count on a journal to keep a new file's name before a later
-//!   rename's; a rename is atomic).
+//!   writes in any order, name changes in their order (not only as a
+//!   prefix: the engine does not count on a journal to keep a file's new
+//!   name when a later rename survives).
 //!
 //! The crash points are the moments just before each sync completes,
-//! and the end of the log. At each, [`Recording::replay`] yields the
-//! state with nothing in flight kept, the state with everything kept,
-//! and seeded random samples of the others; [`CrashState::write_to`]
-//! lays one out in a directory for the real engine to open.
+//! and the end of the log. At each, [`Recording::replay`] yields every
+//! state when there are few, else the state with nothing in flight kept,
+//! the state with everything kept, and seeded random samples (the pages
+//! of one write kept together, lost together or torn);
+//! [`CrashState::write_to`] lays one out in a directory for the real
+//! engine to open. [`NoSync`] is the storage to check them through.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -305,7 +306,8 @@ impl Image {
         Ok(())
     }
 
-    /// Reads the tree beneath `root`, giving nodes ids from `next`.
+    /// Reads the tree beneath `root`, noting each real `(dev, ino)` and
+    /// the node id it got in `map`.
     fn scan(root: &Path, map: &mut HashMap<(u64, u64), NodeId>) -> io::Result<Self> {
         let mut img = Image {
             nodes: HashMap::new(),
