@@ -21,7 +21,8 @@ use vim_soap::codec::{self, MoRef};
 
 use crate::api::{changed_areas_by_key, ConnectParams, Connection, Library, OpenFlags};
 use crate::error::{Error, Result};
-use vmdk_file::create::{create, CreateOptions, DiskType};
+use vmdk_file::create::{create, create_in, CreateOptions, DiskType};
+use vmdk_file::io::{create_dir_all, remove_dir_all, std_storage, write_file, SharedStorage};
 use vmdk_file::local::{LocalDisk, OpenOptions};
 
 const CHUNK: u64 = 1 << 20;
@@ -122,9 +123,13 @@ impl RepoCatalog {
         }
     }
 
-    fn save(&self, repo: &Path) -> Result<()> {
+    fn save(&self, storage: &SharedStorage, repo: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| repo_err(repo, e.to_string()))?;
-        Ok(vmdk_file::replace_file(&repo.join("catalog.json"), &bytes)?)
+        Ok(vmdk_file::replace_file_in(
+            storage,
+            &repo.join("catalog.json"),
+            &bytes,
+        )?)
     }
 
     /// The cbt view of one disk's backups.
@@ -214,8 +219,30 @@ pub fn backup(
     transports: Option<&str>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Summary> {
+    backup_in(
+        &std_storage(),
+        lib,
+        params,
+        repo,
+        kind,
+        transports,
+        progress,
+    )
+}
+
+/// [`backup`], writing the repository through `storage` (every file,
+/// directory, rename and sync of it).
+pub fn backup_in(
+    storage: &SharedStorage,
+    lib: &Library,
+    params: &ConnectParams,
+    repo: &Path,
+    kind: BackupKind,
+    transports: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary> {
     let started = Instant::now();
-    std::fs::create_dir_all(repo).map_err(|e| Error::io(repo, e))?;
+    create_dir_all(&**storage, repo, true).map_err(|e| Error::io(repo, e))?;
     let conn = Connection::connect(lib, params, true, None, transports)?;
     let client = Arc::clone(
         conn.client()
@@ -256,6 +283,7 @@ pub fn backup(
         .result
         .ok_or_else(|| Error::InvalidArgument("snapshot task returned no snapshot".into()))?;
         let inner = backup_snapshot(
+            storage,
             lib,
             params,
             repo,
@@ -287,6 +315,7 @@ pub fn backup(
 
 #[allow(clippy::too_many_arguments)]
 fn backup_snapshot(
+    storage: &SharedStorage,
     lib: &Library,
     params: &ConnectParams,
     repo: &Path,
@@ -303,15 +332,19 @@ fn backup_snapshot(
     summary.id = id;
     let dir_name = format!("{id:06}-{}", kind_name(kind));
     let tmp = repo.join(format!(".tmp-{dir_name}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let fs = &**storage;
+    if tmp.exists() {
+        let _ = remove_dir_all(fs, &tmp);
+    }
+    fs.create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| -> Result<BackupEntry> {
         let config = client
             .property(snap, "config")?
             .map(|e| e.to_xml())
             .unwrap_or_default();
-        std::fs::write(tmp.join("config.xml"), config)
-            .map_err(|e| Error::io(tmp.join("config.xml"), e))?;
+        let config_path = tmp.join("config.xml");
+        write_file(fs, &config_path, config.as_bytes(), true)
+            .map_err(|e| Error::io(&config_path, e))?;
         let disks = codec::virtual_disks(
             &client
                 .property(snap, "config.hardware.device")?
@@ -383,7 +416,8 @@ fn backup_snapshot(
                 .push(format!("disk {}: {}", d.key, disk.transport_mode()));
             let file = format!("{}.vmdk", d.key);
             let path = tmp.join(&file);
-            create(
+            create_in(
+                storage,
                 &path,
                 &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
             )?;
@@ -391,6 +425,7 @@ fn backup_snapshot(
                 &path,
                 &OpenOptions {
                     writable: true,
+                    storage: storage.clone(),
                     ..OpenOptions::default()
                 },
             )?;
@@ -499,14 +534,22 @@ fn backup_snapshot(
     let entry = match result {
         Ok(e) => e,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = remove_dir_all(fs, &tmp);
             return Err(e);
         }
     };
+    // Publication, each step durable before the next can refer to it:
+    // the backup's files and their names, then the directory's name,
+    // then the catalog entry (a power cut leaves the backup whole and
+    // listed, or unlisted).
+    let sync = |dir: &Path| fs.sync_dir(dir).map_err(|e| Error::io(dir, e));
+    sync(&tmp)?;
     let final_dir = repo.join(&dir_name);
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    fs.rename(&tmp, &final_dir)
+        .map_err(|e| Error::io(&final_dir, e))?;
+    sync(repo)?;
     catalog.backups.push(entry);
-    catalog.save(repo)
+    catalog.save(storage, repo)
 }
 
 type WriteFn = dyn Fn(u64, &[u8]) -> Result<()>;

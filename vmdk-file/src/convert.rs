@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::create::{create_with, descriptor_options, CreateOptions, DiskType};
+use crate::io::{std_storage, SharedStorage};
 use crate::local::{AllocKind, LocalDisk, OpenOptions};
 use crate::{Error, Result};
 
@@ -67,6 +68,18 @@ pub fn convert(
     target: &Target,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
+    convert_in(&std_storage(), source, dst, target, progress)
+}
+
+/// [`convert`], writing through `storage`.
+pub fn convert_in(
+    storage: &SharedStorage,
+    source: &Source<'_>,
+    dst: &Path,
+    target: &Target,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    let fs = &**storage;
     // What to read, and how.
     let raw_file;
     let (capacity, ranges): (u64, Vec<(u64, u64)>) = match source {
@@ -114,18 +127,19 @@ pub fn convert(
                     }
                 }
             };
-            crate::stream::write_stream(dst, capacity, &ranges, &read_sync, &d, progress)?;
+            crate::stream::write_stream(fs, dst, capacity, &ranges, &read_sync, &d, progress)?;
             Ok(total)
         }
         Target::Disk(o) => {
             let mut o = o.clone();
             o.capacity = capacity;
-            create_with(dst, &o, &descriptor_options(&o))?;
+            create_with(storage, dst, &o, &descriptor_options(&o))?;
             let copied = (|| {
                 let out = LocalDisk::open(
                     dst,
                     &OpenOptions {
                         writable: true,
+                        storage: storage.clone(),
                         ..OpenOptions::default()
                     },
                 )?;
@@ -140,40 +154,36 @@ pub fn convert(
                 Ok(n)
             })();
             if copied.is_err() {
-                let _ = crate::create::delete(dst);
+                let _ = crate::create::delete_in(storage, dst);
             }
             copied
         }
         Target::Raw => {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(dst)
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        Error::AlreadyExists(dst.to_path_buf())
-                    } else {
-                        Error::disk_full_or_io(dst, e)
-                    }
-                })?;
+            let f = fs.create(dst, true).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists(dst.to_path_buf())
+                } else {
+                    Error::disk_full_or_io(dst, e)
+                }
+            })?;
             let copied = (|| {
-                f.set_len(capacity)
+                fs.set_len(&f, capacity)
                     .map_err(|e| Error::disk_full_or_io(dst, e))?;
                 let n = copy_ranges(
                     &ranges,
                     &read,
                     &mut |off, bytes| {
-                        f.write_all_at(bytes, off)
+                        fs.write_at(&f, bytes, off)
                             .map_err(|e| Error::disk_full_or_io(dst, e))
                     },
                     progress,
                     total,
                 )?;
-                f.sync_all().map_err(|e| Error::io(dst, e))?;
+                fs.sync_all(&f).map_err(|e| Error::io(dst, e))?;
                 Ok(n)
             })();
             if copied.is_err() {
-                let _ = std::fs::remove_file(dst);
+                let _ = fs.remove_file(dst);
             }
             copied
         }

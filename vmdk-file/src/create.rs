@@ -1,7 +1,6 @@
 //! Creating new local disks of every hosted type.
 
-use std::fs::{File, OpenOptions as FsOpen};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use vmdk_format::create::{
@@ -10,7 +9,8 @@ use vmdk_format::create::{
 };
 use vmdk_format::descriptor::{CreateType, ExtentType};
 
-use crate::write::{new_cid, random_bytes};
+use crate::io::{parent_dir, std_storage, SharedStorage, Storage};
+use crate::write::{new_cid, random_bytes, sync_dir};
 use crate::{Error, Result};
 
 /// The disk types this kit creates (VixDiskLib's `VIXDISKLIB_DISK_*`).
@@ -116,31 +116,26 @@ impl CreateOptions {
 }
 
 /// Removes files created so far when creation fails midway.
-struct Cleanup(Vec<PathBuf>, bool);
+struct Cleanup<'a>(Vec<PathBuf>, bool, &'a dyn Storage);
 
-impl Drop for Cleanup {
+impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if !self.1 {
             for p in &self.0 {
-                let _ = std::fs::remove_file(p);
+                let _ = self.2.remove_file(p);
             }
         }
     }
 }
 
-fn create_new(path: &Path, cleanup: &mut Cleanup) -> Result<File> {
-    let f = FsOpen::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists(path.to_path_buf())
-            } else {
-                Error::disk_full_or_io(path, e)
-            }
-        })?;
+fn create_new(path: &Path, cleanup: &mut Cleanup<'_>) -> Result<File> {
+    let f = cleanup.2.create(path, true).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists(path.to_path_buf())
+        } else {
+            Error::disk_full_or_io(path, e)
+        }
+    })?;
     cleanup.0.push(path.to_path_buf());
     Ok(f)
 }
@@ -170,10 +165,21 @@ pub(crate) fn descriptor_options(o: &CreateOptions) -> DescriptorOptions {
 /// Creates an empty disk at `path` (and its extent files beside it).
 /// Existing files are never overwritten.
 pub fn create(path: &Path, o: &CreateOptions) -> Result<()> {
-    create_with(path, o, &descriptor_options(o))
+    create_in(&std_storage(), path, o)
 }
 
-pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions) -> Result<()> {
+/// [`create`] through `storage`.
+pub fn create_in(storage: &SharedStorage, path: &Path, o: &CreateOptions) -> Result<()> {
+    create_with(storage, path, o, &descriptor_options(o))
+}
+
+pub(crate) fn create_with(
+    storage: &SharedStorage,
+    path: &Path,
+    o: &CreateOptions,
+    d: &DescriptorOptions,
+) -> Result<()> {
+    let fs = &**storage;
     let sectors = o.capacity.div_ceil(512);
     if sectors * 512 > o.disk_type.max_capacity() {
         return Err(Error::InvalidArgument(format!(
@@ -183,7 +189,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
             o.disk_type.max_capacity()
         )));
     }
-    let mut cleanup = Cleanup(Vec::new(), false);
+    let mut cleanup = Cleanup(Vec::new(), false, fs);
     match o.disk_type {
         DiskType::MonolithicSparse => {
             let name = path
@@ -196,14 +202,10 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                 vec![extent_line(sectors, ExtentType::Sparse, Some(&name), None)],
                 d,
             );
-            let f = create_new(path, &mut cleanup)?;
-            write_sparse_extent(
-                &f,
-                path,
-                sectors,
-                o.zeroed_grain,
-                Some(&desc.to_bytes().map_err(|e| Error::format(path, e))?),
-            )?;
+            let desc = desc.to_bytes().map_err(|e| Error::format(path, e))?;
+            create_whole(fs, path, |f, at| {
+                write_sparse_extent(fs, f, at, sectors, o.zeroed_grain, Some(&desc))
+            })?;
         }
         DiskType::TwoGbMaxExtentSparse | DiskType::TwoGbMaxExtentFlat => {
             let sparse = o.disk_type == DiskType::TwoGbMaxExtentSparse;
@@ -217,7 +219,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                 );
                 let f = create_new(&epath, &mut cleanup)?;
                 if sparse {
-                    write_sparse_extent(&f, &epath, ext_sectors, o.zeroed_grain, None)?;
+                    write_sparse_extent(fs, &f, &epath, ext_sectors, o.zeroed_grain, None)?;
                     lines.push(extent_line(
                         ext_sectors,
                         ExtentType::Sparse,
@@ -225,7 +227,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                         None,
                     ));
                 } else {
-                    f.set_len(ext_sectors * 512)
+                    fs.set_len(&f, ext_sectors * 512)
                         .map_err(|e| Error::disk_full_or_io(&epath, e))?;
                     lines.push(extent_line(
                         ext_sectors,
@@ -234,7 +236,7 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
                         Some(0),
                     ));
                 }
-                f.sync_all().map_err(|e| Error::io(&epath, e))?;
+                fs.sync_all(&f).map_err(|e| Error::io(&epath, e))?;
             }
             write_descriptor_file(
                 path,
@@ -245,12 +247,13 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
         DiskType::MonolithicFlat | DiskType::Vmfs | DiskType::VmfsThin => {
             let (epath, ename) = sibling(path, "-flat.vmdk");
             let f = create_new(&epath, &mut cleanup)?;
-            f.set_len(sectors * 512)
+            fs.set_len(&f, sectors * 512)
                 .map_err(|e| Error::disk_full_or_io(&epath, e))?;
             if o.disk_type == DiskType::Vmfs {
-                preallocate(&f, &epath, sectors * 512)?;
+                fs.allocate(&f, sectors * 512)
+                    .map_err(|e| Error::disk_full_or_io(&epath, e))?;
             }
-            f.sync_all().map_err(|e| Error::io(&epath, e))?;
+            fs.sync_all(&f).map_err(|e| Error::io(&epath, e))?;
             let kind = if o.disk_type == DiskType::MonolithicFlat {
                 ExtentType::Flat
             } else {
@@ -273,8 +276,8 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
             )?;
         }
         DiskType::StreamOptimized => {
-            cleanup.0.push(path.to_path_buf());
             crate::stream::write_stream(
+                fs,
                 path,
                 sectors * 512,
                 &[],
@@ -288,20 +291,8 @@ pub(crate) fn create_with(path: &Path, o: &CreateOptions, d: &DescriptorOptions)
     Ok(())
 }
 
-fn preallocate(f: &File, path: &Path, len: u64) -> Result<()> {
-    use rustix::fs::{fallocate, FallocateFlags};
-    use rustix::io::Errno;
-    if i64::try_from(len).is_err() {
-        return Ok(());
-    }
-    match fallocate(f, FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(Errno::OPNOTSUPP | Errno::INVAL) => Ok(()), // file system without fallocate: stays sparse
-        Err(e) => Err(Error::disk_full_or_io(path, e.into())),
-    }
-}
-
 fn write_sparse_extent(
+    fs: &dyn Storage,
     f: &File,
     path: &Path,
     sectors: u64,
@@ -317,21 +308,60 @@ fn write_sparse_extent(
     let meta = layout
         .metadata(descriptor.unwrap_or_default())
         .map_err(|e| Error::format(path, e))?;
-    f.write_all_at(&meta, 0)
+    fs.write_at(f, &meta, 0)
         .map_err(|e| Error::disk_full_or_io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    fs.sync_all(f).map_err(|e| Error::io(path, e))
 }
 
+/// Writes the descriptor of a disk whose extent files are written and
+/// synced: their names are made durable first, so that a descriptor
+/// never outlives a power cut without its extents.
 fn write_descriptor_file(
     path: &Path,
     d: &vmdk_format::descriptor::Descriptor,
-    cleanup: &mut Cleanup,
+    cleanup: &mut Cleanup<'_>,
 ) -> Result<()> {
-    let f = create_new(path, cleanup)?;
+    let fs = cleanup.2;
+    sync_dir(fs, parent_dir(path))?;
     let bytes = d.to_bytes().map_err(|e| Error::format(path, e))?;
-    f.write_all_at(&bytes, 0)
-        .map_err(|e| Error::disk_full_or_io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    create_whole(fs, path, |f, at| {
+        fs.write_at(f, &bytes, 0)
+            .map_err(|e| Error::disk_full_or_io(at, e))
+    })
+}
+
+/// Creates `path` whole or not at all: `fill` writes a temporary file
+/// beside it (errors name `path`, passed to it), which is synced,
+/// renamed to `path` unless that exists, and made durable by a sync of
+/// the directory. A crash leaves either no `path` or a complete one (and
+/// perhaps the temporary).
+pub(crate) fn create_whole(
+    fs: &dyn Storage,
+    path: &Path,
+    fill: impl FnOnce(&File, &Path) -> Result<()>,
+) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::AlreadyExists(path.to_path_buf()));
+    }
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.new-{}", std::process::id()));
+    let result = (|| {
+        let f = fs
+            .create(&tmp, false)
+            .map_err(|e| Error::disk_full_or_io(path, e))?;
+        fill(&f, path)?;
+        fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
+        fs.rename_noreplace(&tmp, path).map_err(taken_or_io(path))
+    })();
+    if result.is_err() {
+        let _ = fs.remove_file(&tmp);
+        return result;
+    }
+    sync_dir(fs, dir)
 }
 
 /// Every file of the disk at `path` (descriptor and extents) and its
@@ -365,16 +395,39 @@ pub fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Deletes every file of a disk (not its parents).
 pub fn delete(path: &Path) -> Result<()> {
-    for f in files_of(path)? {
-        std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
+    delete_in(&std_storage(), path)
+}
+
+/// [`delete`] through `storage`.
+pub fn delete_in(storage: &SharedStorage, path: &Path) -> Result<()> {
+    let files = files_of(path)?;
+    for f in &files {
+        storage.remove_file(f).map_err(|e| Error::io(f, e))?;
+    }
+    let mut dirs: Vec<&Path> = files.iter().map(|f| parent_dir(f)).collect();
+    dirs.dedup();
+    for d in dirs {
+        sync_dir(&**storage, d)?;
     }
     Ok(())
 }
 
 /// Renames a disk and every file of it; extent names in the descriptor
 /// follow the new name (`new-flat.vmdk`, `new-s001.vmdk`, ...). Children
-/// naming this disk as parent are not updated.
+/// naming this disk as parent are not updated. Existing files are never
+/// replaced.
+///
+/// A crash leaves the disk whole under one of its names: the extents are
+/// first linked under their new names, then the new descriptor is
+/// written, and only then are the old names removed (on a file system
+/// without hard links the extents are renamed instead, and a crash
+/// in between leaves neither descriptor matching them).
 pub fn rename(path: &Path, new: &Path) -> Result<()> {
+    rename_in(&std_storage(), path, new)
+}
+
+/// [`rename`] through `storage`.
+pub fn rename_in(storage: &SharedStorage, path: &Path, new: &Path) -> Result<()> {
     if new.exists() {
         return Err(Error::AlreadyExists(new.to_path_buf()));
     }
@@ -385,11 +438,21 @@ pub fn rename(path: &Path, new: &Path) -> Result<()> {
             ..Default::default()
         },
     )?;
+    let fs = &**storage;
+    let (old_dir, new_dir) = (parent_dir(path), parent_dir(new));
+    let sync_both = || {
+        sync_dir(fs, new_dir)?;
+        if old_dir != new_dir {
+            sync_dir(fs, old_dir)?;
+        }
+        Ok(())
+    };
     let link = &d.links()[0];
     if link.is_embedded() {
         drop(d);
         // A monolithic file binds to itself whatever its name.
-        return std::fs::rename(path, new).map_err(|e| Error::io(path, e));
+        fs.rename_noreplace(path, new).map_err(taken_or_io(new))?;
+        return sync_both();
     }
     let old_stem = path
         .file_stem()
@@ -422,9 +485,73 @@ pub fn rename(path: &Path, new: &Path) -> Result<()> {
     }
     let bytes = desc.to_bytes().map_err(|e| Error::format(path, e))?;
     drop(d);
+    // The extents under their new names too, durably, before the new
+    // descriptor names them.
+    let mut linked: Vec<&Path> = Vec::new();
+    let mut links = true;
     for (from, to) in &moves {
-        std::fs::rename(from, to).map_err(|e| Error::io(from, e))?;
+        match fs.hard_link(from, to) {
+            Ok(()) => linked.push(to),
+            Err(e) if links && linked.is_empty() && no_hard_links(&e) => {
+                links = false;
+                break;
+            }
+            Err(e) => {
+                for l in linked {
+                    let _ = fs.remove_file(l);
+                }
+                return Err(taken_or_io(to)(e));
+            }
+        }
     }
-    crate::write::replace_file(new, &bytes)?;
-    std::fs::remove_file(path).map_err(|e| Error::io(path, e))
+    if !links {
+        for (from, to) in &moves {
+            fs.rename_noreplace(from, to).map_err(taken_or_io(to))?;
+        }
+    }
+    sync_both()?;
+    let written = create_whole(fs, new, |f, at| {
+        fs.write_at(f, &bytes, 0)
+            .map_err(|e| Error::disk_full_or_io(at, e))
+    });
+    if let Err(e) = written {
+        for l in linked {
+            let _ = fs.remove_file(l);
+        }
+        return Err(e);
+    }
+    // The new disk is durable: the old names can go.
+    fs.remove_file(path).map_err(|e| Error::io(path, e))?;
+    if links {
+        for (from, _) in &moves {
+            fs.remove_file(from).map_err(|e| Error::io(from, e))?;
+        }
+    }
+    sync_dir(fs, old_dir)
+}
+
+/// An error naming `target`: [`Error::AlreadyExists`] when the name is
+/// taken.
+fn taken_or_io(target: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists(target.to_path_buf())
+        } else {
+            Error::io(target, e)
+        }
+    }
+}
+
+/// True when `e` says the file system cannot make hard links here.
+fn no_hard_links(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    [
+        Errno::PERM,
+        Errno::XDEV,
+        Errno::OPNOTSUPP,
+        Errno::MLINK,
+        Errno::NOSYS,
+    ]
+    .iter()
+    .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }

@@ -19,7 +19,17 @@
 //!   return zeros where data was expected;
 //! - table and grain caches have fixed byte budgets;
 //! - writes order grains before tables before directories and headers,
-//!   and `flush` syncs them, so a crash leaves a readable image.
+//!   and `flush` syncs them, so a crash leaves a readable image; a new
+//!   grain of a snapshot is synced before its table entry;
+//! - a disk is created, renamed, compacted or committed so that a power
+//!   cut leaves it whole under one name, and what returned is durable
+//!   (files synced, then their directory);
+//! - every change to the file system goes through an [`io::Storage`]
+//!   (the operating system's by default), so tests can record the
+//!   changes and replay the states a power cut could leave.
+//!
+//! Features: `__crash-test` (testing only, no stability promise) adds
+//! `io::crash`, the recorder and replayer of those states.
 //!
 //! ```no_run
 //! use vmdk_file::create::{create, CreateOptions, DiskType};
@@ -42,6 +52,7 @@ pub mod check;
 pub mod convert;
 pub mod create;
 mod error;
+pub mod io;
 pub mod local;
 pub mod maintain;
 mod map;
@@ -51,4 +62,4 @@ mod stream;
 mod write;
 
 pub use error::{Error, Result};
-pub use write::replace_file;
+pub use write::{replace_file, replace_file_in};

@@ -26,6 +26,7 @@ use vmdk_format::sesparse::{SeSparseHeader, CONST_MAGIC as SESPARSE_MAGIC};
 use vmdk_format::stream::{self, GrainParse};
 
 use crate::cache::Cache;
+use crate::io::{std_storage, SharedStorage};
 pub use crate::map::{AllocKind, MapEntry};
 pub(crate) use crate::paths::open_file;
 use crate::paths::{open_beneath, resolve};
@@ -54,6 +55,9 @@ pub struct OpenOptions {
     pub inflate_threads: usize,
     /// Open the disk (its top link; parents stay read-only) for writing.
     pub writable: bool,
+    /// Where the writes go (reads use the opened files directly). The
+    /// operating system's file system by default.
+    pub storage: SharedStorage,
 }
 
 impl Default for OpenOptions {
@@ -68,6 +72,7 @@ impl Default for OpenOptions {
                 .map_or(1, |n| n.get())
                 .min(8),
             writable: false,
+            storage: std_storage(),
         }
     }
 }
@@ -175,6 +180,7 @@ pub struct LocalDisk {
     pub(crate) grains: Cache<(usize, usize, u64), Vec<u8>>,
     pub(crate) inflate_threads: usize,
     pub(crate) writer: Option<std::sync::Mutex<crate::write::WriteState>>,
+    pub(crate) storage: SharedStorage,
 }
 
 impl std::fmt::Debug for LocalDisk {
@@ -514,6 +520,7 @@ impl LocalDisk {
             grains: Cache::new(opts.grain_cache_bytes),
             inflate_threads: opts.inflate_threads.max(1),
             writer: None,
+            storage: opts.storage.clone(),
         };
         if opts.writable {
             disk.writer = Some(std::sync::Mutex::new(crate::write::WriteState::begin(

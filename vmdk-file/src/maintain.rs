@@ -1,7 +1,6 @@
 //! Snapshots and maintenance of local disks: child (delta) creation,
 //! commit of a child into its parent, grow, compact.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +13,9 @@ use vmdk_format::hosted::SparseExtentHeader;
 use vmdk_format::layout::{Backing, SegmentKind};
 
 use crate::create::{create_with, sibling, CreateOptions, DiskType};
+use crate::io::{parent_dir, std_storage, SharedStorage, Storage};
 use crate::local::{LocalDisk, OpenOptions};
-use crate::write::{new_cid, random_bytes, replace_file};
+use crate::write::{new_cid, random_bytes, replace_file_in, sync_dir};
 use crate::{Error, Result};
 
 const SECTOR: u64 = 512;
@@ -45,6 +45,11 @@ fn parent_hint(parent: &Path, child: &Path) -> Result<String> {
 /// Creates `child`, a monolithicSparse delta of `parent`: it reads
 /// through to the parent until written, and records the parent's CID.
 pub fn create_child(parent: &Path, child: &Path) -> Result<()> {
+    create_child_in(&std_storage(), parent, child)
+}
+
+/// [`create_child`] through `storage`.
+pub fn create_child_in(storage: &SharedStorage, parent: &Path, child: &Path) -> Result<()> {
     let p = LocalDisk::open(parent, &OpenOptions::default())?;
     let pd = p.descriptor();
     let adapter = pd
@@ -67,7 +72,7 @@ pub fn create_child(parent: &Path, child: &Path) -> Result<()> {
         parent_cid: Some(pd.cid),
         parent_hint: Some(parent_hint(parent, child)?),
     };
-    create_with(child, &o, &d)
+    create_with(storage, child, &o, &d)
 }
 
 /// Ranges of the top link alone: `(start, len, is_zero)` for every
@@ -98,6 +103,15 @@ fn top_link_ranges(d: &LocalDisk) -> Result<Vec<(u64, u64, bool)>> {
 /// parent; the child is left in place (its parentCID no longer matches).
 /// Returns the parent's path.
 pub fn merge_into_parent(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
+    merge_into_parent_in(&std_storage(), child, progress)
+}
+
+/// [`merge_into_parent`] through `storage`.
+pub fn merge_into_parent_in(
+    storage: &SharedStorage,
+    child: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf> {
     let c = LocalDisk::open(child, &OpenOptions::default())?;
     let Some(parent_link) = c.links().get(1) else {
         return Err(Error::InvalidArgument(format!(
@@ -110,6 +124,7 @@ pub fn merge_into_parent(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Re
         &parent_path,
         &OpenOptions {
             writable: true,
+            storage: storage.clone(),
             ..OpenOptions::default()
         },
     )?;
@@ -119,6 +134,12 @@ pub fn merge_into_parent(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Re
             what: "committing a child larger than its parent (grow the parent first)".into(),
         });
     }
+    // The parent's CID changes only once the merged data is durable: a
+    // crash before then leaves the child reading through its parent as
+    // before (the merged grains are the child's own), so the commit can
+    // be run again. Other children of the parent see a partly merged
+    // parent until then; after, they no longer match it.
+    p.keep_cid()?;
     let ranges = top_link_ranges(&c)?;
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut done = 0;
@@ -140,6 +161,11 @@ pub fn merge_into_parent(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Re
             progress(done, total);
         }
     }
+    if total > 0 {
+        // As a first write would have (nothing written: the CID stays).
+        p.flush()?;
+        p.change_cid()?;
+    }
     p.close()?;
     Ok(parent_path)
 }
@@ -148,10 +174,24 @@ pub fn merge_into_parent(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Re
 /// parent's CID changes: other children of the same parent no longer
 /// match it (as with VMware's consolidate).
 pub fn commit(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
+    commit_in(&std_storage(), child, progress)
+}
+
+/// [`commit`] through `storage`.
+pub fn commit_in(
+    storage: &SharedStorage,
+    child: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf> {
     let files = crate::create::files_of(child)?;
-    let parent_path = merge_into_parent(child, progress)?;
-    for f in files {
-        std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
+    let parent_path = merge_into_parent_in(storage, child, progress)?;
+    for f in &files {
+        storage.remove_file(f).map_err(|e| Error::io(f, e))?;
+    }
+    let mut dirs: Vec<&Path> = files.iter().map(|f| parent_dir(f)).collect();
+    dirs.dedup();
+    for d in dirs {
+        sync_dir(&**storage, d)?;
     }
     Ok(parent_path)
 }
@@ -160,6 +200,11 @@ pub fn commit(child: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<PathBu
 /// (relative when in the same directory) and `parentCID` (the parent's
 /// current CID).
 pub fn set_parent(child: &Path, parent: &Path) -> Result<()> {
+    set_parent_in(&std_storage(), child, parent)
+}
+
+/// [`set_parent`] through `storage`.
+pub fn set_parent_in(storage: &SharedStorage, child: &Path, parent: &Path) -> Result<()> {
     let p = LocalDisk::open(parent, &OpenOptions::default())?;
     let cid = p.descriptor().cid;
     drop(p);
@@ -170,6 +215,7 @@ pub fn set_parent(child: &Path, parent: &Path) -> Result<()> {
             writable: true,
             ignore_cid_mismatch: true,
             max_chain_depth: DEFAULT_DEPTH_FOR_REPARENT,
+            storage: storage.clone(),
             ..OpenOptions::default()
         },
     )?;
@@ -184,6 +230,12 @@ const DEFAULT_DEPTH_FOR_REPARENT: usize = crate::local::DEFAULT_MAX_CHAIN_DEPTH;
 /// points at them; flat extents grow their file; split disks gain
 /// extents.
 pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
+    grow_in(&std_storage(), path, new_capacity)
+}
+
+/// [`grow`] through `storage`.
+pub fn grow_in(storage: &SharedStorage, path: &Path, new_capacity: u64) -> Result<()> {
+    let fs = &**storage;
     let d = LocalDisk::open(path, &OpenOptions::default())?;
     let old = d.capacity();
     let new_sectors = new_capacity.div_ceil(SECTOR);
@@ -228,7 +280,7 @@ pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
             let dir = s.directory().to_vec();
             let h = h.clone();
             drop(d);
-            grow_sparse_extent(path, &h, &dir, new_sectors, Some(&new_desc))?;
+            grow_sparse_extent(fs, path, &h, &dir, new_sectors, Some(&new_desc))?;
         }
         CreateType::MonolithicFlat
         | CreateType::Vmfs
@@ -249,12 +301,16 @@ pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
                 .open(file.path())
                 .map_err(|e| Error::io(file.path(), e))?;
             let need = desc.extents[0].offset.unwrap_or(0) * SECTOR + new_sectors * SECTOR;
-            f.set_len(need.max(file.len()))
+            fs.set_len(&f, need.max(file.len()))
                 .map_err(|e| Error::disk_full_or_io(file.path(), e))?;
-            f.sync_all().map_err(|e| Error::io(file.path(), e))?;
+            fs.sync_all(&f).map_err(|e| Error::io(file.path(), e))?;
             desc.extents[0].sectors = new_sectors;
             drop(d);
-            replace_file(path, &desc.to_bytes().map_err(|e| Error::format(path, e))?)?;
+            replace_file_in(
+                storage,
+                path,
+                &desc.to_bytes().map_err(|e| Error::format(path, e))?,
+            )?;
         }
         CreateType::TwoGbMaxExtentSparse | CreateType::TwoGbMaxExtentFlat => {
             let sparse = ct == CreateType::TwoGbMaxExtentSparse;
@@ -268,34 +324,25 @@ pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
                         path,
                         &format!("-{}{:03}.vmdk", if sparse { 's' } else { 'f' }, index),
                     );
+                    let f = fs
+                        .create(&epath, true)
+                        .map_err(|e| Error::disk_full_or_io(&epath, e))?;
+                    added.push(epath.clone());
                     if sparse {
-                        let f = std::fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .create_new(true)
-                            .open(&epath)
-                            .map_err(|e| Error::disk_full_or_io(&epath, e))?;
-                        added.push(epath.clone());
                         let mut p = SparseParams::new(n);
                         p.descriptor_sectors = 0;
                         let layout = p.layout().map_err(|e| Error::format(&epath, e))?;
-                        f.write_all_at(
+                        fs.write_at(
+                            &f,
                             &layout.metadata(&[]).map_err(|e| Error::format(&epath, e))?,
                             0,
                         )
                         .map_err(|e| Error::disk_full_or_io(&epath, e))?;
-                        f.sync_all().map_err(|e| Error::io(&epath, e))?;
                     } else {
-                        let f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&epath)
+                        fs.set_len(&f, n * SECTOR)
                             .map_err(|e| Error::disk_full_or_io(&epath, e))?;
-                        added.push(epath.clone());
-                        f.set_len(n * SECTOR)
-                            .map_err(|e| Error::disk_full_or_io(&epath, e))?;
-                        f.sync_all().map_err(|e| Error::io(&epath, e))?;
                     }
+                    fs.sync_all(&f).map_err(|e| Error::io(&epath, e))?;
                     desc.extents.push(vmdk_format::create::extent_line(
                         n,
                         if sparse {
@@ -309,11 +356,18 @@ pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
                     remaining -= n;
                     index += 1;
                 }
-                replace_file(path, &desc.to_bytes().map_err(|e| Error::format(path, e))?)
+                // The new extents' names are durable before a descriptor
+                // names them.
+                sync_dir(fs, parent_dir(path))?;
+                replace_file_in(
+                    storage,
+                    path,
+                    &desc.to_bytes().map_err(|e| Error::format(path, e))?,
+                )
             })();
             if result.is_err() {
                 for f in added {
-                    let _ = std::fs::remove_file(f);
+                    let _ = fs.remove_file(&f);
                 }
             }
             drop(d);
@@ -331,6 +385,7 @@ pub fn grow(path: &Path, new_capacity: u64) -> Result<()> {
 
 /// Grows one hosted sparse extent file in place.
 fn grow_sparse_extent(
+    fs: &dyn Storage,
     path: &Path,
     h: &SparseExtentHeader,
     gd: &[u64],
@@ -389,15 +444,19 @@ fn grow_sparse_extent(
         0
     };
     let end = next.next_multiple_of(h.grain_sectors);
-    f.set_len(end * SECTOR)
+    fs.set_len(&f, end * SECTOR)
         .map_err(|e| Error::disk_full_or_io(path, e))?;
-    f.write_all_at(&SparseLayout::directory_bytes(&new_gd), gd_at * SECTOR)
+    fs.write_at(&f, &SparseLayout::directory_bytes(&new_gd), gd_at * SECTOR)
         .map_err(|e| Error::disk_full_or_io(path, e))?;
     if h.has_redundant_gd() {
-        f.write_all_at(&SparseLayout::directory_bytes(&new_rgd), rgd_at * SECTOR)
-            .map_err(|e| Error::disk_full_or_io(path, e))?;
+        fs.write_at(
+            &f,
+            &SparseLayout::directory_bytes(&new_rgd),
+            rgd_at * SECTOR,
+        )
+        .map_err(|e| Error::disk_full_or_io(path, e))?;
     }
-    f.sync_all().map_err(|e| Error::io(path, e))?;
+    fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
     // Only now does the header point at the new directories.
     let mut nh = h.clone();
     nh.capacity = new_sectors;
@@ -406,15 +465,15 @@ fn grow_sparse_extent(
         nh.rgd_offset = rgd_at;
     }
     nh.unclean_shutdown = false;
-    f.write_all_at(&nh.to_bytes(), 0)
+    fs.write_at(&f, &nh.to_bytes(), 0)
         .map_err(|e| Error::disk_full_or_io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))?;
+    fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
     if let (Some(bytes), Some((off, area))) = (descriptor, nh.descriptor_range()) {
         let mut padded = bytes.to_vec();
         padded.resize(area as usize, 0);
-        f.write_all_at(&padded, off)
+        fs.write_at(&f, &padded, off)
             .map_err(|e| Error::disk_full_or_io(path, e))?;
-        f.sync_all().map_err(|e| Error::io(path, e))?;
+        fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
     }
     Ok(())
 }
@@ -423,6 +482,12 @@ fn grow_sparse_extent(
 /// disk has no parent) and without unreferenced grains; returns the bytes
 /// saved.
 pub fn compact(path: &Path) -> Result<u64> {
+    compact_in(&std_storage(), path)
+}
+
+/// [`compact`] through `storage`.
+pub fn compact_in(storage: &SharedStorage, path: &Path) -> Result<u64> {
+    let fs = &**storage;
     let d = LocalDisk::open(path, &OpenOptions::default())?;
     let has_parent = d.links().len() > 1;
     let link = &d.links()[0];
@@ -458,14 +523,18 @@ pub fn compact(path: &Path) -> Result<u64> {
                 .unwrap_or_default(),
             std::process::id()
         ));
-        let result = compact_extent(&d, i, &h, &epath, &tmp, has_parent);
+        let result = compact_extent(fs, &d, i, &h, &epath, &tmp, has_parent);
         match result {
             Ok(new_len) => {
-                std::fs::rename(&tmp, &epath).map_err(|e| Error::io(&epath, e))?;
+                fs.rename(&tmp, &epath).map_err(|e| Error::io(&epath, e))?;
+                // Until the directory is synced, a power cut could bring
+                // the old file back, and writes made to the new one after
+                // compact returned would be lost with it.
+                sync_dir(fs, parent_dir(&epath))?;
                 saved += old_len.saturating_sub(new_len);
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = fs.remove_file(&tmp);
                 return Err(e);
             }
         }
@@ -474,6 +543,7 @@ pub fn compact(path: &Path) -> Result<u64> {
 }
 
 fn compact_extent(
+    fs: &dyn Storage,
     d: &LocalDisk,
     extent: usize,
     h: &SparseExtentHeader,
@@ -502,16 +572,13 @@ fn compact_extent(
         descriptor = vec![0u8; len as usize];
         src_file.read_exact_at(&mut descriptor, off)?;
     }
-    let out = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(tmp)
+    let out = fs
+        .create(tmp, true)
         .map_err(|e| Error::disk_full_or_io(tmp, e))?;
     let meta = layout
         .metadata(&descriptor)
         .map_err(|e| Error::format(tmp, e))?;
-    out.write_all_at(&meta, 0)
+    fs.write_at(&out, &meta, 0)
         .map_err(|e| Error::disk_full_or_io(tmp, e))?;
     let gb = s.grain_bytes();
     let gtes = s.gtes_per_gt();
@@ -532,14 +599,14 @@ fn compact_extent(
                         (false, _) => continue,
                         (true, true) => 1,
                         (true, false) => {
-                            out.write_all_at(&buf, next * SECTOR)
+                            fs.write_at(&out, &buf, next * SECTOR)
                                 .map_err(|e| Error::disk_full_or_io(tmp, e))?;
                             next += h.grain_sectors;
                             (next - h.grain_sectors) as u32
                         }
                     }
                 } else {
-                    out.write_all_at(&buf, next * SECTOR)
+                    fs.write_at(&out, &buf, next * SECTOR)
                         .map_err(|e| Error::disk_full_or_io(tmp, e))?;
                     next += h.grain_sectors;
                     (next - h.grain_sectors) as u32
@@ -556,15 +623,15 @@ fn compact_extent(
     }
     for (t, table) in tables.iter().enumerate() {
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-        out.write_all_at(&bytes, layout.gt_sectors[t] * SECTOR)
+        fs.write_at(&out, &bytes, layout.gt_sectors[t] * SECTOR)
             .map_err(|e| Error::disk_full_or_io(tmp, e))?;
         if let Some(&r) = layout.rgt_sectors.get(t) {
-            out.write_all_at(&bytes, r * SECTOR)
+            fs.write_at(&out, &bytes, r * SECTOR)
                 .map_err(|e| Error::disk_full_or_io(tmp, e))?;
         }
     }
-    out.set_len(next * SECTOR)
+    fs.set_len(&out, next * SECTOR)
         .map_err(|e| Error::disk_full_or_io(tmp, e))?;
-    out.sync_all().map_err(|e| Error::io(tmp, e))?;
+    fs.sync_all(&out).map_err(|e| Error::io(tmp, e))?;
     Ok(next * SECTOR)
 }

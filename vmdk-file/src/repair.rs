@@ -19,6 +19,7 @@ use vmdk_format::extent::SparseFormat;
 use vmdk_format::hosted::SparseExtentHeader;
 use vmdk_format::layout::Backing;
 
+use crate::io::Storage;
 use crate::local::{LocalDisk, OpenOptions};
 use crate::{Error, Result};
 
@@ -64,18 +65,19 @@ pub fn repair(path: &Path, opts: &OpenOptions) -> Result<Vec<Change>> {
         }
     }
     drop(d);
+    let fs = &*opts.storage;
     let mut changes = Vec::new();
     for (file, header, gd) in jobs {
         match header {
-            Some(h) => repair_hosted(&file, &h, &gd, &mut changes)?,
+            Some(h) => repair_hosted(fs, &file, &h, &gd, &mut changes)?,
             None => {
                 let f = File::options()
                     .write(true)
                     .open(&file)
                     .map_err(|e| Error::io(&file, e))?;
-                f.write_all_at(&0u32.to_le_bytes(), 1648)
+                fs.write_at(&f, &0u32.to_le_bytes(), 1648)
                     .map_err(|e| Error::disk_full_or_io(&file, e))?;
-                f.sync_all().map_err(|e| Error::io(&file, e))?;
+                fs.sync_all(&f).map_err(|e| Error::io(&file, e))?;
                 changes.push(Change {
                     file,
                     what: "cleared uncleanShutdown".into(),
@@ -100,6 +102,7 @@ fn u32_bytes(v: &[u64]) -> Vec<u8> {
 }
 
 fn repair_hosted(
+    fs: &dyn Storage,
     path: &Path,
     h: &SparseExtentHeader,
     gd: &[u64],
@@ -241,20 +244,20 @@ fn repair_hosted(
     // Tables first (new ones at the end of the file), synced, then the
     // directories that point at them.
     for (at, t) in new_tables.iter().chain(&table_writes) {
-        f.write_all_at(&u32_bytes(t), at * SECTOR)
+        fs.write_at(&f, &u32_bytes(t), at * SECTOR)
             .map_err(|e| Error::disk_full_or_io(path, e))?;
     }
     if !new_tables.is_empty() {
         let end = append_at.next_multiple_of(h.grain_sectors) * SECTOR;
         if end > file_len {
-            f.set_len(end)
+            fs.set_len(&f, end)
                 .map_err(|e| Error::disk_full_or_io(path, e))?;
         }
     }
-    f.sync_all().map_err(|e| Error::io(path, e))?;
+    fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
     if new_gd != gd {
         let (off, _) = h.gd_range().map_err(|e| Error::format(path, e))?;
-        f.write_all_at(&u32_bytes(&new_gd), off)
+        fs.write_at(&f, &u32_bytes(&new_gd), off)
             .map_err(|e| Error::disk_full_or_io(path, e))?;
         note("grain directory rewritten".into());
     }
@@ -265,7 +268,7 @@ fn repair_hosted(
             Vec::new()
         };
         if &old != v {
-            f.write_all_at(&u32_bytes(v), off)
+            fs.write_at(&f, &u32_bytes(v), off)
                 .map_err(|e| Error::disk_full_or_io(path, e))?;
             note("redundant grain directory rewritten".into());
         }
@@ -273,10 +276,10 @@ fn repair_hosted(
     if h.unclean_shutdown {
         let mut clean = h.clone();
         clean.unclean_shutdown = false;
-        f.write_all_at(&clean.to_bytes(), 0)
+        fs.write_at(&f, &clean.to_bytes(), 0)
             .map_err(|e| Error::disk_full_or_io(path, e))?;
         note("cleared uncleanShutdown".into());
     }
-    f.sync_all().map_err(|e| Error::io(path, e))?;
+    fs.sync_all(&f).map_err(|e| Error::io(path, e))?;
     Ok(())
 }

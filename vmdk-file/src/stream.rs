@@ -6,8 +6,7 @@
 //! Grains are compressed on several threads; a grain that does not shrink
 //! is stored (deflate level 0) rather than expanded.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::fs::File;
 use std::path::Path;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -17,6 +16,7 @@ use vmdk_format::create::{
 };
 use vmdk_format::descriptor::{CreateType, ExtentType};
 
+use crate::io::Storage;
 use crate::{Error, Result};
 
 const GRAIN_SECTORS: u64 = 128;
@@ -62,6 +62,7 @@ fn compress_grain(c: &mut Compress, probe: &mut Compress, input: &[u8], out: &mu
 /// everything else is zeros. `read(offset, buf)` supplies bytes.
 /// `progress(done, total)` is called with bytes of `data` handled.
 pub fn write_stream(
+    fs: &dyn Storage,
     path: &Path,
     capacity: u64,
     data: &[(u64, u64)],
@@ -89,26 +90,27 @@ pub fn write_stream(
             capacity: (DESCRIPTOR_SECTORS * 512) as usize,
         });
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists(path.to_path_buf())
-            } else {
-                Error::disk_full_or_io(path, e)
-            }
-        })?;
-    let result = write_body(&file, path, sectors, capacity, &desc, data, read, progress);
-    if result.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    result
+    // Written beside, then renamed into place: a crash leaves no
+    // half-written stream at `path`.
+    crate::create::create_whole(fs, path, |file, at| {
+        write_body(fs, file, at, sectors, capacity, &desc, data, read, progress)
+    })?;
+    let total = data.iter().map(|r| r.1).sum();
+    progress(total, total);
+    Ok(())
 }
 
+/// Bytes of output gathered before one write.
+const OUT_BUFFER: usize = 4 << 20;
+
+/// The file written sequentially, in large writes.
 struct Out<'a> {
-    w: BufWriter<&'a File>,
+    fs: &'a dyn Storage,
+    file: &'a File,
+    /// Bytes put but not yet written; they go at `written`.
+    buf: Vec<u8>,
+    written: u64,
+    /// Sectors put so far (written or buffered).
     sector: u64,
     path: &'a Path,
 }
@@ -116,16 +118,41 @@ struct Out<'a> {
 impl Out<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         debug_assert_eq!(bytes.len() % 512, 0);
-        self.w
-            .write_all(bytes)
-            .map_err(|e| Error::disk_full_or_io(self.path, e))?;
+        if self.buf.len() + bytes.len() > OUT_BUFFER {
+            self.flush()?;
+        }
+        if bytes.len() >= OUT_BUFFER {
+            self.write(bytes)?;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
         self.sector += bytes.len() as u64 / 512;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.fs
+            .write_at(self.file, bytes, self.written)
+            .map_err(|e| Error::disk_full_or_io(self.path, e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf);
+            let r = self.write(&buf);
+            self.buf = buf;
+            self.buf.clear();
+            r?;
+        }
         Ok(())
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn write_body(
+    fs: &dyn Storage,
     file: &File,
     path: &Path,
     sectors: u64,
@@ -140,7 +167,10 @@ fn write_body(
     head[..512].copy_from_slice(&header.to_bytes());
     head[512..512 + desc.len()].copy_from_slice(desc);
     let mut out = Out {
-        w: BufWriter::with_capacity(4 << 20, file),
+        fs,
+        file,
+        buf: Vec::with_capacity(OUT_BUFFER),
+        written: 0,
         sector: 0,
         path,
     };
@@ -261,11 +291,7 @@ fn write_body(
     footer.gd_offset = gd_at;
     out.put(&footer.to_bytes())?;
     out.put(&marker_sector(0, 0))?;
-    out.w.flush().map_err(|e| Error::disk_full_or_io(path, e))?;
-    drop(out);
-    file.sync_all().map_err(|e| Error::io(path, e))?;
-    progress(total, total);
-    Ok(())
+    out.flush()
 }
 
 fn flush_table(out: &mut Out<'_>, gd: &mut [u32], gt: u64, table: &mut [u32]) -> Result<()> {

@@ -12,8 +12,6 @@
 //!   at the half-written grain.
 
 use std::fs::File;
-use std::io::Write as _;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +20,7 @@ use vmdk_format::extent::{GrainState, SparseExtent, SparseFormat};
 use vmdk_format::hosted::{SparseExtentHeader, MAX_EXTENT_FILE_SECTORS};
 use vmdk_format::layout::{Backing, SegmentKind, TableKey};
 
+use crate::io::{parent_dir, std_storage, SharedStorage, Storage};
 use crate::local::{ExtentFile, LocalDisk};
 use crate::{Error, Result};
 
@@ -79,9 +78,8 @@ pub(crate) struct WriteState {
     closed: bool,
 }
 
-fn write_all(file: &ExtentFile, buf: &[u8], offset: u64) -> Result<()> {
-    file.file
-        .write_all_at(buf, offset)
+fn write_all(fs: &dyn Storage, file: &ExtentFile, buf: &[u8], offset: u64) -> Result<()> {
+    fs.write_at(&file.file, buf, offset)
         .map_err(|e| Error::disk_full_or_io(&file.path, e))
 }
 
@@ -138,15 +136,22 @@ impl WriteState {
                 }
                 None => None,
             };
-            let file_sectors = file.len.div_ceil(SECTOR);
+            let mut file_sectors = file.len.div_ceil(SECTOR);
+            if h.unclean_shutdown {
+                // Not closed cleanly: after a power cut a table entry may
+                // point past the end of the file, at a grain that never
+                // reached the disk. New grains go after every such place,
+                // or the stale entry would read another grain's data.
+                file_sectors = file_sectors.max(referenced_end(s, rgd.as_deref(), file)?);
+            }
             let next_free = file_sectors
                 .max(h.overhead)
                 .next_multiple_of(h.grain_sectors);
             let mut marked = h.clone();
             marked.unclean_shutdown = true;
-            write_all(file, &marked.to_bytes(), 0)?;
-            file.file
-                .sync_data()
+            let fs = &*disk.storage;
+            write_all(fs, file, &marked.to_bytes(), 0)?;
+            fs.sync_data(&file.file)
                 .map_err(|e| Error::io(&file.path, e))?;
             sparse.push(Some(SparseWriter {
                 header: h,
@@ -161,6 +166,30 @@ impl WriteState {
             closed: false,
         })
     }
+}
+
+/// The sector after the last grain any grain table (or redundant table)
+/// of `s` points at, tables beyond the end of the file skipped.
+fn referenced_end(s: &SparseExtent, rgd: Option<&[u64]>, file: &ExtentFile) -> Result<u64> {
+    let grain_sectors = s.grain_bytes() / SECTOR;
+    let table_len = s.gtes_per_gt() * 4;
+    let mut end = 0u64;
+    let mut buf = vec![0u8; table_len as usize];
+    for &gt in s.directory().iter().chain(rgd.unwrap_or_default()) {
+        let Some(off) = gt.checked_mul(SECTOR) else {
+            continue;
+        };
+        if gt == 0 || off.checked_add(table_len).is_none_or(|e| e > file.len) {
+            continue;
+        }
+        file.read_exact_at(&mut buf, off)?;
+        for e in entries_le(&buf) {
+            if e > 1 {
+                end = end.max(e.saturating_add(grain_sectors));
+            }
+        }
+    }
+    Ok(end)
 }
 
 impl LocalDisk {
@@ -253,6 +282,19 @@ impl LocalDisk {
         Ok(())
     }
 
+    /// Writes from now on keep the CID until [`Self::change_cid`].
+    pub(crate) fn keep_cid(&self) -> Result<()> {
+        self.state()?.cid_changed = true;
+        Ok(())
+    }
+
+    /// Gives the disk a new CID now, as its first write would have.
+    pub(crate) fn change_cid(&self) -> Result<()> {
+        let mut st = self.state()?;
+        st.cid_changed = false;
+        self.first_write(&mut st)
+    }
+
     /// Writes the descriptor: into the embedded area (refusing to grow
     /// into grain data) or atomically replacing the descriptor file.
     fn store_descriptor(&self, st: &WriteState, d: &Descriptor) -> Result<()> {
@@ -285,10 +327,10 @@ impl LocalDisk {
             }
             let mut padded = bytes;
             padded.resize(area as usize, 0);
-            write_all(file, &padded, off)?;
+            write_all(&*self.storage, file, &padded, off)?;
             return Ok(());
         }
-        replace_file(&link.path, &bytes)
+        replace_file_in(&self.storage, &link.path, &bytes)
     }
 
     /// Sets (or adds) a DDB key of the top link.
@@ -356,8 +398,8 @@ impl LocalDisk {
                 (Backing::Flat { .. }, SegmentKind::Data { file_offset }) => {
                     let file = link.file(seg.extent)?;
                     match piece {
-                        Some(p) => write_all(file, p, file_offset)?,
-                        None => write_zero_bytes(file, file_offset, seg.len)?,
+                        Some(p) => write_all(&*self.storage, file, p, file_offset)?,
+                        None => write_zero_bytes(&*self.storage, file, file_offset, seg.len)?,
                     }
                 }
                 (Backing::Sparse(s), kind) => {
@@ -410,7 +452,7 @@ impl LocalDisk {
         if let SegmentKind::Data { file_offset } = kind {
             // Allocated grains, contiguous in the file.
             match data {
-                Some(d) => return write_all(file, d, file_offset),
+                Some(d) => return write_all(&*self.storage, file, d, file_offset),
                 None => {
                     let mut done = 0;
                     while done < len {
@@ -423,7 +465,7 @@ impl LocalDisk {
                         if whole && zeroed_ok {
                             self.set_entries(st, extent, s, g, &[1])?;
                         } else {
-                            write_zero_bytes(file, file_offset + done, n)?;
+                            write_zero_bytes(&*self.storage, file, file_offset + done, n)?;
                         }
                         done += n;
                     }
@@ -535,7 +577,17 @@ impl LocalDisk {
         }
         // Data first: a crash before the table update leaves an
         // unreferenced grain, never a table entry pointing at garbage.
-        write_all(file, bytes, sector * SECTOR)?;
+        write_all(&*self.storage, file, bytes, sector * SECTOR)?;
+        if self.links.len() > 1 {
+            // After a power cut the page cache may have written the
+            // table before the grain: the entry would show zeros where
+            // the parent's data was (the old value of every byte of the
+            // grain). Without a parent, zeros are the old value and the
+            // order may stay loose until the next flush.
+            self.storage
+                .sync_data(&file.file)
+                .map_err(|e| Error::io(&file.path, e))?;
+        }
         w.next_free = sector + count * grain_sectors;
         s.grow_file_len(w.next_free * SECTOR);
         let entries: Vec<u64> = (0..count).map(|i| sector + i * grain_sectors).collect();
@@ -567,10 +619,11 @@ impl LocalDisk {
             .iter()
             .flat_map(|&v| (v as u32).to_le_bytes())
             .collect();
-        write_all(file, &bytes, gt_off + idx as u64 * 4)?;
+        let fs = &*self.storage;
+        write_all(fs, file, &bytes, gt_off + idx as u64 * 4)?;
         if let Some(rgd) = st.sparse[extent].as_ref().and_then(|w| w.rgd.as_ref()) {
             if let Some(&rgt) = rgd.get(gt as usize).filter(|&&r| r != 0) {
-                write_all(file, &bytes, rgt * SECTOR + idx as u64 * 4)?;
+                write_all(fs, file, &bytes, rgt * SECTOR + idx as u64 * 4)?;
             }
         }
         let key = (0usize, TableKey { extent, gt });
@@ -603,7 +656,9 @@ impl LocalDisk {
 
     fn sync_files(&self) -> Result<()> {
         for f in self.links[0].files.iter().flatten() {
-            f.file.sync_data().map_err(|e| Error::io(&f.path, e))?;
+            self.storage
+                .sync_data(&f.file)
+                .map_err(|e| Error::io(&f.path, e))?;
         }
         Ok(())
     }
@@ -627,9 +682,9 @@ impl LocalDisk {
             let file = self.links[0].file(i)?;
             let mut h = sw.header.clone();
             h.unclean_shutdown = false;
-            write_all(file, &h.to_bytes(), 0)?;
-            file.file
-                .sync_data()
+            write_all(&*self.storage, file, &h.to_bytes(), 0)?;
+            self.storage
+                .sync_data(&file.file)
                 .map_err(|e| Error::io(&file.path, e))?;
         }
         Ok(())
@@ -672,44 +727,63 @@ impl Drop for LocalDisk {
     }
 }
 
-fn write_zero_bytes(file: &ExtentFile, mut offset: u64, mut len: u64) -> Result<()> {
+fn write_zero_bytes(
+    fs: &dyn Storage,
+    file: &ExtentFile,
+    mut offset: u64,
+    mut len: u64,
+) -> Result<()> {
     while len > 0 {
         let n = len.min(ZEROS.len() as u64);
-        write_all(file, &ZEROS[..n as usize], offset)?;
+        write_all(fs, file, &ZEROS[..n as usize], offset)?;
         offset += n;
         len -= n;
     }
     Ok(())
 }
 
+/// Syncs directory `dir` so that the names created, renamed or removed
+/// in it survive a power cut. A file system that cannot sync a directory
+/// (`EINVAL`) is not an error.
+pub(crate) fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<()> {
+    match fs.sync_dir(dir) {
+        Err(e) if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err(Error::io(dir, e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Replaces a small file atomically: write a temporary beside it, sync,
 /// rename over, sync the directory.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    replace_file_in(&std_storage(), path, bytes)
+}
+
+/// [`replace_file`] through `storage`.
+pub fn replace_file_in(storage: &SharedStorage, path: &Path, bytes: &[u8]) -> Result<()> {
+    let fs = &**storage;
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::disk_full_or_io(&tmp, e))?;
-        f.write_all(bytes)
+        let f = fs
+            .create(&tmp, false)
             .map_err(|e| Error::disk_full_or_io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs.write_at(&f, bytes, 0)
+            .map_err(|e| Error::disk_full_or_io(&tmp, e))?;
+        fs.sync_all(&f).map_err(|e| Error::io(&tmp, e))?;
         if let Ok(meta) = std::fs::metadata(path) {
             let _ = std::fs::set_permissions(&tmp, meta.permissions());
         }
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync_dir(fs, dir)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
     }
     result
 }

@@ -26,6 +26,10 @@ const TASKS: &[(&str, &str)] = &[
         "only the integration runs against the simulators and the peers (vcsim), after deps",
     ),
     (
+        "crash [--states N]",
+        "power-loss tests (release) with about N crash states per workload (default 2000)",
+    ),
+    (
         "deps [--bench] [--check]",
         "install the missing test peers (--bench: the benches' too; --check: only report)",
     ),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         }
         Some("test") => test(),
         Some("integration") => integration(),
+        Some("crash") => crash(&args[1..]),
         Some("deps") => deps::run_deps(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("fuzz-list") => fuzz_list(),
@@ -192,6 +197,63 @@ fn integration() -> Result {
         "simulator",
     ]);
     run(c)
+}
+
+/// The power-loss tests with more crash states than CI checks. Their
+/// counts are summed from the lines they print.
+fn crash(args: &[String]) -> Result {
+    use std::io::{BufRead, BufReader};
+    let mut states = 2000u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--states" => {
+                states = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--states needs a positive whole number")?
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    let runs: [&[&str]; 2] = [
+        &["-p", "vmdk-file", "--test", "integration", "power_loss"],
+        &[
+            "-p",
+            "disklib",
+            "--test",
+            "backup",
+            "backups_survive_power_loss",
+        ],
+    ];
+    let mut total = 0u64;
+    for run in runs {
+        let mut c = cargo();
+        c.args(["test", "--release", "--locked"]).args(run);
+        c.env("VMDK_CRASH_STATES", states.to_string());
+        c.stderr(std::process::Stdio::piped());
+        eprintln!("xtask: running {c:?}");
+        let mut child = c.spawn().map_err(|e| format!("{c:?}: {e}"))?;
+        if let Some(err) = child.stderr.take() {
+            for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                eprintln!("{line}");
+                total += checked_count(&line).unwrap_or(0);
+            }
+        }
+        let status = child.wait().map_err(|e| format!("{c:?}: {e}"))?;
+        if !status.success() {
+            return Err(format!("{c:?} failed: {status}"));
+        }
+    }
+    println!("xtask: {total} crash states checked");
+    Ok(())
+}
+
+/// `N` from a line `... N crash states checked ...`.
+fn checked_count(line: &str) -> Option<u64> {
+    let (head, _) = line.split_once(" crash states checked")?;
+    head.rsplit(' ').next()?.parse().ok()
 }
 
 fn fuzz_targets() -> Result<Vec<String>> {
@@ -323,6 +385,15 @@ mod tests {
         v.sort();
         v.dedup();
         v
+    }
+
+    #[test]
+    fn crash_counts_are_read_from_the_tests_lines() {
+        assert_eq!(
+            super::checked_count("power loss, create: 105 crash states checked (138 changes)"),
+            Some(105)
+        );
+        assert_eq!(super::checked_count("test power_loss ... ok"), None);
     }
 
     /// The help table lists exactly the tasks `main` and `bench` dispatch.

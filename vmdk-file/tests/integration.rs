@@ -1,0 +1,4 @@
+//! The `vmdk-file` integration suite: one binary.
+
+mod concurrency;
+mod power_loss;
