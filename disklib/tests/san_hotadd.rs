@@ -4,6 +4,9 @@
 //! refused redo-log write, the thin-disk fallback, an independent disk
 //! skipped by HotAdd, SCSI units chosen in bus order, and a process killed
 //! in the middle of a HotAdd backup followed by `Cleanup`.
+//!
+//! One file on purpose: its cases share one simulated SAN and proxy
+//! environment (`env`).
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

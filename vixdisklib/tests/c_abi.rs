@@ -4,6 +4,9 @@
 //! checked against qemu-img. The same program runs under valgrind, and a
 //! Python ctypes plugin serves a disk through Debian's nbdkit to
 //! nbdinfo, nbdcopy and qemu-img.
+//!
+//! One test binary on purpose: the C library and the C program are
+//! built once per process and shared by every case.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,8 @@
 //! Local VMDK files: open a disk and its snapshot chain, read it, map it.
 //!
+//! One file on purpose: opening a chain and reading through it are one
+//! mechanism (the links, their tables and the caches they share).
+//!
 //! ```no_run
 //! use vmdk_file::local::{LocalDisk, OpenOptions};
 //! let disk = LocalDisk::open("vm/disk.vmdk", &OpenOptions::default())?;

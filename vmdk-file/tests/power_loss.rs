@@ -10,6 +10,9 @@
 //! before or as after (or, for commit and rename, whole under one of
 //! its names).
 //!
+//! One file on purpose: every workload runs through the same checking
+//! harness, which is most of it.
+//!
 //! The crash states checked per workload are about `VMDK_CRASH_STATES`
 //! (spread over its crash points, every state of a point with few;
 //! `cargo xtask crash --states N`), or a bounded default for CI; each

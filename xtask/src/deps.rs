@@ -2,6 +2,9 @@
 //! programs and files they check our output with), each installed only
 //! when it is missing.
 //!
+//! One file on purpose: the table of peers and the code that plans and
+//! installs them are read together (a third of it is their tests).
+//!
 //! [`PEERS`] is the one place that knows them. A peer is one of:
 //! - Debian packages, present when a command is on `PATH`, a file exists
 //!   or a command succeeds;

@@ -1,5 +1,8 @@
 //! Power-loss testing (testing only: the `__crash-test` feature).
 //!
+//! One file, past 800 lines on purpose: the recorder, the log and the
+//! replayer share one model of what a sync makes durable, read together.
+//!
 //! A [`Recorder`] is a [`Storage`] that makes every change on the real
 //! file system (syncs excepted: nothing needs the real files durable)
 //! and logs those beneath one root directory: writes (cut at 4 KiB page
