@@ -185,6 +185,32 @@ pub(crate) enum Command {
         json: bool,
     },
     /// Check a disk's metadata; exit 0 when consistent, 2 on corruption.
+    ///
+    /// Every link of the chain and every extent of each link is checked:
+    ///
+    /// - the chain opens: headers and descriptors are valid, every parent is
+    ///   found, each parentCID is its parent's CID, no loop, bounded depth;
+    ///
+    /// - flat extents: the file holds every sector the descriptor gives it;
+    ///
+    /// - sparse extents (hosted, COWD, seSparse): the header's capacity is
+    ///   the descriptor line's size; the file is at least as long as the
+    ///   header's metadata (overHead); the file was closed cleanly; every
+    ///   grain directory entry points at a whole table inside the file and
+    ///   past the header; every grain table entry inside the capacity points
+    ///   at a whole grain inside the file (only the last grain may be cut by
+    ///   the end of the capacity), outside the metadata and used by no other
+    ///   entry, and entries past the capacity are zero; the redundant grain
+    ///   directory and tables equal the primary ones; no metadata overlaps;
+    ///
+    /// - streamOptimized: every compressed grain's marker names the sector
+    ///   of its grain-table entry and the grain inflates to a whole grain
+    ///   (the last grain to at least what the capacity leaves it); the
+    ///   markers are well formed up to the end-of-stream marker.
+    ///
+    /// This includes everything `qemu-img check` checks for VMDK (each
+    /// cluster of the disk maps to an offset inside its extent file).
+    /// Exit 1 for usage or I/O errors.
     Check {
         #[command(flatten)]
         disk: DiskArgs,
