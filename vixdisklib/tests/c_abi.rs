@@ -214,6 +214,57 @@ fn library_exports_only_vixdisklib_symbols_with_soname_and_symbolic() {
     assert!(dynamic.contains("SYMBOLIC"), "{dynamic}");
 }
 
+/// `VIXDISKLIB_FLAG_OPEN_SINGLE_LINK` on a delta: backup software reads a
+/// snapshot's own grains without its parent.
+#[test]
+fn single_link_reads_a_deltas_own_grains() {
+    use vmdk_file::local::{LocalDisk, OpenOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vmdk");
+    let write = |p: &Path, at: u64, data: &[u8]| {
+        let d = LocalDisk::open(
+            p,
+            &OpenOptions {
+                writable: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        d.write_at(at, data).unwrap();
+        d.close().unwrap();
+    };
+    vmdk_file::create::create(
+        &base,
+        &vmdk_file::create::CreateOptions::new(
+            vmdk_file::create::DiskType::MonolithicSparse,
+            8 << 20,
+        ),
+    )
+    .unwrap();
+    write(&base, 0, &pattern(4 << 20, 7));
+    let delta = dir.path().join("base-000001.vmdk");
+    vmdk_file::maintain::create_child(&base, &delta).unwrap();
+    let own = pattern(65536, 8);
+    write(&delta, 1 << 20, &own);
+    write(&delta, 6 << 20, &own[..100 * 512]);
+
+    let out = dir.path().join("single.raw");
+    let text = vixtest(&["single", s(&delta), s(&out)]);
+    assert!(text.contains("links 1\n"), "{text}");
+    assert!(text.contains("hint base.vmdk\n"), "{text}");
+    let blocks: Vec<&str> = text.lines().filter(|l| l.starts_with("block")).collect();
+    assert_eq!(blocks, ["block 2048 128", "block 12288 128"], "{text}");
+    let mut want = vec![0u8; 8 << 20];
+    want[1 << 20..(1 << 20) + 65536].copy_from_slice(&own);
+    want[6 << 20..(6 << 20) + 100 * 512].copy_from_slice(&own[..100 * 512]);
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "only the delta's bytes"
+    );
+    // A writable single-link open of a delta: VIX_E_FILE_READ_ONLY.
+    assert!(text.contains("writable 11\n"), "{text}");
+}
+
 #[test]
 fn nbdkit_sequence_reads_local_disks_like_qemu() {
     let dir = tempfile::tempdir().unwrap();

@@ -54,6 +54,14 @@ pub struct OpenOptions {
     pub inflate_threads: usize,
     /// Open the disk (its top link; parents stay read-only) for writing.
     pub writable: bool,
+    /// Open only the named file, not its parents
+    /// (`VIXDISKLIB_FLAG_OPEN_SINGLE_LINK`): a snapshot's delta alone, to
+    /// read just its own grains. Unallocated grains read as zeros, `map`
+    /// reports only this link's grains, and the parent's CID is not
+    /// checked (the parent is neither opened nor required to exist). A
+    /// delta opened so cannot be written: a partial grain would need its
+    /// parent's bytes.
+    pub single_link: bool,
 }
 
 impl Default for OpenOptions {
@@ -68,6 +76,7 @@ impl Default for OpenOptions {
                 .map_or(1, |n| n.get())
                 .min(8),
             writable: false,
+            single_link: false,
         }
     }
 }
@@ -462,11 +471,17 @@ impl LocalDisk {
         let path = path.as_ref();
         let opened = open_file(path, false, opts.writable)?;
         let mut links = vec![open_link(path, opened, opts, opts.writable)?];
+        if opts.single_link && opts.writable && links[0].descriptor.has_parent() {
+            return Err(Error::ReadOnly {
+                path: path.to_path_buf(),
+                reason: "a delta opened without its parent (single link) cannot be written",
+            });
+        }
         let mut seen = HashSet::new();
         seen.insert(links[0].identity);
         loop {
             let child = links.last().expect("at least one link");
-            if !child.descriptor.has_parent() {
+            if !child.descriptor.has_parent() || opts.single_link {
                 break;
             }
             let Some(hint) = child.descriptor.parent_file_name_hint.clone() else {
