@@ -29,13 +29,16 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
         }
         *WARN.lock().unwrap_or_else(|p| p.into_inner()) = warn.or(log);
         // SAFETY: a C string or NULL.
-        let config = match unsafe { cstr(config_file) } {
+        let mut config = match unsafe { cstr(config_file) } {
             Some(p) if !p.is_empty() => match Config::load(Path::new(&p)) {
                 Ok(c) => c,
                 Err(e) => return from_err(e),
             },
             _ => Config::default(),
         };
+        // VDDK follows absolute extent and parent paths; the jail is on
+        // only when `vixDiskLib.disklib.confinePaths = "1"` asks for it.
+        config.confine_paths.get_or_insert(false);
         let unknown = config.unknown.clone();
         let mut st = state();
         *st = Some(Global {

@@ -214,6 +214,63 @@ fn library_exports_only_vixdisklib_symbols_with_soname_and_symbolic() {
     assert!(dynamic.contains("SYMBOLIC"), "{dynamic}");
 }
 
+/// The C library follows absolute parent and extent paths as VDDK does;
+/// `vixDiskLib.disklib.confinePaths = "1"` keeps them in the descriptor's
+/// directory.
+#[test]
+fn absolute_parent_and_extent_paths_are_followed_unless_confined() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A delta whose parent (named by its absolute path) is elsewhere.
+    let base = qemu_disk(elsewhere.path(), "base.vmdk", "monolithicSparse");
+    let child = dir.path().join("child.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        s(&base),
+        "-F",
+        "vmdk",
+        s(&child),
+    ]);
+    // A flat descriptor whose extent is named by its absolute path.
+    let data = elsewhere.path().join("data-flat.vmdk");
+    std::fs::write(&data, pattern(1 << 20, 5)).unwrap();
+    let flat = dir.path().join("flat.vmdk");
+    std::fs::write(
+        &flat,
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW 2048 FLAT \"{}\" 0\n\nddb.adapterType = \"lsilogic\"\nddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\nddb.geometry.cylinders = \"2\"\n",
+            s(&data)
+        ),
+    )
+    .unwrap();
+    let confined = dir.path().join("confined.conf");
+    std::fs::write(&confined, "vixDiskLib.disklib.confinePaths = \"1\"\n").unwrap();
+    for (disk, raw) in [(&child, &base), (&flat, &data)] {
+        let out = dir.path().join("out.raw");
+        vixtest(&["read", &format!("local:{}", s(disk)), s(&out)]);
+        if raw == &data {
+            assert!(std::fs::read(&out).unwrap() == std::fs::read(&data).unwrap());
+        } else {
+            assert_same(raw, "vmdk", &out);
+        }
+        let refused = Command::new(&built().vixtest)
+            .args(["read", &format!("local:{}", s(disk)), s(&out)])
+            .env("VIXTEST_CONFIG", &confined)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{err}");
+        assert!(
+            err.contains("FATAL Open") && err.contains("leaves the descriptor's directory"),
+            "{err}"
+        );
+    }
+}
+
 /// `VIXDISKLIB_FLAG_OPEN_SINGLE_LINK` on a delta: backup software reads a
 /// snapshot's own grains without its parent.
 #[test]

@@ -424,11 +424,13 @@ fn open_link(
             placed.push((line.access, line.sectors, Backing::Zero));
             continue;
         };
-        let epath = resolve(path, name, opts.allow_outside_paths)?;
-        let (efile, elen) = if opts.allow_outside_paths {
-            open_file(&epath, false, writable)?
-        } else {
-            open_beneath(path, name, &epath, false, writable)?
+        let r = resolve(path, name, opts.allow_outside_paths)?;
+        let epath = r.path;
+        let (efile, elen) = match &r.beneath {
+            Some(rel) if !opts.allow_outside_paths => {
+                open_beneath(path, name, rel, &epath, false, writable)?
+            }
+            _ => open_file(&epath, false, writable)?,
         };
         let ext = Arc::new(ExtentFile {
             path: epath,
@@ -496,17 +498,19 @@ impl LocalDisk {
                     opts.max_chain_depth,
                 ));
             }
-            let ppath = resolve(&child.path, &hint, opts.allow_outside_paths)?;
+            let r = resolve(&child.path, &hint, opts.allow_outside_paths)?;
+            let ppath = r.path;
             if !ppath.exists() {
                 return Err(Error::ParentMissing {
                     child: child.path.clone(),
                     hint,
                 });
             }
-            let opened = if opts.allow_outside_paths {
-                open_file(&ppath, false, false)?
-            } else {
-                open_beneath(&child.path, &hint, &ppath, true, false)?
+            let opened = match &r.beneath {
+                Some(rel) if !opts.allow_outside_paths => {
+                    open_beneath(&child.path, &hint, rel, &ppath, true, false)?
+                }
+                _ => open_file(&ppath, false, false)?,
             };
             let parent = open_link(&ppath, opened, opts, false)?;
             if !seen.insert(parent.identity) {

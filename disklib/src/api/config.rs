@@ -51,6 +51,13 @@ pub struct Config {
     /// (`vixDiskLib.transport.san.blockMapSource = "simulator"`, this
     /// kit's key, or a source of the caller's); none by default.
     pub san_block_maps: SanBlockMaps,
+    /// `vixDiskLib.disklib.confinePaths` (this kit's key): `true` keeps
+    /// the extent and parent paths of local disks inside the directory of
+    /// the descriptor naming them (an absolute path inside it is fine);
+    /// `false` follows them anywhere, as VDDK does. Unset, the Rust API
+    /// confines ([`Config::confines_paths`]) and the C library
+    /// (`libvixDiskLib.so.8`) follows, as VDDK does.
+    pub confine_paths: Option<bool>,
     /// Keys that were not understood (warned about, not fatal).
     pub unknown: Vec<String>,
 }
@@ -140,6 +147,15 @@ impl Config {
                 "vixdisklib.transport.hotadd.statefile" => {
                     c.hotadd_state_file = Some(v.to_string())
                 }
+                "vixdisklib.disklib.confinepaths" => {
+                    c.confine_paths = match v {
+                        "1" => Some(true),
+                        "0" => Some(false),
+                        v if v.eq_ignore_ascii_case("true") => Some(true),
+                        v if v.eq_ignore_ascii_case("false") => Some(false),
+                        _ => None,
+                    }
+                }
                 "vixdisklib.transport.san.blockmapsource" if v == "simulator" => {
                     c.san_block_maps = SanBlockMaps::Simulator
                 }
@@ -183,6 +199,21 @@ impl Config {
 
     fn device_root(&self) -> PathBuf {
         PathBuf::from(self.device_root.as_deref().unwrap_or("/"))
+    }
+
+    /// Whether local extent and parent paths stay inside the descriptor's
+    /// directory ([`Config::confine_paths`], `true` when unset).
+    pub fn confines_paths(&self) -> bool {
+        self.confine_paths.unwrap_or(true)
+    }
+
+    /// How local disks are opened under these settings (read-only; the
+    /// caller sets `writable` and `single_link`).
+    pub fn local_open_options(&self) -> vmdk_file::local::OpenOptions {
+        vmdk_file::local::OpenOptions {
+            allow_outside_paths: !self.confines_paths(),
+            ..vmdk_file::local::OpenOptions::default()
+        }
     }
 
     /// Parallel requests per SAN / HotAdd disk.
@@ -374,6 +405,14 @@ mod tests {
             "in tmpDirectory"
         );
         let d = Config::default();
+        assert!(d.confines_paths() && !d.local_open_options().allow_outside_paths);
+        let c = Config::parse("vixDiskLib.disklib.confinePaths = \"0\"\n");
+        assert_eq!(c.confine_paths, Some(false));
+        assert!(c.local_open_options().allow_outside_paths);
+        assert_eq!(
+            Config::parse("vixDiskLib.disklib.confinePaths=1").confine_paths,
+            Some(true)
+        );
         assert_eq!(d.streams(), DEFAULT_STREAMS);
         assert_eq!(
             d.san_options(false, false, false).device_dir,

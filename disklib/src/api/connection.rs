@@ -194,6 +194,12 @@ impl Connection {
         }
     }
 
+    /// How this connection opens local disks (paths confined or not, as
+    /// the configuration says); read-only.
+    pub fn local_open_options(&self) -> OpenOptions {
+        self.lib.config.local_open_options()
+    }
+
     /// The vSphere client of a remote connection.
     pub fn client(&self) -> Option<&Arc<Client>> {
         self.remote.as_ref().map(|r| &r.client)
@@ -207,7 +213,7 @@ impl Connection {
             let opts = OpenOptions {
                 writable: !read_only,
                 single_link: flags.single_link,
-                ..OpenOptions::default()
+                ..self.lib.config.local_open_options()
             };
             let d = LocalDisk::open(path, &opts)?;
             return Ok(Disk::new(Backend::Local(d), TransportMode::File, None));
