@@ -513,9 +513,22 @@ pub enum RestoreTarget {
     },
 }
 
+/// The stored blocks of one disk in one backup: first byte → (length,
+/// CRC-32), from the catalog.
+type BlockIndex = BTreeMap<u64, (u64, u32)>;
+
+/// Largest stored block a catalog may describe (the writer stores 1 MiB
+/// pieces); a larger one is refused before anything is allocated for it.
+const MAX_BLOCK: u64 = 64 << 20;
+
 /// Restores backup `id` (every disk, or `only_key`), each byte from the
 /// newest backup of its chain that stores it; holes stay holes (and are
 /// zeroed on an existing remote disk). Returns bytes written.
+///
+/// Every stored block is read whole and checked against the CRC-32 the
+/// catalog recorded before any of it is written; a mismatch fails the
+/// restore with [`Error::BadChecksum`] naming the point, the disk and the
+/// offset. A failed restore to local files removes the files it created.
 pub fn restore(
     lib: &Library,
     repo: &Path,
@@ -538,10 +551,41 @@ pub fn restore(
     if disks.is_empty() {
         return Err(repo_err(repo, "no such disk in that backup"));
     }
+    let mut created = Vec::new();
+    let r = restore_disks(
+        lib,
+        repo,
+        &catalog,
+        id,
+        &disks,
+        target,
+        progress,
+        &mut created,
+    );
+    if r.is_err() {
+        // Nothing may look like a restored disk.
+        for p in &created {
+            let _ = vmdk_file::create::delete(p);
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_disks(
+    lib: &Library,
+    repo: &Path,
+    catalog: &RepoCatalog,
+    id: u64,
+    disks: &[&DiskEntry],
+    target: &RestoreTarget,
+    progress: &mut dyn FnMut(u64, u64),
+    created: &mut Vec<PathBuf>,
+) -> Result<u64> {
     let mut written = 0;
-    for d in &disks {
+    for d in disks {
         let plan = catalog.disk_catalog(d.key, d.capacity)?.restore_plan(id)?;
-        let mut sources: BTreeMap<u64, LocalDisk> = BTreeMap::new();
+        let mut sources: BTreeMap<u64, (LocalDisk, BlockIndex)> = BTreeMap::new();
         for r in &plan.reads {
             if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(r.backup) {
                 let b = catalog
@@ -554,10 +598,23 @@ pub fn restore(
                     .iter()
                     .find(|x| x.key == d.key)
                     .ok_or_else(|| repo_err(repo, "disk missing from a backup of the chain"))?;
-                slot.insert(LocalDisk::open(
-                    repo.join(&de.file),
-                    &OpenOptions::default(),
-                )?);
+                let mut index = BlockIndex::new();
+                for &(off, len, crc) in &de.crcs {
+                    if len == 0 || len > MAX_BLOCK || off.checked_add(len).is_none() {
+                        return Err(repo_err(
+                            repo,
+                            format!(
+                                "backup {}, disk {}: the catalog's block at byte {off} has length {len}",
+                                r.backup, d.key
+                            ),
+                        ));
+                    }
+                    index.insert(off, (len, crc));
+                }
+                slot.insert((
+                    LocalDisk::open(repo.join(&de.file), &OpenOptions::default())?,
+                    index,
+                ));
             }
         }
         let (write_at, zero_holes): (Box<WriteFn>, bool);
@@ -573,6 +630,7 @@ pub fn restore(
                     &path,
                     &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
                 )?;
+                created.push(path.clone());
                 let out = Arc::new(LocalDisk::open(
                     &path,
                     &OpenOptions {
@@ -635,15 +693,48 @@ pub fn restore(
             }
         }
         let total = d.capacity;
-        let mut buf = vec![0u8; CHUNK as usize];
+        // The block last read and checked: (backup, first byte).
+        let mut block = Vec::new();
+        let mut checked: Option<(u64, u64)> = None;
         for r in &plan.reads {
-            let src = &sources[&r.backup];
+            let (src, index) = &sources[&r.backup];
             let mut off = r.extent.start;
             let end = r.extent.end();
             while off < end {
-                let n = (end - off).min(CHUNK);
-                src.read_at(off, &mut buf[..n as usize])?;
-                write_at(off, &buf[..n as usize])?;
+                let (&start, &(len, crc)) = index
+                    .range(..=off)
+                    .next_back()
+                    .filter(|(&s, &(l, _))| off - s < l)
+                    .ok_or_else(|| {
+                        repo_err(
+                            repo,
+                            format!(
+                                "backup {}, disk {}: no checksum covers byte {off}",
+                                r.backup, d.key
+                            ),
+                        )
+                    })?;
+                if checked != Some((r.backup, start)) {
+                    block.resize(len as usize, 0);
+                    src.read_at(start, &mut block)?;
+                    let found = crc32fast::hash(&block);
+                    if found != crc {
+                        return Err(Error::BadChecksum {
+                            path: repo.to_path_buf(),
+                            backup: r.backup,
+                            key: d.key,
+                            offset: start,
+                            len,
+                            expected: crc,
+                            found,
+                        });
+                    }
+                    checked = Some((r.backup, start));
+                }
+                // Both bounded by the block: `off` lies inside it.
+                let n = end.min(start + len) - off;
+                let at = (off - start) as usize;
+                write_at(off, &block[at..at + n as usize])?;
                 written += n;
                 off += n;
                 progress(off, total);

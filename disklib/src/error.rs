@@ -64,6 +64,25 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A block read back from a repository does not match the CRC-32 the
+    /// catalog recorded for it (`verify` lists every such block).
+    #[error("repository {path}: backup {backup}, disk {key}: the stored block at byte {offset} ({len} bytes) does not match its CRC-32 (read {found:08x}, catalog {expected:08x})")]
+    BadChecksum {
+        /// The repository.
+        path: PathBuf,
+        /// The backup (point in time) holding the block.
+        backup: u64,
+        /// The disk's device key.
+        key: i32,
+        /// The block's first byte in the disk.
+        offset: u64,
+        /// The block's length.
+        len: u64,
+        /// The catalog's CRC-32.
+        expected: u32,
+        /// The CRC-32 of what was read.
+        found: u32,
+    },
     /// A backup or restore plan cannot be made.
     #[error(transparent)]
     Plan(#[from] cbt::PlanError),
@@ -146,7 +165,10 @@ impl Error {
             Error::InvalidArgument(_) => vix::E_INVALID_ARG,
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
-            Error::Repository { .. } | Error::Plan(_) | Error::Changes(_) => vix::E_FAIL,
+            Error::Repository { .. }
+            | Error::BadChecksum { .. }
+            | Error::Plan(_)
+            | Error::Changes(_) => vix::E_FAIL,
             Error::NoTransport { .. } => vix::E_NOT_SUPPORTED,
             Error::San(transport_san::Error::OutOfRange { .. })
             | Error::HotAdd(transport_hotadd::Error::Device(transport_san::Error::OutOfRange {
