@@ -326,7 +326,8 @@ fn backup_snapshot(
             summary.warnings.push(w.clone());
             entry.skipped.push(w);
         }
-        let total: u64 = disks.iter().map(|d| d.capacity).sum();
+        // Capacities come from the host: sums saturate rather than wrap.
+        let total: u64 = disks.iter().fold(0u64, |t, d| t.saturating_add(d.capacity));
         let mut done_disks = 0u64;
         for d in &disks {
             let cat = catalog.disk_catalog(d.key, d.capacity)?;
@@ -385,7 +386,9 @@ fn backup_snapshot(
             // checksums and writes to the repository on this one.
             let reads = cbt::plan::read_requests(&changed, d.capacity, 65536, READ_CHUNK);
             let to_read: u64 = reads.iter().map(|r| r.len).sum();
-            summary.bytes_skipped += d.capacity - to_read;
+            summary.bytes_skipped = summary
+                .bytes_skipped
+                .saturating_add(d.capacity.saturating_sub(to_read));
             // Batches of reads (the transport keeps requests in flight
             // across them) on one thread; checksums and repository writes
             // on this one.
@@ -458,7 +461,7 @@ fn backup_snapshot(
                             crcs.push((piece.start, piece.len, crc32fast::hash(b)));
                             summary.bytes_stored += piece.len;
                         }
-                        progress(done_disks + r.start + r.len, total);
+                        progress(done_disks.saturating_add(r.start + r.len), total);
                     }
                     let _ = back_tx.send(buf);
                 }
@@ -467,7 +470,7 @@ fn backup_snapshot(
             out.close()?;
             disk.close()?;
 
-            done_disks += d.capacity;
+            done_disks = done_disks.saturating_add(d.capacity);
             entry.disks.push(DiskEntry {
                 key: d.key,
                 file_name: d.file_name.clone(),

@@ -587,6 +587,52 @@ mod tests {
         assert_eq!(e.vix_code(), crate::vix::E_FILE_READ_ONLY, "{e}");
     }
 
+    /// Sector numbers and chunk sizes near `u64::MAX` are typed errors,
+    /// never an overflow.
+    #[test]
+    fn allocated_blocks_and_sectors_near_u64_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _) = chain(dir.path());
+        let conn = Connection::local(&Library::init(Config::default()));
+        let disk = conn
+            .open(base.to_str().unwrap(), OpenFlags::read_only())
+            .unwrap();
+        for (start, count, chunk) in [
+            (u64::MAX - 1, 1, 128),
+            (u64::MAX / 512 + 1, 1, 128),
+            (1, u64::MAX, 128),
+            (u64::MAX, u64::MAX, 128),
+        ] {
+            assert!(
+                matches!(
+                    disk.query_allocated_blocks(start, count, chunk),
+                    Err(Error::OutOfRange { .. })
+                ),
+                "{start} {count}"
+            );
+        }
+        for chunk in [u64::MAX, u64::MAX / 512 + 1] {
+            assert!(matches!(
+                disk.query_allocated_blocks(0, 2048, chunk),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        // The largest chunk that fits: one block covering the data.
+        assert_eq!(
+            disk.query_allocated_blocks(0, 2048, u64::MAX / 512)
+                .unwrap(),
+            vec![(0, 2048)]
+        );
+        let mut b = [0u8; 512];
+        for s in [u64::MAX, u64::MAX / 512 + 1] {
+            assert!(disk.read_sectors(s, &mut b).is_err());
+        }
+        assert!(disk
+            .read_scattered(&mut b, &[(0, usize::MAX, 2), (0, 1, usize::MAX)])
+            .is_err());
+        disk.close().unwrap();
+    }
+
     #[test]
     fn single_link_on_a_disk_without_parent_is_the_disk() {
         let dir = tempfile::tempdir().unwrap();
