@@ -427,3 +427,49 @@ fn backup_over_san_and_hotadd_from_the_cli() {
     );
     ok(&srv, &["verify", "--from", s(&repo)]);
 }
+
+/// `--config` / `VDISK_CONFIG`: every unknown key and bad value is a
+/// warning naming the file and the line; the rest of the file applies.
+#[test]
+fn config_warnings_name_their_lines() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    let sim_conf = &srv.env.iter().find(|(k, _)| k == "VDISK_CONFIG").unwrap().1;
+    let mut text = std::fs::read_to_string(sim_conf).unwrap();
+    let first = text.lines().count() + 1;
+    text.push_str("vixDiskLib.nfc.ReadTimeoutMs = soon  # not a number\n");
+    text.push_str("vixDiskLib.nfc.Bogus = 1\n");
+    text.push_str("tmpDirectory = \"/tmp#x\" # a quoted hash is fine\n");
+    let conf = write(dir.path(), "vddk.conf", text.as_bytes());
+    let out = run(
+        &srv,
+        &[
+            "cat",
+            "--transport",
+            "nbdssl",
+            "--vm",
+            "moref=vm-100",
+            "[datastore1] demo-vm/demo-vm.vmdk",
+            "-o",
+            "/dev/null",
+        ],
+        &[("VDISK_CONFIG", s(&conf))],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0].contains(&format!(
+            "vddk.conf: line {first}: `vixDiskLib.nfc.ReadTimeoutMs`"
+        )) && warnings[0].contains("`soon` is not a number"),
+        "{err}"
+    );
+    assert!(
+        warnings[1].contains(&format!(
+            "line {}: `vixDiskLib.nfc.Bogus`: unknown key",
+            first + 1
+        )),
+        "{err}"
+    );
+}

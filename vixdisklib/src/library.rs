@@ -39,7 +39,7 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
         // VDDK follows absolute extent and parent paths; the jail is on
         // only when `vixDiskLib.disklib.confinePaths = "1"` asks for it.
         config.confine_paths.get_or_insert(false);
-        let unknown = config.unknown.clone();
+        let warnings = config.warnings.clone();
         let mut st = state();
         *st = Some(Global {
             lib: Library::init(config),
@@ -47,10 +47,8 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
             disks: HashMap::new(),
         });
         drop(st);
-        for k in unknown {
-            log_warn(&format!(
-                "VixDiskLib: unknown configuration key `{k}` ignored"
-            ));
+        for w in warnings {
+            log_warn(&format!("VixDiskLib: configuration file, {w}"));
         }
         vix::OK
     })

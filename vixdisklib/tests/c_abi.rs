@@ -214,6 +214,50 @@ fn library_exports_only_vixdisklib_symbols_with_soname_and_symbolic() {
     assert!(dynamic.contains("SYMBOLIC"), "{dynamic}");
 }
 
+/// InitEx passes every configuration warning (unknown key, bad value,
+/// malformed line, each with its line) to the log callback.
+#[test]
+fn init_ex_logs_every_configuration_warning_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "w.vmdk", "monolithicSparse");
+    let conf = dir.path().join("vddk.conf");
+    std::fs::write(
+        &conf,
+        concat!(
+            "# VDDK configuration\n",
+            "vixDiskLib.nfc.ReadTimeoutMs = soon # a comment\n",
+            "vixDiskLib.nfc.LogLevel = \"3\" # fine\n",
+            "no.such.key = 1\n",
+            "a line without equals\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&built().vixtest)
+        .args([
+            "read",
+            &format!("local:{}", s(&img)),
+            s(&dir.path().join("out.raw")),
+        ])
+        .env("VIXTEST_CONFIG", &conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let logged: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("vixlog: VixDiskLib: configuration file"))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            "vixlog: VixDiskLib: configuration file, line 2: `vixDiskLib.nfc.ReadTimeoutMs`: `soon` is not a number (the default is kept)",
+            "vixlog: VixDiskLib: configuration file, line 4: `no.such.key`: unknown key, ignored",
+            "vixlog: VixDiskLib: configuration file, line 5: `a line without equals`: not a `key = value` line",
+        ],
+        "{err}"
+    );
+}
+
 /// The C library follows absolute parent and extent paths as VDDK does;
 /// `vixDiskLib.disklib.confinePaths = "1"` keeps them in the descriptor's
 /// directory.
