@@ -83,12 +83,10 @@ pub enum Error {
         /// The CRC-32 of what was read.
         found: u32,
     },
-    /// A backup or restore plan cannot be made.
+    /// Changed-block tracking: a backup or restore plan cannot be made, or
+    /// the host's changed areas do not assemble.
     #[error(transparent)]
-    Plan(#[from] cbt::PlanError),
-    /// Changed areas from the host do not assemble.
-    #[error(transparent)]
-    Changes(#[from] cbt::AssemblyError),
+    Cbt(#[from] cbt::Error),
     /// A request lies outside the disk.
     #[error("range {offset}+{len} is outside the disk's {capacity} bytes")]
     OutOfRange {
@@ -165,10 +163,7 @@ impl Error {
             Error::InvalidArgument(_) => vix::E_INVALID_ARG,
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
-            Error::Repository { .. }
-            | Error::BadChecksum { .. }
-            | Error::Plan(_)
-            | Error::Changes(_) => vix::E_FAIL,
+            Error::Repository { .. } | Error::BadChecksum { .. } | Error::Cbt(_) => vix::E_FAIL,
             Error::NoTransport { .. } => vix::E_NOT_SUPPORTED,
             Error::San(transport_san::Error::OutOfRange { .. })
             | Error::HotAdd(transport_hotadd::Error::Device(transport_san::Error::OutOfRange {

@@ -395,7 +395,7 @@ fn cbt_resets_plans_and_prepare_for_access() {
             None,
             &mut |_, _| {}
         ),
-        Err(Error::Plan(cbt::PlanError::NoFullBackup))
+        Err(Error::Cbt(cbt::Error::NoFullBackup))
     ));
     backup::backup(
         &e.lib,
@@ -431,7 +431,7 @@ fn cbt_resets_plans_and_prepare_for_access() {
         None,
         &mut |_, _| {},
     ) {
-        Err(Error::Plan(cbt::PlanError::EpochChanged { .. })) => {}
+        Err(Error::Cbt(cbt::Error::EpochChanged { .. })) => {}
         other => panic!("{other:?}"),
     }
     assert!(relocate_allowed(&e) && snapshots(&e) == 0);
