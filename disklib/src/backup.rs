@@ -503,8 +503,13 @@ type WriteFn = dyn Fn(u64, &[u8]) -> Result<()>;
 #[derive(Clone, Debug)]
 pub enum RestoreTarget {
     /// New local files: a path for one disk, a directory for several
-    /// (files named `<key>.vmdk`).
+    /// (files named `<key>.vmdk`). A directory that does not exist is
+    /// created (a path ending in `/` names a directory even for one disk).
+    /// Existing files are refused: nothing is written then.
     Local(PathBuf),
+    /// Like [`RestoreTarget::Local`], but existing disks of the same names
+    /// are replaced (only once the restore has succeeded).
+    LocalReplace(PathBuf),
     /// The disk with this key of a VM on a server.
     Remote {
         /// Connection.
@@ -554,6 +559,13 @@ pub fn restore(
     if disks.is_empty() {
         return Err(repo_err(repo, "no such disk in that backup"));
     }
+    // Local files are restored under temporary names beside their
+    // targets and renamed into place once every disk is restored.
+    let local = match target {
+        RestoreTarget::Local(p) => Some(local_targets(p, &disks, false)?),
+        RestoreTarget::LocalReplace(p) => Some(local_targets(p, &disks, true)?),
+        RestoreTarget::Remote { .. } => None,
+    };
     let mut created = Vec::new();
     let r = restore_disks(
         lib,
@@ -562,9 +574,22 @@ pub fn restore(
         id,
         &disks,
         target,
+        local.as_ref(),
         progress,
         &mut created,
-    );
+    )
+    .and_then(|n| {
+        for (final_path, tmp) in local.iter().flat_map(|m| m.values()) {
+            if std::fs::symlink_metadata(final_path).is_ok() {
+                // Only LocalReplace gets here with an existing file.
+                if vmdk_file::create::delete(final_path).is_err() {
+                    std::fs::remove_file(final_path).map_err(|e| Error::io(final_path, e))?;
+                }
+            }
+            std::fs::rename(tmp, final_path).map_err(|e| Error::io(final_path, e))?;
+        }
+        Ok(n)
+    });
     if r.is_err() {
         // Nothing may look like a restored disk.
         for p in &created {
@@ -572,6 +597,41 @@ pub fn restore(
         }
     }
     r
+}
+
+/// Where each disk of a local restore goes: key → (final path, temporary
+/// path beside it). Creates the directory; refuses existing files unless
+/// `replace`.
+fn local_targets(
+    p: &Path,
+    disks: &[&DiskEntry],
+    replace: bool,
+) -> Result<BTreeMap<i32, (PathBuf, PathBuf)>> {
+    let as_dir = disks.len() > 1 || p.is_dir() || p.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if as_dir {
+        std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    let mut out = BTreeMap::new();
+    for d in disks {
+        let path = if as_dir {
+            p.join(format!("{}.vmdk", d.key))
+        } else {
+            p.to_path_buf()
+        };
+        if !replace && std::fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists: a restore does not replace existing disks unless asked to (--force)",
+                path.display()
+            )));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.restoring-{}", std::process::id()));
+        out.insert(d.key, (path, tmp));
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -582,6 +642,7 @@ fn restore_disks(
     id: u64,
     disks: &[&DiskEntry],
     target: &RestoreTarget,
+    local: Option<&BTreeMap<i32, (PathBuf, PathBuf)>>,
     progress: &mut dyn FnMut(u64, u64),
     created: &mut Vec<PathBuf>,
 ) -> Result<u64> {
@@ -623,12 +684,11 @@ fn restore_disks(
         let (write_at, zero_holes): (Box<WriteFn>, bool);
         let mut finish: Box<dyn FnMut() -> Result<()>>;
         match target {
-            RestoreTarget::Local(p) => {
-                let path = if disks.len() == 1 && !p.is_dir() {
-                    p.clone()
-                } else {
-                    p.join(format!("{}.vmdk", d.key))
-                };
+            RestoreTarget::Local(_) | RestoreTarget::LocalReplace(_) => {
+                let path = local
+                    .and_then(|m| m.get(&d.key))
+                    .map(|(_, tmp)| tmp.clone())
+                    .ok_or_else(|| repo_err(repo, format!("no local target for disk {}", d.key)))?;
                 create(
                     &path,
                     &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
