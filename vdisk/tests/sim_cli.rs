@@ -461,13 +461,13 @@ fn config_warnings_name_their_lines() {
     assert_eq!(warnings.len(), 2, "{err}");
     assert!(
         warnings[0].contains(&format!(
-            "vddk.conf: line {first}: `vixDiskLib.nfc.ReadTimeoutMs`"
+            "vddk.conf: configuration line {first}: `vixDiskLib.nfc.ReadTimeoutMs`"
         )) && warnings[0].contains("`soon` is not a number"),
         "{err}"
     );
     assert!(
         warnings[1].contains(&format!(
-            "line {}: `vixDiskLib.nfc.Bogus`: unknown key",
+            "vddk.conf: unknown configuration key `vixDiskLib.nfc.Bogus` ignored (line {})",
             first + 1
         )),
         "{err}"

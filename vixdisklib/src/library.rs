@@ -48,7 +48,7 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
         });
         drop(st);
         for w in warnings {
-            log_warn(&format!("VixDiskLib: configuration file, {w}"));
+            log_warn(&format!("VixDiskLib: {w}"));
         }
         vix::OK
     })

@@ -77,9 +77,24 @@ pub struct ConfigWarning {
     pub message: String,
 }
 
+/// [`ConfigWarning::message`] of a key this library does not know.
+pub const UNKNOWN_KEY: &str = "unknown key, ignored";
+
 impl std::fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: `{}`: {}", self.line, self.key, self.message)
+        if self.message == UNKNOWN_KEY {
+            write!(
+                f,
+                "unknown configuration key `{}` ignored (line {})",
+                self.key, self.line
+            )
+        } else {
+            write!(
+                f,
+                "configuration line {}: `{}`: {}",
+                self.line, self.key, self.message
+            )
+        }
     }
 }
 
@@ -262,7 +277,7 @@ impl Config {
             "linuxssl.verifycertificates" => {} // certificates are always verified
             _ => {
                 self.unknown.push(key.to_string());
-                return Err("unknown key, ignored".into());
+                return Err(UNKNOWN_KEY.into());
             }
         }
         Ok(())
@@ -555,7 +570,11 @@ mod tests {
         assert!(c.warnings[2].message.contains("unknown key"));
         assert_eq!(
             c.warnings[0].to_string(),
-            "line 2: `vixDiskLib.nfc.ReadTimeoutMs`: `soon` is not a number (the default is kept)"
+            "configuration line 2: `vixDiskLib.nfc.ReadTimeoutMs`: `soon` is not a number (the default is kept)"
+        );
+        assert_eq!(
+            c.warnings[2].to_string(),
+            "unknown configuration key `bogus.key` ignored (line 4)"
         );
         // Defaults kept; the valid 0 ("no timeout") is not a warning.
         assert_eq!(c.nfc_timeouts.read, None);
