@@ -12,12 +12,13 @@
 //! let next = a.feed(&DiskChangeInfo { start_offset: 1 << 19, length: 1 << 19, changed_areas: vec![] })?;
 //! assert_eq!(next, None);
 //! assert_eq!(a.finish()?.as_slice(), &[Extent::new(4096, 4096)]);
-//! # Ok::<(), cbt::AssemblyError>(())
+//! # Ok::<(), cbt::Error>(())
 //! ```
 
 use alloc::vec::Vec;
 
 use crate::extent::{Extent, ExtentList};
+use crate::Error;
 
 /// One `DiskChangeInfo` as a host returns it (bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,64 +29,6 @@ pub struct DiskChangeInfo {
     pub length: u64,
     /// Changed areas inside the window, in ascending order.
     pub changed_areas: Vec<Extent>,
-}
-
-/// What is wrong with a sequence of answers.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AssemblyError {
-    /// A window starts after the previous one ended: bytes unaccounted for.
-    #[error("gap: expected a window at {expected}, got one at {got}")]
-    Gap {
-        /// Where the next window had to start.
-        expected: u64,
-        /// Where it started.
-        got: u64,
-    },
-    /// A window starts before the previous one ended.
-    #[error("overlap: expected a window at {expected}, got one at {got}")]
-    Overlap {
-        /// Where the next window had to start.
-        expected: u64,
-        /// Where it started.
-        got: u64,
-    },
-    /// A window of length 0 before the capacity is reached would loop forever.
-    #[error("empty window at {0} before the end of the disk")]
-    EmptyWindow(u64),
-    /// A changed area lies (partly) outside its window.
-    #[error("changed area {area:?} outside its window {window:?}")]
-    AreaOutsideWindow {
-        /// The area.
-        area: Extent,
-        /// The window.
-        window: Extent,
-    },
-    /// Changed areas of one window overlap or are out of order.
-    #[error("changed area {area:?} overlaps or precedes the previous one")]
-    AreasOutOfOrder {
-        /// The offending area.
-        area: Extent,
-    },
-    /// A window or area ends past the capacity.
-    #[error("window or area ends at {end}, past the capacity of {capacity}")]
-    PastCapacity {
-        /// Where it ends.
-        end: u64,
-        /// The capacity.
-        capacity: u64,
-    },
-    /// An answer arrived after the capacity was already reached.
-    #[error("answer after the end of the disk")]
-    AfterEnd,
-    /// `finish` was called before the whole disk was answered for.
-    #[error("incomplete: answers cover {covered} of {capacity} bytes")]
-    Incomplete {
-        /// Bytes answered for.
-        covered: u64,
-        /// The capacity.
-        capacity: u64,
-    },
 }
 
 /// Accumulates paged answers; see the module documentation.
@@ -113,34 +56,34 @@ impl ChangeAssembler {
 
     /// Takes one answer; returns where to ask next (`None`: complete).
     /// A rejected answer leaves the assembler unchanged.
-    pub fn feed(&mut self, page: &DiskChangeInfo) -> Result<Option<u64>, AssemblyError> {
+    pub fn feed(&mut self, page: &DiskChangeInfo) -> Result<Option<u64>, Error> {
         if self.next >= self.capacity {
-            return Err(AssemblyError::AfterEnd);
+            return Err(Error::AfterEnd);
         }
         if page.start_offset > self.next {
-            return Err(AssemblyError::Gap {
+            return Err(Error::Gap {
                 expected: self.next,
                 got: page.start_offset,
             });
         }
         if page.start_offset < self.next {
-            return Err(AssemblyError::Overlap {
+            return Err(Error::Overlap {
                 expected: self.next,
                 got: page.start_offset,
             });
         }
         if page.length == 0 {
-            return Err(AssemblyError::EmptyWindow(page.start_offset));
+            return Err(Error::EmptyWindow(page.start_offset));
         }
-        let window_end =
-            page.start_offset
-                .checked_add(page.length)
-                .ok_or(AssemblyError::PastCapacity {
-                    end: u64::MAX,
-                    capacity: self.capacity,
-                })?;
+        let window_end = page
+            .start_offset
+            .checked_add(page.length)
+            .ok_or(Error::PastCapacity {
+                end: u64::MAX,
+                capacity: self.capacity,
+            })?;
         if window_end > self.capacity {
-            return Err(AssemblyError::PastCapacity {
+            return Err(Error::PastCapacity {
                 end: window_end,
                 capacity: self.capacity,
             });
@@ -152,21 +95,21 @@ impl ChangeAssembler {
             let end = area
                 .start
                 .checked_add(area.len)
-                .ok_or(AssemblyError::PastCapacity {
+                .ok_or(Error::PastCapacity {
                     end: u64::MAX,
                     capacity: self.capacity,
                 })?;
             if area.start < page.start_offset || end > window_end {
                 if end > self.capacity {
-                    return Err(AssemblyError::PastCapacity {
+                    return Err(Error::PastCapacity {
                         end,
                         capacity: self.capacity,
                     });
                 }
-                return Err(AssemblyError::AreaOutsideWindow { area, window });
+                return Err(Error::AreaOutsideWindow { area, window });
             }
             if !first && area.start < prev_end {
-                return Err(AssemblyError::AreasOutOfOrder { area });
+                return Err(Error::AreasOutOfOrder { area });
             }
             prev_end = end;
             first = false;
@@ -178,9 +121,9 @@ impl ChangeAssembler {
     }
 
     /// The changed set, once the whole capacity was answered for.
-    pub fn finish(self) -> Result<ExtentList, AssemblyError> {
+    pub fn finish(self) -> Result<ExtentList, Error> {
         if self.next < self.capacity {
-            return Err(AssemblyError::Incomplete {
+            return Err(Error::Incomplete {
                 covered: self.next,
                 capacity: self.capacity,
             });
@@ -207,49 +150,49 @@ mod tests {
         let mut a = ChangeAssembler::new(100);
         assert_eq!(
             a.feed(&page(10, 10, &[])),
-            Err(AssemblyError::Gap {
+            Err(Error::Gap {
                 expected: 0,
                 got: 10
             })
         );
-        assert_eq!(a.feed(&page(0, 0, &[])), Err(AssemblyError::EmptyWindow(0)));
+        assert_eq!(a.feed(&page(0, 0, &[])), Err(Error::EmptyWindow(0)));
         assert_eq!(
             a.feed(&page(0, 101, &[])),
-            Err(AssemblyError::PastCapacity {
+            Err(Error::PastCapacity {
                 end: 101,
                 capacity: 100
             })
         );
         assert_eq!(
             a.feed(&page(0, u64::MAX, &[])),
-            Err(AssemblyError::PastCapacity {
+            Err(Error::PastCapacity {
                 end: u64::MAX,
                 capacity: 100
             })
         );
         assert_eq!(
             a.feed(&page(0, 50, &[(40, 20)])),
-            Err(AssemblyError::AreaOutsideWindow {
+            Err(Error::AreaOutsideWindow {
                 area: Extent::new(40, 20),
                 window: Extent::new(0, 50)
             })
         );
         assert_eq!(
             a.feed(&page(0, 50, &[(90, 20)])),
-            Err(AssemblyError::PastCapacity {
+            Err(Error::PastCapacity {
                 end: 110,
                 capacity: 100
             })
         );
         assert_eq!(
             a.feed(&page(0, 50, &[(10, 10), (15, 2)])),
-            Err(AssemblyError::AreasOutOfOrder {
+            Err(Error::AreasOutOfOrder {
                 area: Extent::new(15, 2)
             })
         );
         assert_eq!(
             a.feed(&page(0, 50, &[(10, 10), (5, 2)])),
-            Err(AssemblyError::AreasOutOfOrder {
+            Err(Error::AreasOutOfOrder {
                 area: Extent::new(5, 2)
             })
         );
@@ -258,20 +201,20 @@ mod tests {
         assert_eq!(a.feed(&page(0, 50, &[(10, 10), (20, 5)])), Ok(Some(50)));
         assert_eq!(
             a.feed(&page(40, 10, &[])),
-            Err(AssemblyError::Overlap {
+            Err(Error::Overlap {
                 expected: 50,
                 got: 40
             })
         );
         assert_eq!(
             a.clone().finish(),
-            Err(AssemblyError::Incomplete {
+            Err(Error::Incomplete {
                 covered: 50,
                 capacity: 100
             })
         );
         assert_eq!(a.feed(&page(50, 50, &[(99, 1)])), Ok(None));
-        assert_eq!(a.feed(&page(100, 1, &[])), Err(AssemblyError::AfterEnd));
+        assert_eq!(a.feed(&page(100, 1, &[])), Err(Error::AfterEnd));
         assert_eq!(
             a.finish().unwrap().as_slice(),
             &[Extent::new(10, 15), Extent::new(99, 1)]

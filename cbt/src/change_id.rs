@@ -8,7 +8,7 @@
 //! assert!(a.same_epoch(&b) && a < b);
 //! assert_eq!(a.to_string(), "52 b4 c6 4a 1c 52 0c 6a-2d 32 fa 1b 17 b4 a7 c4/12");
 //! assert!("52 b4/x".parse::<ChangeId>().is_err());
-//! # Ok::<(), cbt::ChangeIdError>(())
+//! # Ok::<(), cbt::Error>(())
 //! ```
 
 use alloc::string::{String, ToString};
@@ -16,23 +16,7 @@ use core::cmp::Ordering;
 use core::fmt;
 use core::str::FromStr;
 
-/// Why a change id did not parse.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChangeIdError {
-    /// No `/` separates the UUID from the sequence number.
-    #[error("change id has no `/sequence` part")]
-    MissingSequence,
-    /// The sequence number is not a decimal u64.
-    #[error("change id sequence is not a number")]
-    BadSequence,
-    /// The UUID part is not 16 hex pairs separated by spaces or one dash.
-    #[error("change id UUID is not 16 hex pairs")]
-    BadUuid,
-    /// Longer than any real change id.
-    #[error("change id too long")]
-    TooLong,
-}
+use crate::Error;
 
 /// A change id. Equality and order look at the parsed UUID and sequence;
 /// the text is kept verbatim so it can be sent back to the host exactly
@@ -153,20 +137,20 @@ impl fmt::Display for ChangeId {
 }
 
 impl FromStr for ChangeId {
-    type Err = ChangeIdError;
-    fn from_str(s: &str) -> Result<Self, ChangeIdError> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         let t = s.trim();
         if t == "*" {
             return Ok(ChangeId::All);
         }
         if t.len() > 128 {
-            return Err(ChangeIdError::TooLong);
+            return Err(Error::ChangeIdTooLong);
         }
-        let (uuid_part, seq) = t.rsplit_once('/').ok_or(ChangeIdError::MissingSequence)?;
+        let (uuid_part, seq) = t.rsplit_once('/').ok_or(Error::ChangeIdNoSequence)?;
         if seq.is_empty() || seq.len() > 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ChangeIdError::BadSequence);
+            return Err(Error::ChangeIdBadSequence);
         }
-        let sequence = seq.parse().map_err(|_| ChangeIdError::BadSequence)?;
+        let sequence = seq.parse().map_err(|_| Error::ChangeIdBadSequence)?;
         let mut uuid = [0u8; 16];
         let mut n = 0;
         let mut dashes = 0;
@@ -180,24 +164,24 @@ impl FromStr for ChangeId {
                     i += 1;
                 }
                 _ => {
-                    let pair = bytes.get(i..i + 2).ok_or(ChangeIdError::BadUuid)?;
-                    let hex = core::str::from_utf8(pair).map_err(|_| ChangeIdError::BadUuid)?;
+                    let pair = bytes.get(i..i + 2).ok_or(Error::ChangeIdBadUuid)?;
+                    let hex = core::str::from_utf8(pair).map_err(|_| Error::ChangeIdBadUuid)?;
                     if n == 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(ChangeIdError::BadUuid);
+                        return Err(Error::ChangeIdBadUuid);
                     }
-                    uuid[n] = u8::from_str_radix(hex, 16).map_err(|_| ChangeIdError::BadUuid)?;
+                    uuid[n] = u8::from_str_radix(hex, 16).map_err(|_| Error::ChangeIdBadUuid)?;
                     n += 1;
                     i += 2;
                     if let Some(&next) = bytes.get(i) {
                         if next != b' ' && next != b'-' {
-                            return Err(ChangeIdError::BadUuid);
+                            return Err(Error::ChangeIdBadUuid);
                         }
                     }
                 }
             }
         }
         if n != 16 || dashes > 1 {
-            return Err(ChangeIdError::BadUuid);
+            return Err(Error::ChangeIdBadUuid);
         }
         Ok(ChangeId::At {
             uuid,

@@ -18,6 +18,8 @@
 //! - [`plan`]: what the next backup must read, and what a restore reads
 //!   from which backup.
 //!
+//! Every refusal is one [`Error`].
+//!
 //! ## Example
 //!
 //! ```
@@ -41,16 +43,16 @@ extern crate alloc;
 pub mod assemble;
 pub mod bitmap;
 pub mod change_id;
+mod error;
 pub mod extent;
 pub mod plan;
 
-pub use assemble::{AssemblyError, ChangeAssembler, DiskChangeInfo};
+pub use assemble::{ChangeAssembler, DiskChangeInfo};
 pub use bitmap::AllocationBitmap;
-pub use change_id::{ChangeId, ChangeIdError};
+pub use change_id::ChangeId;
+pub use error::Error;
 pub use extent::{Extent, ExtentList};
-pub use plan::{
-    BackupKind, BackupPlan, BackupRecord, Catalog, PlanError, RestorePlan, RestoreRead,
-};
+pub use plan::{BackupKind, BackupPlan, BackupRecord, Catalog, RestorePlan, RestoreRead};
 
 /// Bytes per sector in sector conversions.
 pub const SECTOR: u64 = 512;

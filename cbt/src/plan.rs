@@ -16,7 +16,7 @@
 //! let plan = cat.plan_next(BackupKind::Incremental, &ChangeId::new(epoch, 3))?;
 //! assert_eq!(plan.since, ChangeId::new(epoch, 2));
 //! // CBT reset (new epoch): a full backup is required.
-//! assert!(matches!(cat.plan_next(BackupKind::Incremental, &ChangeId::new([9; 16], 1)), Err(PlanError::EpochChanged { .. })));
+//! assert!(matches!(cat.plan_next(BackupKind::Incremental, &ChangeId::new([9; 16], 1)), Err(Error::EpochChanged { .. })));
 //!
 //! let r = cat.restore_plan(2)?;
 //! assert_eq!(r.reads, vec![
@@ -24,7 +24,7 @@
 //!     RestoreRead { backup: 2, extent: Extent::new(4096, 8192) },
 //! ]);
 //! assert_eq!(r.holes.as_slice(), &[Extent::from_bounds(12288, 1 << 20)]);
-//! # Ok::<(), cbt::PlanError>(())
+//! # Ok::<(), cbt::Error>(())
 //! ```
 
 use alloc::collections::BinaryHeap;
@@ -33,6 +33,7 @@ use core::cmp::Reverse;
 
 use crate::change_id::ChangeId;
 use crate::extent::{Extent, ExtentList};
+use crate::Error;
 
 /// The three kinds of backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,71 +111,6 @@ impl BackupRecord {
     }
 }
 
-/// Why a plan cannot be made.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PlanError {
-    /// No full backup to build on: take a full backup.
-    #[error("no full backup in the catalog: take a full backup")]
-    NoFullBackup,
-    /// The requested backup is not in the catalog.
-    #[error("backup {0} is not in the catalog")]
-    UnknownBackup(u64),
-    /// Two backups share an id.
-    #[error("backup id {0} appears twice")]
-    DuplicateId(u64),
-    /// A backup's base is missing (a lost incremental breaks the chain).
-    #[error("backup {backup} is based on backup {base}, which is missing")]
-    MissingBase {
-        /// The backup.
-        backup: u64,
-        /// Its missing base.
-        base: u64,
-    },
-    /// A backup and its base belong to different CBT epochs (CBT was reset
-    /// in between, so the changes since the base are unknown).
-    #[error(
-        "backup {backup} and its base {base} belong to different CBT epochs: take a full backup"
-    )]
-    EpochChanged {
-        /// The later backup (or 0 when planning the next one).
-        backup: u64,
-        /// The base.
-        base: u64,
-    },
-    /// The current change id is older than the base's.
-    #[error("current change id is older than backup {base}'s")]
-    ChangeIdWentBack {
-        /// The base.
-        base: u64,
-    },
-    /// A differential whose base is not a full backup.
-    #[error("differential backup {backup} is based on {base}, which is not a full backup")]
-    BaseNotFull {
-        /// The differential.
-        backup: u64,
-        /// Its base.
-        base: u64,
-    },
-    /// A full backup with a base, or an incremental/differential without.
-    #[error("backup {0} has a base that contradicts its kind")]
-    BadBase(u64),
-    /// A base taken after the backup built on it.
-    #[error("backup {backup} is older than its base {base}")]
-    BaseInFuture {
-        /// The backup.
-        backup: u64,
-        /// Its base.
-        base: u64,
-    },
-    /// Following bases never reaches a full backup.
-    #[error("the chain of backup {0} loops")]
-    ChainLoop(u64),
-    /// A backup stores bytes past the disk's capacity.
-    #[error("backup {0} stores bytes past the disk's capacity")]
-    OutsideCapacity(u64),
-}
-
 /// What the next backup must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupPlan {
@@ -229,11 +165,11 @@ impl Catalog {
 
     /// Checks every record: unique ids, bases present and consistent,
     /// epochs unbroken, extents inside the capacity.
-    pub fn validate(&self) -> Result<(), PlanError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let mut ids: Vec<u64> = self.backups.iter().map(|b| b.id).collect();
         ids.sort_unstable();
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(PlanError::DuplicateId(w[0]));
+            return Err(Error::DuplicateId(w[0]));
         }
         for b in &self.backups {
             self.chain(b.id)?;
@@ -243,12 +179,12 @@ impl Catalog {
 
     /// The chain that restores backup `id`: its full backup first, `id`
     /// last.
-    pub fn chain(&self, id: u64) -> Result<Vec<&BackupRecord>, PlanError> {
+    pub fn chain(&self, id: u64) -> Result<Vec<&BackupRecord>, Error> {
         let mut out = Vec::new();
-        let mut cur = self.get(id).ok_or(PlanError::UnknownBackup(id))?;
+        let mut cur = self.get(id).ok_or(Error::UnknownBackup(id))?;
         loop {
             if out.len() > self.backups.len() {
-                return Err(PlanError::ChainLoop(id));
+                return Err(Error::ChainLoop(id));
             }
             if cur
                 .extents
@@ -256,32 +192,32 @@ impl Catalog {
                 .last()
                 .is_some_and(|e| e.end() > self.capacity)
             {
-                return Err(PlanError::OutsideCapacity(cur.id));
+                return Err(Error::OutsideCapacity(cur.id));
             }
             out.push(cur);
             let base_id = match (cur.kind, cur.base) {
                 (BackupKind::Full, None) => break,
-                (BackupKind::Full, Some(_)) | (_, None) => return Err(PlanError::BadBase(cur.id)),
+                (BackupKind::Full, Some(_)) | (_, None) => return Err(Error::BadBase(cur.id)),
                 (_, Some(b)) => b,
             };
-            let base = self.get(base_id).ok_or(PlanError::MissingBase {
+            let base = self.get(base_id).ok_or(Error::MissingBase {
                 backup: cur.id,
                 base: base_id,
             })?;
             if cur.kind == BackupKind::Differential && base.kind != BackupKind::Full {
-                return Err(PlanError::BaseNotFull {
+                return Err(Error::BaseNotFull {
                     backup: cur.id,
                     base: base_id,
                 });
             }
             if !cur.change_id.same_epoch(&base.change_id) {
-                return Err(PlanError::EpochChanged {
+                return Err(Error::EpochChanged {
                     backup: cur.id,
                     base: base_id,
                 });
             }
             if base.time > cur.time {
-                return Err(PlanError::BaseInFuture {
+                return Err(Error::BaseInFuture {
                     backup: cur.id,
                     base: base_id,
                 });
@@ -294,7 +230,7 @@ impl Catalog {
 
     /// What the next backup of `kind` must ask for, given the change id
     /// of the snapshot about to be read.
-    pub fn plan_next(&self, kind: BackupKind, current: &ChangeId) -> Result<BackupPlan, PlanError> {
+    pub fn plan_next(&self, kind: BackupKind, current: &ChangeId) -> Result<BackupPlan, Error> {
         let base = match kind {
             BackupKind::Full => {
                 return Ok(BackupPlan {
@@ -303,23 +239,23 @@ impl Catalog {
                     since: ChangeId::All,
                 })
             }
-            BackupKind::Incremental => self.backups.last().ok_or(PlanError::NoFullBackup)?,
+            BackupKind::Incremental => self.backups.last().ok_or(Error::NoFullBackup)?,
             BackupKind::Differential => self
                 .backups
                 .iter()
                 .rev()
                 .find(|b| b.kind == BackupKind::Full)
-                .ok_or(PlanError::NoFullBackup)?,
+                .ok_or(Error::NoFullBackup)?,
         };
         self.chain(base.id)?;
         if !current.same_epoch(&base.change_id) {
-            return Err(PlanError::EpochChanged {
+            return Err(Error::EpochChanged {
                 backup: 0,
                 base: base.id,
             });
         }
         if current < &base.change_id {
-            return Err(PlanError::ChangeIdWentBack { base: base.id });
+            return Err(Error::ChangeIdWentBack { base: base.id });
         }
         Ok(BackupPlan {
             kind,
@@ -330,7 +266,7 @@ impl Catalog {
 
     /// Which backup supplies each byte of backup `id`'s point in time:
     /// the newest backup of its chain that stores it.
-    pub fn restore_plan(&self, id: u64) -> Result<RestorePlan, PlanError> {
+    pub fn restore_plan(&self, id: u64) -> Result<RestorePlan, Error> {
         let chain = self.chain(id)?;
         let lists: Vec<&[Extent]> = chain.iter().map(|b| b.extents.as_slice()).collect();
         let mut reads: Vec<RestoreRead> = Vec::new();
@@ -457,19 +393,19 @@ mod tests {
         assert_eq!((p.base, p.since), (Some(1), id(1)));
         assert_eq!(
             c.plan_next(BackupKind::Incremental, &id(3)),
-            Err(PlanError::ChangeIdWentBack { base: 4 })
+            Err(Error::ChangeIdWentBack { base: 4 })
         );
         assert_eq!(
             c.plan_next(BackupKind::Incremental, &ChangeId::new([1; 16], 1)),
-            Err(PlanError::EpochChanged { backup: 0, base: 4 })
+            Err(Error::EpochChanged { backup: 0, base: 4 })
         );
         assert_eq!(
             Catalog::new(10).plan_next(BackupKind::Incremental, &id(1)),
-            Err(PlanError::NoFullBackup)
+            Err(Error::NoFullBackup)
         );
         assert_eq!(
             Catalog::new(10).plan_next(BackupKind::Differential, &id(1)),
-            Err(PlanError::NoFullBackup)
+            Err(Error::NoFullBackup)
         );
     }
 
@@ -506,7 +442,7 @@ mod tests {
                 extent: Extent::new(50, 100)
             }
         );
-        assert_eq!(c.restore_plan(9), Err(PlanError::UnknownBackup(9)));
+        assert_eq!(c.restore_plan(9), Err(Error::UnknownBackup(9)));
     }
 
     #[test]
@@ -516,56 +452,50 @@ mod tests {
         c.backups.remove(2);
         assert_eq!(
             c.restore_plan(4),
-            Err(PlanError::MissingBase { backup: 4, base: 3 })
+            Err(Error::MissingBase { backup: 4, base: 3 })
         );
-        assert_eq!(
-            c.validate(),
-            Err(PlanError::MissingBase { backup: 4, base: 3 })
-        );
+        assert_eq!(c.validate(), Err(Error::MissingBase { backup: 4, base: 3 }));
         assert_eq!(
             c.plan_next(BackupKind::Incremental, &id(9)),
-            Err(PlanError::MissingBase { backup: 4, base: 3 })
+            Err(Error::MissingBase { backup: 4, base: 3 })
         );
         // An epoch change inside the chain.
         let mut c = catalog();
         c.backups[3].change_id = ChangeId::new([1; 16], 4);
         assert_eq!(
             c.restore_plan(4),
-            Err(PlanError::EpochChanged { backup: 4, base: 3 })
+            Err(Error::EpochChanged { backup: 4, base: 3 })
         );
         // A differential on an incremental.
         let mut c = catalog();
         c.backups[2].base = Some(2);
-        assert_eq!(
-            c.validate(),
-            Err(PlanError::BaseNotFull { backup: 3, base: 2 })
-        );
+        assert_eq!(c.validate(), Err(Error::BaseNotFull { backup: 3, base: 2 }));
         // Kind and base disagree.
         let mut c = catalog();
         c.backups[0].base = Some(4);
-        assert_eq!(c.validate(), Err(PlanError::BadBase(1)));
+        assert_eq!(c.validate(), Err(Error::BadBase(1)));
         let mut c = catalog();
         c.backups[1].base = None;
-        assert_eq!(c.validate(), Err(PlanError::BadBase(2)));
+        assert_eq!(c.validate(), Err(Error::BadBase(2)));
         // Loops, duplicates, time travel, capacity.
         let mut c = catalog();
         c.backups[0] = BackupRecord::incremental(1, 4, id(1), 10, l(&[]));
         assert_eq!(
             c.restore_plan(4),
-            Err(PlanError::BaseNotFull { backup: 3, base: 1 })
+            Err(Error::BaseNotFull { backup: 3, base: 1 })
         );
         let mut c = catalog();
         c.backups[1].id = 1;
-        assert_eq!(c.validate(), Err(PlanError::DuplicateId(1)));
+        assert_eq!(c.validate(), Err(Error::DuplicateId(1)));
         let mut c = catalog();
         c.backups[0].time = 999;
         assert_eq!(
             c.restore_plan(2),
-            Err(PlanError::BaseInFuture { backup: 2, base: 1 })
+            Err(Error::BaseInFuture { backup: 2, base: 1 })
         );
         let mut c = catalog();
         c.backups[1].extents = l(&[(990, 20)]);
-        assert_eq!(c.restore_plan(2), Err(PlanError::OutsideCapacity(2)));
+        assert_eq!(c.restore_plan(2), Err(Error::OutsideCapacity(2)));
     }
 
     #[test]
@@ -575,7 +505,7 @@ mod tests {
             .push(BackupRecord::incremental(1, 2, id(1), 10, l(&[])));
         c.backups
             .push(BackupRecord::incremental(2, 1, id(1), 10, l(&[])));
-        assert_eq!(c.restore_plan(1), Err(PlanError::ChainLoop(1)));
+        assert_eq!(c.restore_plan(1), Err(Error::ChainLoop(1)));
     }
 
     #[test]

@@ -374,7 +374,8 @@ fn backup_snapshot(
             summary.warnings.push(w.clone());
             entry.skipped.push(w);
         }
-        let total: u64 = disks.iter().map(|d| d.capacity).sum();
+        // Capacities come from the host: sums saturate rather than wrap.
+        let total: u64 = disks.iter().fold(0u64, |t, d| t.saturating_add(d.capacity));
         let mut done_disks = 0u64;
         for d in &disks {
             let cat = catalog.disk_catalog(d.key, d.capacity)?;
@@ -435,7 +436,9 @@ fn backup_snapshot(
             // checksums and writes to the repository on this one.
             let reads = cbt::plan::read_requests(&changed, d.capacity, 65536, READ_CHUNK);
             let to_read: u64 = reads.iter().map(|r| r.len).sum();
-            summary.bytes_skipped += d.capacity - to_read;
+            summary.bytes_skipped = summary
+                .bytes_skipped
+                .saturating_add(d.capacity.saturating_sub(to_read));
             // Batches of reads (the transport keeps requests in flight
             // across them) on one thread; checksums and repository writes
             // on this one.
@@ -508,7 +511,7 @@ fn backup_snapshot(
                             crcs.push((piece.start, piece.len, crc32fast::hash(b)));
                             summary.bytes_stored += piece.len;
                         }
-                        progress(done_disks + r.start + r.len, total);
+                        progress(done_disks.saturating_add(r.start + r.len), total);
                     }
                     let _ = back_tx.send(buf);
                 }
@@ -517,7 +520,7 @@ fn backup_snapshot(
             out.close()?;
             disk.close()?;
 
-            done_disks += d.capacity;
+            done_disks = done_disks.saturating_add(d.capacity);
             entry.disks.push(DiskEntry {
                 key: d.key,
                 file_name: d.file_name.clone(),
@@ -558,8 +561,13 @@ type WriteFn = dyn Fn(u64, &[u8]) -> Result<()>;
 #[derive(Clone, Debug)]
 pub enum RestoreTarget {
     /// New local files: a path for one disk, a directory for several
-    /// (files named `<key>.vmdk`).
+    /// (files named `<key>.vmdk`). A directory that does not exist is
+    /// created (a path ending in `/` names a directory even for one disk).
+    /// Existing files are refused: nothing is written then.
     Local(PathBuf),
+    /// Like [`RestoreTarget::Local`], but existing disks of the same names
+    /// are replaced (only once the restore has succeeded).
+    LocalReplace(PathBuf),
     /// The disk with this key of a VM on a server.
     Remote {
         /// Connection.
@@ -571,9 +579,22 @@ pub enum RestoreTarget {
     },
 }
 
+/// The stored blocks of one disk in one backup: first byte → (length,
+/// CRC-32), from the catalog.
+type BlockIndex = BTreeMap<u64, (u64, u32)>;
+
+/// Largest stored block a catalog may describe (the writer stores 1 MiB
+/// pieces); a larger one is refused before anything is allocated for it.
+const MAX_BLOCK: u64 = 64 << 20;
+
 /// Restores backup `id` (every disk, or `only_key`), each byte from the
 /// newest backup of its chain that stores it; holes stay holes (and are
 /// zeroed on an existing remote disk). Returns bytes written.
+///
+/// Every stored block is read whole and checked against the CRC-32 the
+/// catalog recorded before any of it is written; a mismatch fails the
+/// restore with [`Error::BadChecksum`] naming the point, the disk and the
+/// offset. A failed restore to local files removes the files it created.
 pub fn restore(
     lib: &Library,
     repo: &Path,
@@ -596,10 +617,97 @@ pub fn restore(
     if disks.is_empty() {
         return Err(repo_err(repo, "no such disk in that backup"));
     }
+    // Local files are restored under temporary names beside their
+    // targets and renamed into place once every disk is restored.
+    let local = match target {
+        RestoreTarget::Local(p) => Some(local_targets(p, &disks, false)?),
+        RestoreTarget::LocalReplace(p) => Some(local_targets(p, &disks, true)?),
+        RestoreTarget::Remote { .. } => None,
+    };
+    let mut created = Vec::new();
+    let r = restore_disks(
+        lib,
+        repo,
+        &catalog,
+        id,
+        &disks,
+        target,
+        local.as_ref(),
+        progress,
+        &mut created,
+    )
+    .and_then(|n| {
+        for (final_path, tmp) in local.iter().flat_map(|m| m.values()) {
+            if std::fs::symlink_metadata(final_path).is_ok() {
+                // Only LocalReplace gets here with an existing file.
+                if vmdk_file::create::delete(final_path).is_err() {
+                    std::fs::remove_file(final_path).map_err(|e| Error::io(final_path, e))?;
+                }
+            }
+            std::fs::rename(tmp, final_path).map_err(|e| Error::io(final_path, e))?;
+        }
+        Ok(n)
+    });
+    if r.is_err() {
+        // Nothing may look like a restored disk.
+        for p in &created {
+            let _ = vmdk_file::create::delete(p);
+        }
+    }
+    r
+}
+
+/// Where each disk of a local restore goes: key → (final path, temporary
+/// path beside it). Creates the directory; refuses existing files unless
+/// `replace`.
+fn local_targets(
+    p: &Path,
+    disks: &[&DiskEntry],
+    replace: bool,
+) -> Result<BTreeMap<i32, (PathBuf, PathBuf)>> {
+    let as_dir = disks.len() > 1 || p.is_dir() || p.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if as_dir {
+        std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    let mut out = BTreeMap::new();
+    for d in disks {
+        let path = if as_dir {
+            p.join(format!("{}.vmdk", d.key))
+        } else {
+            p.to_path_buf()
+        };
+        if !replace && std::fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists: a restore does not replace existing disks unless asked to (--force)",
+                path.display()
+            )));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.restoring-{}", std::process::id()));
+        out.insert(d.key, (path, tmp));
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_disks(
+    lib: &Library,
+    repo: &Path,
+    catalog: &RepoCatalog,
+    id: u64,
+    disks: &[&DiskEntry],
+    target: &RestoreTarget,
+    local: Option<&BTreeMap<i32, (PathBuf, PathBuf)>>,
+    progress: &mut dyn FnMut(u64, u64),
+    created: &mut Vec<PathBuf>,
+) -> Result<u64> {
     let mut written = 0;
-    for d in &disks {
+    for d in disks {
         let plan = catalog.disk_catalog(d.key, d.capacity)?.restore_plan(id)?;
-        let mut sources: BTreeMap<u64, LocalDisk> = BTreeMap::new();
+        let mut sources: BTreeMap<u64, (LocalDisk, BlockIndex)> = BTreeMap::new();
         for r in &plan.reads {
             if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(r.backup) {
                 let b = catalog
@@ -612,25 +720,38 @@ pub fn restore(
                     .iter()
                     .find(|x| x.key == d.key)
                     .ok_or_else(|| repo_err(repo, "disk missing from a backup of the chain"))?;
-                slot.insert(LocalDisk::open(
-                    repo.join(&de.file),
-                    &OpenOptions::default(),
-                )?);
+                let mut index = BlockIndex::new();
+                for &(off, len, crc) in &de.crcs {
+                    if len == 0 || len > MAX_BLOCK || off.checked_add(len).is_none() {
+                        return Err(repo_err(
+                            repo,
+                            format!(
+                                "backup {}, disk {}: the catalog's block at byte {off} has length {len}",
+                                r.backup, d.key
+                            ),
+                        ));
+                    }
+                    index.insert(off, (len, crc));
+                }
+                slot.insert((
+                    LocalDisk::open(repo.join(&de.file), &OpenOptions::default())?,
+                    index,
+                ));
             }
         }
         let (write_at, zero_holes): (Box<WriteFn>, bool);
         let mut finish: Box<dyn FnMut() -> Result<()>>;
         match target {
-            RestoreTarget::Local(p) => {
-                let path = if disks.len() == 1 && !p.is_dir() {
-                    p.clone()
-                } else {
-                    p.join(format!("{}.vmdk", d.key))
-                };
+            RestoreTarget::Local(_) | RestoreTarget::LocalReplace(_) => {
+                let path = local
+                    .and_then(|m| m.get(&d.key))
+                    .map(|(_, tmp)| tmp.clone())
+                    .ok_or_else(|| repo_err(repo, format!("no local target for disk {}", d.key)))?;
                 create(
                     &path,
                     &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
                 )?;
+                created.push(path.clone());
                 let out = Arc::new(LocalDisk::open(
                     &path,
                     &OpenOptions {
@@ -700,15 +821,48 @@ pub fn restore(
             }
         }
         let total = d.capacity;
-        let mut buf = vec![0u8; CHUNK as usize];
+        // The block last read and checked: (backup, first byte).
+        let mut block = Vec::new();
+        let mut checked: Option<(u64, u64)> = None;
         for r in &plan.reads {
-            let src = &sources[&r.backup];
+            let (src, index) = &sources[&r.backup];
             let mut off = r.extent.start;
             let end = r.extent.end();
             while off < end {
-                let n = (end - off).min(CHUNK);
-                src.read_at(off, &mut buf[..n as usize])?;
-                write_at(off, &buf[..n as usize])?;
+                let (&start, &(len, crc)) = index
+                    .range(..=off)
+                    .next_back()
+                    .filter(|(&s, &(l, _))| off - s < l)
+                    .ok_or_else(|| {
+                        repo_err(
+                            repo,
+                            format!(
+                                "backup {}, disk {}: no checksum covers byte {off}",
+                                r.backup, d.key
+                            ),
+                        )
+                    })?;
+                if checked != Some((r.backup, start)) {
+                    block.resize(len as usize, 0);
+                    src.read_at(start, &mut block)?;
+                    let found = crc32fast::hash(&block);
+                    if found != crc {
+                        return Err(Error::BadChecksum {
+                            path: repo.to_path_buf(),
+                            backup: r.backup,
+                            key: d.key,
+                            offset: start,
+                            len,
+                            expected: crc,
+                            found,
+                        });
+                    }
+                    checked = Some((r.backup, start));
+                }
+                // Both bounded by the block: `off` lies inside it.
+                let n = end.min(start + len) - off;
+                let at = (off - start) as usize;
+                write_at(off, &block[at..at + n as usize])?;
                 written += n;
                 off += n;
                 progress(off, total);

@@ -76,12 +76,29 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
-    /// A backup or restore plan cannot be made.
+    /// A block read back from a repository does not match the CRC-32 the
+    /// catalog recorded for it (`verify` lists every such block).
+    #[error("repository {path}: backup {backup}, disk {key}: the stored block at byte {offset} ({len} bytes) does not match its CRC-32 (read {found:08x}, catalog {expected:08x})")]
+    BadChecksum {
+        /// The repository.
+        path: PathBuf,
+        /// The backup (point in time) holding the block.
+        backup: u64,
+        /// The disk's device key.
+        key: i32,
+        /// The block's first byte in the disk.
+        offset: u64,
+        /// The block's length.
+        len: u64,
+        /// The catalog's CRC-32.
+        expected: u32,
+        /// The CRC-32 of what was read.
+        found: u32,
+    },
+    /// Changed-block tracking: a backup or restore plan cannot be made, or
+    /// the host's changed areas do not assemble.
     #[error(transparent)]
-    Plan(#[from] cbt::PlanError),
-    /// Changed areas from the host do not assemble.
-    #[error(transparent)]
-    Changes(#[from] cbt::AssemblyError),
+    Cbt(#[from] cbt::Error),
     /// A request lies outside the disk.
     #[error("range {offset}+{len} is outside the disk's {capacity} bytes")]
     OutOfRange {
@@ -158,7 +175,7 @@ impl Error {
             Error::NotADisk { .. } => vix::E_FILE_NOT_FOUND,
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
-            Error::Repository { .. } | Error::Plan(_) | Error::Changes(_) => vix::E_FAIL,
+            Error::Repository { .. } | Error::BadChecksum { .. } | Error::Cbt(_) => vix::E_FAIL,
             Error::NoTransport { cause, .. } => cause
                 .as_ref()
                 .map_or(vix::E_NOT_SUPPORTED, |c| c.vix_code()),

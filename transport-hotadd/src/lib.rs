@@ -57,6 +57,7 @@ pub const WRITE_MODE: &str = "persistent";
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The transport does not take this disk; the caller should fall back.
     #[error("hotadd transport declined: {0}")]

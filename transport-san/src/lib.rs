@@ -50,6 +50,7 @@ pub const DEFAULT_DEVICE_DIR: &str = "/dev/disk/by-id";
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The host's block map is inconsistent.
     #[error("invalid block map: {0}")]

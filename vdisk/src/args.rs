@@ -185,6 +185,32 @@ pub(crate) enum Command {
         json: bool,
     },
     /// Check a disk's metadata; exit 0 when consistent, 2 on corruption.
+    ///
+    /// Every link of the chain and every extent of each link is checked:
+    ///
+    /// - the chain opens: headers and descriptors are valid, every parent is
+    ///   found, each parentCID is its parent's CID, no loop, bounded depth;
+    ///
+    /// - flat extents: the file holds every sector the descriptor gives it;
+    ///
+    /// - sparse extents (hosted, COWD, seSparse): the header's capacity is
+    ///   the descriptor line's size; the file is at least as long as the
+    ///   header's metadata (overHead); the file was closed cleanly; every
+    ///   grain directory entry points at a whole table inside the file and
+    ///   past the header; every grain table entry inside the capacity points
+    ///   at a whole grain inside the file (only the last grain may be cut by
+    ///   the end of the capacity), outside the metadata and used by no other
+    ///   entry, and entries past the capacity are zero; the redundant grain
+    ///   directory and tables equal the primary ones; no metadata overlaps;
+    ///
+    /// - streamOptimized: every compressed grain's marker names the sector
+    ///   of its grain-table entry and the grain inflates to a whole grain
+    ///   (the last grain to at least what the capacity leaves it); the
+    ///   markers are well formed up to the end-of-stream marker.
+    ///
+    /// This includes everything `qemu-img check` checks for VMDK (each
+    /// cluster of the disk maps to an offset inside its extent file).
+    /// Exit 1 for usage or I/O errors.
     Check {
         #[command(flatten)]
         disk: DiskArgs,
@@ -204,7 +230,8 @@ pub(crate) enum Command {
         /// Path of the new disk (descriptor or monolithic file).
         disk: PathBuf,
         /// Capacity: bytes, or with a K/M/G/T suffix (powers of 1024).
-        size: String,
+        #[arg(value_parser = parse_size)]
+        size: u64,
         #[command(flatten)]
         create: CreateArgs,
     },
@@ -230,15 +257,15 @@ pub(crate) enum Command {
     Write {
         #[command(flatten)]
         disk: DiskArgs,
-        /// Byte offset.
-        #[arg(long)]
-        offset: String,
+        /// Byte offset: bytes, or with a K/M/G/T suffix.
+        #[arg(long, value_parser = parse_size)]
+        offset: u64,
         /// Fill with this byte value (0-255, or 0xNN).
-        #[arg(long, conflicts_with = "from")]
-        pattern: Option<String>,
-        /// Number of bytes for --pattern or --zero.
-        #[arg(long)]
-        length: Option<String>,
+        #[arg(long, conflicts_with = "from", value_parser = parse_byte)]
+        pattern: Option<u8>,
+        /// Number of bytes for --pattern or --zero (K/M/G/T suffixes).
+        #[arg(long, value_parser = parse_size)]
+        length: Option<u64>,
         /// Write the contents of this file.
         #[arg(long)]
         from: Option<PathBuf>,
@@ -271,7 +298,8 @@ pub(crate) enum Command {
         /// The disk.
         disk: PathBuf,
         /// New capacity (bytes or K/M/G/T).
-        size: String,
+        #[arg(value_parser = parse_size)]
+        size: u64,
     },
     /// Rewrite sparse extents without zero and unreferenced grains.
     Compact {
@@ -330,9 +358,15 @@ pub(crate) enum Command {
         /// Backup id.
         #[arg(long)]
         backup: u64,
-        /// Local target: a file for one disk, a directory for several.
+        /// Local target: a directory (created when missing; files named
+        /// `KEY.vmdk`), or a file for one disk (a path without a trailing
+        /// `/` that is not a directory).
         #[arg(long, conflicts_with = "vm")]
         to: Option<PathBuf>,
+        /// Replace existing disk files at the local target (only once the
+        /// restore has succeeded); without it they are refused.
+        #[arg(long, requires = "to")]
+        force: bool,
         /// Remote target VM (`moref=vm-N`).
         #[arg(long, requires = "disk")]
         vm: Option<String>,
@@ -429,11 +463,14 @@ impl CreateArgs {
     }
 }
 
-/// Parses `123`, `4k`, `10M`, `2G`, `1T`, `0x10`.
-pub(crate) fn parse_size(s: &str) -> Result<u64, AnyError> {
+/// Parses a size or offset the same way in every verb: bytes (`512`),
+/// or with a K/M/G/T suffix in powers of 1024 (`64K`, `1M`, `2G`, `1T`;
+/// `B` for bytes, lower case too), or hexadecimal bytes (`0x10000`).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let bad = || -> AnyError { format!("invalid size `{s}`").into() };
-    if let Some(hex) = t.strip_prefix("0x") {
+    let bad =
+        || format!("invalid size `{s}`: expected bytes, or a number with K, M, G or T (64K, 1M)");
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         return u64::from_str_radix(hex, 16).map_err(|_| bad());
     }
     let (num, mult) = match t.char_indices().last() {
@@ -450,10 +487,28 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, AnyError> {
         }
         _ => (t, 1),
     };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(bad)
+        .ok_or_else(|| format!("invalid size `{s}`: larger than 2^64 bytes"))
+}
+
+/// Parses a byte value the same way in every verb: decimal `0`..`255` or
+/// hexadecimal `0x00`..`0xff`.
+pub(crate) fn parse_byte(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u8::from_str_radix(hex, 16).ok()
+        }
+        Some(_) => None,
+        None if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t.parse::<u8>().ok(),
+        None => None,
+    };
+    v.ok_or_else(|| format!("invalid byte `{s}`: expected 0 to 255, or 0x00 to 0xff"))
 }
 
 pub(crate) fn disk_type(name: &str) -> Result<vmdk_file::create::DiskType, AnyError> {

@@ -23,7 +23,7 @@ mod remote;
 #[cfg(feature = "sim")]
 mod sim;
 
-use args::{disk_type, parse_size, AnyDisk, Cli, Command, MetaAction};
+use args::{disk_type, AnyDisk, Cli, Command, MetaAction};
 
 /// A progress reporter: a bar on a terminal, nothing otherwise.
 fn progress_bar(enabled: bool) -> impl FnMut(u64, u64) {
@@ -136,7 +136,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             size,
             create,
         } => {
-            let o = create.options(disk_type(&t)?, parse_size(&size)?)?;
+            let o = create.options(disk_type(&t)?, size)?;
             vmdk_file::create::create(&disk, &o)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -214,6 +214,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             from,
             backup,
             to,
+            force,
             vm,
             disk,
             transport,
@@ -221,6 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         } => {
             let lib = conn.library()?;
             let target = match (to, vm) {
+                (Some(p), None) if force => disklib::backup::RestoreTarget::LocalReplace(p),
                 (Some(p), None) => disklib::backup::RestoreTarget::Local(p),
                 (None, Some(vm)) => disklib::backup::RestoreTarget::Remote {
                     params: conn.params(&vm)?,
@@ -262,7 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         }
         Command::Meta { action } => meta(action),
         Command::Grow { disk, size } => {
-            vmdk_file::maintain::grow(&disk, parse_size(&size)?)?;
+            vmdk_file::maintain::grow(&disk, size)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { disk } => {
@@ -286,19 +288,24 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             from,
             zero,
         } => {
-            let offset = parse_size(&offset)?;
             let d = disk.open_any(true)?;
+            let fits = |len: u64| {
+                if offset.checked_add(len).is_none_or(|e| e > d.capacity()) {
+                    return Err(format!(
+                        "range {offset}+{len} is outside the disk's {} bytes",
+                        d.capacity()
+                    ));
+                }
+                Ok(())
+            };
             if zero {
-                let len = parse_size(length.as_deref().ok_or("--zero needs --length")?)?;
+                let len = length.ok_or("--zero needs --length")?;
+                fits(len)?;
                 d.write_zeroes(offset, len)?;
-            } else if let Some(p) = pattern {
-                let len = parse_size(length.as_deref().ok_or("--pattern needs --length")?)?;
-                let byte = parse_size(&p)
-                    .ok()
-                    .filter(|&b| b <= 255)
-                    .ok_or_else(|| format!("invalid pattern byte `{p}`"))?
-                    as u8;
-                let chunk = vec![byte; (len as usize).min(8 << 20)];
+            } else if let Some(byte) = pattern {
+                let len = length.ok_or("--pattern needs --length")?;
+                fits(len)?;
+                let chunk = vec![byte; len.min(8 << 20) as usize];
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(chunk.len() as u64) as usize;

@@ -43,7 +43,13 @@ impl Connection {
     /// The library, initialised from `--config` when given.
     pub(crate) fn library(&self) -> Result<disklib::api::Library, AnyError> {
         let config = match &self.config {
-            Some(p) => disklib::api::Config::load(p)?,
+            Some(p) => {
+                let c = disklib::api::Config::load(p)?;
+                for w in &c.warnings {
+                    eprintln!("vdisk: warning: {}: {w}", p.display());
+                }
+                c
+            }
             None => disklib::api::Config::default(),
         };
         Ok(disklib::api::Library::init(config))

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use vim_soap::codec;
 
+use crate::args::{parse_byte, parse_size};
 use crate::remote::{parse_vm, Connection};
 use crate::AnyError;
 
@@ -46,14 +47,14 @@ pub(crate) enum SimCommand {
         /// Disk device key.
         #[arg(long)]
         disk: i32,
-        /// Byte offset.
-        #[arg(long)]
+        /// Byte offset: bytes, or with a K/M/G/T suffix.
+        #[arg(long, value_parser = parse_size)]
         offset: u64,
-        /// Byte value.
-        #[arg(long)]
+        /// Byte value (0-255, or 0xNN).
+        #[arg(long, value_parser = parse_byte)]
         pattern: u8,
-        /// Bytes.
-        #[arg(long)]
+        /// Bytes (K/M/G/T suffixes).
+        #[arg(long, value_parser = parse_size)]
         length: u64,
     },
     /// Take a simulated SAN LUN offline, make it fail from a byte on, or
@@ -67,8 +68,8 @@ pub(crate) enum SimCommand {
         /// Every request fails and the device entry goes away.
         #[arg(long, group = "state")]
         offline: bool,
-        /// Requests reaching this LUN byte or beyond fail.
-        #[arg(long, group = "state")]
+        /// Requests reaching this LUN byte or beyond fail (K/M/G/T suffixes).
+        #[arg(long, group = "state", value_parser = parse_size)]
         failing_from: Option<u64>,
         /// Back to normal, nothing lost.
         #[arg(long, group = "state")]

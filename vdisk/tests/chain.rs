@@ -219,3 +219,70 @@ fn cid_mismatch_is_refused_unless_overridden() {
     let out = vdisk(&["info", s(&child)]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("leaves the descriptor's directory"));
 }
+
+/// A child whose `parentFileNameHint` is the absolute path qemu was given.
+fn child_with_hint(dir: &std::path::Path, base: &std::path::Path) -> std::path::PathBuf {
+    let child = dir.join("abs-child.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        s(base),
+        "-F",
+        "vmdk",
+        s(&child),
+    ]);
+    qemu_io(&["-f", "vmdk", "-c", "write -P 0xdd 2M 64k", s(&child)]);
+    let bytes = std::fs::read(&child).unwrap();
+    let text = String::from_utf8_lossy(&bytes[512..bytes.len().min(21 * 512)]);
+    let hint = format!("parentFileNameHint=\"{}\"", s(base));
+    assert!(text.contains(&hint), "qemu wrote the absolute path: {text}");
+    child
+}
+
+/// An absolute `parentFileNameHint` naming a file in the delta's own
+/// directory is inside it; outside it is still refused unless allowed.
+#[test]
+fn absolute_parent_hint_inside_the_directory() {
+    let dir = tempdir();
+    let (base, _) = base_and_child(dir.path());
+    let child = child_with_hint(dir.path(), &base);
+    assert_same(
+        &vdisk_raw(&child),
+        &qemu_raw(&child, dir.path()),
+        "absolute hint",
+    );
+    assert_eq!(vdisk(&["check", s(&child)]).status.code(), Some(0));
+    // Reached through a symlinked directory, the hint still names the
+    // directory's canonical path.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    vdisk_ok(&["cat", s(&link.join("abs-child.vmdk")), "-o", "/dev/null"]);
+
+    // The same hint from another directory is outside.
+    let other = tempdir();
+    let moved = other.path().join("abs-child.vmdk");
+    std::fs::copy(&child, &moved).unwrap();
+    let out = vdisk(&["cat", s(&moved), "-o", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaves the descriptor's directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vdisk_ok(&["cat", "--allow-outside-paths", s(&moved), "-o", "/dev/null"]);
+
+    // Inside by name, outside by a symlink: the kernel refuses it.
+    let outside = tempdir();
+    std::fs::rename(&base, outside.path().join("base.vmdk")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("base.vmdk"), &base).unwrap();
+    let out = vdisk(&["cat", s(&child), "-o", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaves the descriptor's directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -364,3 +364,62 @@ fn usage_and_missing_files() {
     expect_error(&["cat", s(&p)], "not a VMDK file");
     assert_eq!(vdisk(&["check", s(&p)]).status.code(), Some(1));
 }
+
+/// Sizes and offsets near `u64::MAX` are refused with one line, never an
+/// arithmetic overflow (a panic in debug builds) or a wrapped value.
+#[test]
+fn values_near_u64_max_are_errors() {
+    let dir = tempdir();
+    let max = u64::MAX.to_string();
+    let near = (u64::MAX - 511).to_string();
+    let p = dir.path().join("d.vmdk");
+    vdisk_ok(&["create", s(&p), "1M"]);
+    for size in [&max, &near] {
+        expect_error(
+            &["create", s(&dir.path().join("big.vmdk")), size],
+            "more than",
+        );
+        for t in ["monolithicFlat", "twoGbMaxExtentSparse", "streamOptimized"] {
+            expect_error(
+                &["create", "-t", t, s(&dir.path().join("big.vmdk")), size],
+                "more than",
+            );
+        }
+        expect_error(&["grow", s(&p), size], "more than a disk can hold");
+    }
+    let f = dir.path().join("f.vmdk");
+    vdisk_ok(&["create", "-t", "monolithicFlat", s(&f), "1M"]);
+    expect_error(&["grow", s(&f), &max], "more than a disk can hold");
+    for (offset, length) in [
+        (max.as_str(), "2"),
+        ("1", max.as_str()),
+        (near.as_str(), "512"),
+    ] {
+        expect_error(
+            &[
+                "write",
+                s(&p),
+                "--offset",
+                offset,
+                "--pattern",
+                "1",
+                "--length",
+                length,
+            ],
+            "outside the disk",
+        );
+        expect_error(
+            &[
+                "write",
+                s(&p),
+                "--offset",
+                offset,
+                "--zero",
+                "--length",
+                length,
+            ],
+            "outside the disk",
+        );
+    }
+    assert_eq!(vdisk(&["check", s(&p)]).status.code(), Some(0));
+}

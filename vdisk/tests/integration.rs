@@ -5,6 +5,7 @@ mod support;
 mod write;
 
 mod chain;
+mod check;
 mod edge;
 mod formats;
 mod malformed;

@@ -503,3 +503,266 @@ fn changes_are_whole_blocks_and_include_writes_over_nfc() {
     );
     assert!(!out.status.success());
 }
+
+/// `--config` / `VDISK_CONFIG`: every unknown key and bad value is a
+/// warning naming the file and the line; the rest of the file applies.
+#[test]
+fn config_warnings_name_their_lines() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    let sim_conf = &srv.env.iter().find(|(k, _)| k == "VDISK_CONFIG").unwrap().1;
+    let mut text = std::fs::read_to_string(sim_conf).unwrap();
+    let first = text.lines().count() + 1;
+    text.push_str("vixDiskLib.nfc.ReadTimeoutMs = soon  # not a number\n");
+    text.push_str("vixDiskLib.nfc.Bogus = 1\n");
+    text.push_str("tmpDirectory = \"/tmp#x\" # a quoted hash is fine\n");
+    let conf = write(dir.path(), "vddk.conf", text.as_bytes());
+    let out = run(
+        &srv,
+        &[
+            "cat",
+            "--transport",
+            "nbdssl",
+            "--vm",
+            "moref=vm-100",
+            "[datastore1] demo-vm/demo-vm.vmdk",
+            "-o",
+            "/dev/null",
+        ],
+        &[("VDISK_CONFIG", s(&conf))],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0].contains(&format!(
+            "vddk.conf: configuration line {first}: `vixDiskLib.nfc.ReadTimeoutMs`"
+        )) && warnings[0].contains("`soon` is not a number"),
+        "{err}"
+    );
+    assert!(
+        warnings[1].contains(&format!(
+            "vddk.conf: unknown configuration key `vixDiskLib.nfc.Bogus` ignored (line {})",
+            first + 1
+        )),
+        "{err}"
+    );
+}
+
+/// Sizes and byte values parse the same way in every verb, local and
+/// simulated: `--offset 1M --pattern 0xaa` works for `write` and for
+/// `sim guest-write`, and bad values are refused with the same words.
+#[test]
+fn sizes_and_bytes_parse_the_same_in_every_verb() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    let local_path = dir.path().join("datastore1/demo-vm/demo-vm.vmdk");
+    guest_write(&srv, "2000", "1M", "0xaa", "64K");
+    guest_write(&srv, "2000", "0x300000", "170", "512");
+    let raw = vdisk_raw(&local_path);
+    assert!(raw[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0xaa));
+    assert!(raw[(1 << 20) + 65536..(1 << 20) + 65537] != [0xaa]);
+    assert!(raw[3 << 20..(3 << 20) + 512].iter().all(|&b| b == 170));
+
+    let local = dir.path().join("local.vmdk");
+    vdisk_ok(&["create", s(&local), "4M"]);
+    vdisk_ok(&[
+        "write",
+        s(&local),
+        "--offset",
+        "1M",
+        "--pattern",
+        "0xaa",
+        "--length",
+        "64K",
+    ]);
+    vdisk_ok(&[
+        "write",
+        s(&local),
+        "--offset",
+        "3145728",
+        "--pattern",
+        "170",
+        "--length",
+        "512",
+    ]);
+    vdisk_ok(&["grow", s(&local), "8M"]);
+    let raw = vdisk_raw(&local);
+    assert_eq!(raw.len(), 8 << 20);
+    assert!(raw[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0xaa));
+    assert!(raw[3 << 20..(3 << 20) + 512].iter().all(|&b| b == 170));
+
+    // The same refusals, in the same words, from both.
+    let sim = |offset: &str, pattern: &str| {
+        run(
+            &srv,
+            &[
+                "sim",
+                "guest-write",
+                "--vm",
+                "moref=vm-100",
+                "--disk",
+                "2000",
+                "--offset",
+                offset,
+                "--pattern",
+                pattern,
+                "--length",
+                "1",
+            ],
+            &[],
+        )
+    };
+    let local_write = |offset: &str, pattern: &str| {
+        vdisk(&[
+            "write",
+            s(&local),
+            "--offset",
+            offset,
+            "--pattern",
+            pattern,
+            "--length",
+            "1",
+        ])
+    };
+    for (offset, pattern, needle) in [
+        ("1Q", "1", "invalid size `1Q`"),
+        ("1.5M", "1", "invalid size `1.5M`"),
+        ("99999999T", "1", "invalid size `99999999T`"),
+        ("0", "256", "invalid byte `256`"),
+        ("0", "0x1aa", "invalid byte `0x1aa`"),
+        ("0", "0xag", "invalid byte `0xag`"),
+    ] {
+        for out in [sim(offset, pattern), local_write(offset, pattern)] {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{offset} {pattern}: {err}");
+            assert!(err.contains(needle), "{offset} {pattern}: {err}");
+        }
+    }
+    assert_eq!(
+        vdisk(&["create", s(&dir.path().join("x.vmdk")), "2X"])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+/// `restore --to DIR` creates DIR, refuses to overwrite existing disks
+/// unless `--force`, and a point with a damaged block fails naming it
+/// without claiming success or touching what was there.
+#[test]
+fn restore_to_a_new_directory_refuses_overwrites_and_checks_crcs() {
+    let dir = tempdir();
+    let srv = serve(dir.path(), &[]);
+    guest_write(&srv, "2000", "1M", "0x5a", "1M");
+    let repo = dir.path().join("repo");
+    ok(
+        &srv,
+        &[
+            "backup",
+            "--vm",
+            "moref=vm-100",
+            "--to",
+            s(&repo),
+            "--transport",
+            "nbd",
+        ],
+    );
+    let to = dir.path().join("r1");
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--from",
+            s(&repo),
+            "--backup",
+            "1",
+            "--to",
+            s(&to),
+        ];
+        args.extend_from_slice(extra);
+        run(&srv, &args, &[])
+    };
+    let out = restore(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored backup 1"));
+    for (key, file) in [(2000, "demo-vm.vmdk"), (2001, "demo-vm_1.vmdk")] {
+        assert!(
+            vdisk_raw(&to.join(format!("{key}.vmdk")))
+                == vdisk_raw(&dir.path().join("datastore1/demo-vm").join(file)),
+            "disk {key}"
+        );
+    }
+    let before = std::fs::read(to.join("2000.vmdk")).unwrap();
+    let out = restore(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("2000.vmdk exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("restored"));
+    assert!(std::fs::read(to.join("2000.vmdk")).unwrap() == before);
+    let out = restore(&["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(to.join("2000.vmdk")).unwrap() != before,
+        "replaced"
+    );
+    let before = std::fs::read(to.join("2000.vmdk")).unwrap();
+    // One disk into a new directory named with a trailing slash.
+    let one = format!("{}/", dir.path().join("r2").display());
+    ok(
+        &srv,
+        &[
+            "restore",
+            "--from",
+            s(&repo),
+            "--backup",
+            "1",
+            "--disk",
+            "2000",
+            "--to",
+            &one,
+        ],
+    );
+    assert!(dir.path().join("r2/2000.vmdk").is_file());
+
+    // One flipped byte in the stored disk 2000: verify and restore both
+    // name it; the restore claims nothing and leaves r1 as it was.
+    let cat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("catalog.json")).unwrap()).unwrap();
+    let stored = repo.join(cat["backups"][0]["disks"][0]["file"].as_str().unwrap());
+    assert_eq!(cat["backups"][0]["disks"][0]["key"], 2000);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let overhead = u64::from_le_bytes(bytes[64..72].try_into().unwrap()) as usize * 512;
+    bytes[overhead + 7] ^= 0x10;
+    std::fs::write(&stored, &bytes).unwrap();
+    let verify = run(&srv, &["verify", "--from", s(&repo)], &[]);
+    assert!(!verify.status.success());
+    let out = restore(&["--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("backup 1, disk 2000: the stored block at byte") && err.contains("CRC-32"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("restored"));
+    assert!(
+        std::fs::read(to.join("2000.vmdk")).unwrap() == before,
+        "r1 untouched"
+    );
+    let names: Vec<String> = std::fs::read_dir(&to)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}

@@ -295,7 +295,7 @@ pub unsafe extern "C" fn VixDiskLib_Clone(
             }
         };
         let r = if sc.local {
-            match vmdk_file::local::LocalDisk::open(&s, &Default::default()) {
+            match vmdk_file::local::LocalDisk::open(&s, &sc.conn.local_open_options()) {
                 Ok(src) => vmdk_file::convert::convert(
                     &vmdk_file::convert::Source::Disk(&src),
                     &dpath,

@@ -14,6 +14,13 @@
 //! returns are freed by the matching Free function; `ReadAsync` /
 //! `WriteAsync` return `VIX_ASYNC` and call the completion callback
 //! exactly once; `Wait` waits for all of a handle's outstanding requests.
+//!
+//! Local disks: absolute extent and parent paths are followed as VDDK
+//! follows them; `vixDiskLib.disklib.confinePaths = "1"` in the InitEx
+//! configuration file keeps them inside the directory of the descriptor
+//! naming them. `InitEx` passes every line of that file it did not take
+//! (unknown key, bad value), with its line number, to the warning (else
+//! log) callback.
 
 #![allow(clippy::missing_safety_doc)]
 #![allow(missing_docs)]

@@ -30,14 +30,17 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
         *WARN.lock().unwrap_or_else(|p| p.into_inner()) = warn.or(log);
         *LOG.lock().unwrap_or_else(|p| p.into_inner()) = log;
         // SAFETY: a C string or NULL.
-        let config = match unsafe { cstr(config_file) } {
+        let mut config = match unsafe { cstr(config_file) } {
             Some(p) if !p.is_empty() => match Config::load(Path::new(&p)) {
                 Ok(c) => c,
                 Err(e) => return from_err(e),
             },
             _ => Config::default(),
         };
-        let unknown = config.unknown.clone();
+        // VDDK follows absolute extent and parent paths; the jail is on
+        // only when `vixDiskLib.disklib.confinePaths = "1"` asks for it.
+        config.confine_paths.get_or_insert(false);
+        let warnings = config.warnings.clone();
         let mut st = state();
         *st = Some(Global {
             lib: Library::init(config),
@@ -49,10 +52,8 @@ pub unsafe extern "C" fn VixDiskLib_InitEx(
             "vddk-rs {} initialised (API {major})",
             env!("CARGO_PKG_VERSION")
         ));
-        for k in unknown {
-            log_warn(&format!(
-                "VixDiskLib: unknown configuration key `{k}` ignored"
-            ));
+        for w in warnings {
+            log_warn(&format!("VixDiskLib: {w}"));
         }
         vix::OK
     })

@@ -197,12 +197,12 @@ pub unsafe extern "C" fn VixDiskLib_CheckRepair(
     repair: Bool,
 ) -> VixError {
     guard(|| {
-        tryv!(local_conn(conn));
+        let c = tryv!(local_conn(conn));
         // SAFETY: a C string or NULL.
         let Some(f) = (unsafe { cstr(filename) }) else {
             return fail(vix::E_INVALID_ARG, "path is NULL");
         };
-        let opts = vmdk_file::local::OpenOptions::default();
+        let opts = c.conn.local_open_options();
         if repair != 0 {
             if let Err(e) = vmdk_file::repair::repair(Path::new(&f), &opts) {
                 return from_err(e);

@@ -217,6 +217,158 @@ fn library_exports_only_vixdisklib_symbols_with_soname_and_symbolic() {
     assert!(dynamic.contains("SYMBOLIC"), "{dynamic}");
 }
 
+/// InitEx passes every configuration warning (unknown key, bad value,
+/// malformed line, each with its line) to the log callback.
+#[test]
+fn init_ex_logs_every_configuration_warning_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qemu_disk(dir.path(), "w.vmdk", "monolithicSparse");
+    let conf = dir.path().join("vddk.conf");
+    std::fs::write(
+        &conf,
+        concat!(
+            "# VDDK configuration\n",
+            "vixDiskLib.nfc.ReadTimeoutMs = soon # a comment\n",
+            "vixDiskLib.nfc.LogLevel = \"3\" # fine\n",
+            "no.such.key = 1\n",
+            "a line without equals\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&built().vixtest)
+        .args([
+            "read",
+            &format!("local:{}", s(&img)),
+            s(&dir.path().join("out.raw")),
+        ])
+        .env("VIXTEST_CONFIG", &conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let logged: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("configuration"))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            "vixlog: VixDiskLib: configuration line 2: `vixDiskLib.nfc.ReadTimeoutMs`: `soon` is not a number (the default is kept)",
+            "vixlog: VixDiskLib: unknown configuration key `no.such.key` ignored (line 4)",
+            "vixlog: VixDiskLib: configuration line 5: `a line without equals`: not a `key = value` line",
+        ],
+        "{err}"
+    );
+}
+
+/// The C library follows absolute parent and extent paths as VDDK does;
+/// `vixDiskLib.disklib.confinePaths = "1"` keeps them in the descriptor's
+/// directory.
+#[test]
+fn absolute_parent_and_extent_paths_are_followed_unless_confined() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A delta whose parent (named by its absolute path) is elsewhere.
+    let base = qemu_disk(elsewhere.path(), "base.vmdk", "monolithicSparse");
+    let child = dir.path().join("child.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        s(&base),
+        "-F",
+        "vmdk",
+        s(&child),
+    ]);
+    // A flat descriptor whose extent is named by its absolute path.
+    let data = elsewhere.path().join("data-flat.vmdk");
+    std::fs::write(&data, pattern(1 << 20, 5)).unwrap();
+    let flat = dir.path().join("flat.vmdk");
+    std::fs::write(
+        &flat,
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW 2048 FLAT \"{}\" 0\n\nddb.adapterType = \"lsilogic\"\nddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\nddb.geometry.cylinders = \"2\"\n",
+            s(&data)
+        ),
+    )
+    .unwrap();
+    let confined = dir.path().join("confined.conf");
+    std::fs::write(&confined, "vixDiskLib.disklib.confinePaths = \"1\"\n").unwrap();
+    for (disk, raw) in [(&child, &base), (&flat, &data)] {
+        let out = dir.path().join("out.raw");
+        vixtest(&["read", &format!("local:{}", s(disk)), s(&out)]);
+        if raw == &data {
+            assert!(std::fs::read(&out).unwrap() == std::fs::read(&data).unwrap());
+        } else {
+            assert_same(raw, "vmdk", &out);
+        }
+        let refused = Command::new(&built().vixtest)
+            .args(["read", &format!("local:{}", s(disk)), s(&out)])
+            .env("VIXTEST_CONFIG", &confined)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{err}");
+        assert!(
+            err.contains("FATAL Open") && err.contains("leaves the descriptor's directory"),
+            "{err}"
+        );
+    }
+}
+
+/// `VIXDISKLIB_FLAG_OPEN_SINGLE_LINK` on a delta: backup software reads a
+/// snapshot's own grains without its parent.
+#[test]
+fn single_link_reads_a_deltas_own_grains() {
+    use vmdk_file::local::{LocalDisk, OpenOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vmdk");
+    let write = |p: &Path, at: u64, data: &[u8]| {
+        let d = LocalDisk::open(
+            p,
+            &OpenOptions {
+                writable: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        d.write_at(at, data).unwrap();
+        d.close().unwrap();
+    };
+    vmdk_file::create::create(
+        &base,
+        &vmdk_file::create::CreateOptions::new(
+            vmdk_file::create::DiskType::MonolithicSparse,
+            8 << 20,
+        ),
+    )
+    .unwrap();
+    write(&base, 0, &pattern(4 << 20, 7));
+    let delta = dir.path().join("base-000001.vmdk");
+    vmdk_file::maintain::create_child(&base, &delta).unwrap();
+    let own = pattern(65536, 8);
+    write(&delta, 1 << 20, &own);
+    write(&delta, 6 << 20, &own[..100 * 512]);
+
+    let out = dir.path().join("single.raw");
+    let text = vixtest(&["single", s(&delta), s(&out)]);
+    assert!(text.contains("links 1\n"), "{text}");
+    assert!(text.contains("hint base.vmdk\n"), "{text}");
+    let blocks: Vec<&str> = text.lines().filter(|l| l.starts_with("block")).collect();
+    assert_eq!(blocks, ["block 2048 128", "block 12288 128"], "{text}");
+    let mut want = vec![0u8; 8 << 20];
+    want[1 << 20..(1 << 20) + 65536].copy_from_slice(&own);
+    want[6 << 20..(6 << 20) + 100 * 512].copy_from_slice(&own[..100 * 512]);
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "only the delta's bytes"
+    );
+    // A writable single-link open of a delta: VIX_E_FILE_READ_ONLY.
+    assert!(text.contains("writable 11\n"), "{text}");
+}
+
 #[test]
 fn nbdkit_sequence_reads_local_disks_like_qemu() {
     let dir = tempfile::tempdir().unwrap();

@@ -181,7 +181,10 @@ pub(crate) fn create_with(
 ) -> Result<()> {
     let fs = &**storage;
     let sectors = o.capacity.div_ceil(512);
-    if sectors * 512 > o.disk_type.max_capacity() {
+    if sectors
+        .checked_mul(512)
+        .is_none_or(|b| b > o.disk_type.max_capacity())
+    {
         return Err(Error::InvalidArgument(format!(
             "{} bytes is more than a {} disk can hold ({} bytes)",
             o.capacity,

@@ -11,7 +11,9 @@
 //!
 //! Safety rules the engine keeps:
 //! - extent and parent paths stay inside the directory of the descriptor
-//!   naming them unless [`local::OpenOptions::allow_outside_paths`] is set;
+//!   naming them unless [`local::OpenOptions::allow_outside_paths`] is set
+//!   (an absolute path that lies inside the directory is inside, and is
+//!   opened beneath it like a relative one);
 //! - a chain whose `parentCID` does not match is refused unless
 //!   [`local::OpenOptions::ignore_cid_mismatch`] is set; depth is bounded
 //!   and loops are detected;

@@ -61,6 +61,14 @@ pub struct OpenOptions {
     /// Where the writes go (reads use the opened files directly). The
     /// operating system's file system by default.
     pub storage: SharedStorage,
+    /// Open only the named file, not its parents
+    /// (`VIXDISKLIB_FLAG_OPEN_SINGLE_LINK`): a snapshot's delta alone, to
+    /// read just its own grains. Unallocated grains read as zeros, `map`
+    /// reports only this link's grains, and the parent's CID is not
+    /// checked (the parent is neither opened nor required to exist). A
+    /// delta opened so cannot be written: a partial grain would need its
+    /// parent's bytes.
+    pub single_link: bool,
 }
 
 impl Default for OpenOptions {
@@ -76,6 +84,7 @@ impl Default for OpenOptions {
                 .min(8),
             writable: false,
             storage: std_storage(),
+            single_link: false,
         }
     }
 }
@@ -424,11 +433,13 @@ fn open_link(
             placed.push((line.access, line.sectors, Backing::Zero));
             continue;
         };
-        let epath = resolve(path, name, opts.allow_outside_paths)?;
-        let (efile, elen) = if opts.allow_outside_paths {
-            open_file(&epath, false, writable)?
-        } else {
-            open_beneath(path, name, &epath, false, writable)?
+        let r = resolve(path, name, opts.allow_outside_paths)?;
+        let epath = r.path;
+        let (efile, elen) = match &r.beneath {
+            Some(rel) if !opts.allow_outside_paths => {
+                open_beneath(path, name, rel, &epath, false, writable)?
+            }
+            _ => open_file(&epath, false, writable)?,
         };
         let ext = Arc::new(ExtentFile {
             path: epath,
@@ -471,11 +482,17 @@ impl LocalDisk {
         let path = path.as_ref();
         let opened = open_file(path, false, opts.writable)?;
         let mut links = vec![open_link(path, opened, opts, opts.writable)?];
+        if opts.single_link && opts.writable && links[0].descriptor.has_parent() {
+            return Err(Error::ReadOnly {
+                path: path.to_path_buf(),
+                reason: "a delta opened without its parent (single link) cannot be written",
+            });
+        }
         let mut seen = HashSet::new();
         seen.insert(links[0].identity);
         loop {
             let child = links.last().expect("at least one link");
-            if !child.descriptor.has_parent() {
+            if !child.descriptor.has_parent() || opts.single_link {
                 break;
             }
             let Some(hint) = child.descriptor.parent_file_name_hint.clone() else {
@@ -490,17 +507,19 @@ impl LocalDisk {
                     opts.max_chain_depth,
                 ));
             }
-            let ppath = resolve(&child.path, &hint, opts.allow_outside_paths)?;
+            let r = resolve(&child.path, &hint, opts.allow_outside_paths)?;
+            let ppath = r.path;
             if !ppath.exists() {
                 return Err(Error::ParentMissing {
                     child: child.path.clone(),
                     hint,
                 });
             }
-            let opened = if opts.allow_outside_paths {
-                open_file(&ppath, false, false)?
-            } else {
-                open_beneath(&child.path, &hint, &ppath, true, false)?
+            let opened = match &r.beneath {
+                Some(rel) if !opts.allow_outside_paths => {
+                    open_beneath(&child.path, &hint, rel, &ppath, true, false)?
+                }
+                _ => open_file(&ppath, false, false)?,
             };
             let parent = open_link(&ppath, opened, opts, false)?;
             if !seen.insert(parent.identity) {

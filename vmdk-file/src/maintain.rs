@@ -239,12 +239,20 @@ pub fn grow_in(storage: &SharedStorage, path: &Path, new_capacity: u64) -> Resul
     let d = LocalDisk::open(path, &OpenOptions::default())?;
     let old = d.capacity();
     let new_sectors = new_capacity.div_ceil(SECTOR);
-    if new_sectors * SECTOR < old {
+    // No type holds more than a flat disk; refusing larger sizes here keeps
+    // every product below in range.
+    let new_bytes = new_sectors
+        .checked_mul(SECTOR)
+        .filter(|&b| b <= vmdk_format::create::MAX_FLAT_CAPACITY_SECTORS * SECTOR)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("{new_capacity} bytes is more than a disk can hold"))
+        })?;
+    if new_bytes < old {
         return Err(Error::InvalidArgument(format!(
             "{new_capacity} bytes is smaller than the current {old}: disks do not shrink"
         )));
     }
-    if new_sectors * SECTOR == old {
+    if new_bytes == old {
         return Ok(());
     }
     let link = &d.links()[0];
@@ -300,7 +308,14 @@ pub fn grow_in(storage: &SharedStorage, path: &Path, new_capacity: u64) -> Resul
                 .write(true)
                 .open(file.path())
                 .map_err(|e| Error::io(file.path(), e))?;
-            let need = desc.extents[0].offset.unwrap_or(0) * SECTOR + new_sectors * SECTOR;
+            let need = desc.extents[0]
+                .offset
+                .unwrap_or(0)
+                .checked_mul(SECTOR)
+                .and_then(|o| o.checked_add(new_bytes))
+                .ok_or_else(|| {
+                    Error::InvalidArgument("the extent's offset is too large to grow".into())
+                })?;
             fs.set_len(&f, need.max(file.len()))
                 .map_err(|e| Error::disk_full_or_io(file.path(), e))?;
             fs.sync_all(&f).map_err(|e| Error::io(file.path(), e))?;

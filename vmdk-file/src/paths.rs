@@ -46,10 +46,33 @@ fn file_and_len(file: File, path: &Path) -> Result<(File, u64)> {
     Ok((file, meta.len()))
 }
 
+/// A name from a descriptor, resolved against the descriptor's directory.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    /// The file's path (for messages, and the directory of the next link).
+    pub(crate) path: PathBuf,
+    /// The file's name relative to the descriptor's directory when it lies
+    /// inside it (open it beneath the directory); `None` for a file outside
+    /// it, which only an explicit allow lets through.
+    pub(crate) beneath: Option<PathBuf>,
+}
+
+fn dir_of(naming_file: &Path) -> &Path {
+    match naming_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Resolves `name` (from the descriptor at `naming_file`) against that
 /// descriptor's directory, refusing escapes unless allowed.
-pub(crate) fn resolve(naming_file: &Path, name: &str, allow_outside: bool) -> Result<PathBuf> {
-    let dir = naming_file.parent().unwrap_or(Path::new("."));
+///
+/// An absolute name that lies inside the directory (as given, made
+/// absolute, or canonical: qemu writes the path it was given, ESXi
+/// `/vmfs/volumes/…`) is inside: it is opened beneath the directory like
+/// a relative one. Names with `..` are never inside.
+pub(crate) fn resolve(naming_file: &Path, name: &str, allow_outside: bool) -> Result<Resolved> {
+    let dir = dir_of(naming_file);
     let p = Path::new(name);
     let escapes = p.is_absolute()
         || p.components().any(|c| {
@@ -58,18 +81,51 @@ pub(crate) fn resolve(naming_file: &Path, name: &str, allow_outside: bool) -> Re
                 Component::ParentDir | Component::RootDir | Component::Prefix(_)
             )
         });
-    if escapes && !allow_outside {
+    if !escapes && !name.is_empty() {
+        return Ok(Resolved {
+            path: dir.join(p),
+            beneath: Some(p.to_path_buf()),
+        });
+    }
+    if let Some(rel) = inside(dir, p) {
+        return Ok(Resolved {
+            path: dir.join(&rel),
+            beneath: Some(rel),
+        });
+    }
+    if !allow_outside {
         return Err(Error::PathEscape {
             descriptor: naming_file.to_path_buf(),
             name: name.to_string(),
         });
     }
-    Ok(dir.join(p))
+    Ok(Resolved {
+        path: dir.join(p),
+        beneath: None,
+    })
 }
 
-/// Opens `name` (written in the descriptor `naming_file`, already checked
-/// by [`resolve`] to be `path`) so that the file opened lies beneath the
-/// descriptor's directory whatever symlinks or renames happen meanwhile.
+/// The part of the absolute path `p` below `dir`, when `p` names a file
+/// inside `dir` (`dir` as given, made absolute, or canonical).
+fn inside(dir: &Path, p: &Path) -> Option<PathBuf> {
+    if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+        return None;
+    }
+    let bases = [std::path::absolute(dir).ok(), dir.canonicalize().ok()];
+    bases.into_iter().flatten().find_map(|base| {
+        let rel = p.strip_prefix(&base).ok()?;
+        let normal = rel
+            .components()
+            .filter(|c| *c != Component::CurDir)
+            .collect::<PathBuf>();
+        (!normal.as_os_str().is_empty()).then_some(normal)
+    })
+}
+
+/// Opens `rel` (`name` as written in the descriptor `naming_file`, which
+/// [`resolve`] found to be `path`, `rel` below the descriptor's
+/// directory) so that the file opened lies beneath the descriptor's
+/// directory whatever symlinks or renames happen meanwhile.
 ///
 /// The kernel does the confinement (`openat2` with `RESOLVE_BENEATH`: a
 /// symlink or `..` leading out fails with `EXDEV`), so there is no window
@@ -80,6 +136,7 @@ pub(crate) fn resolve(naming_file: &Path, name: &str, allow_outside: bool) -> Re
 pub(crate) fn open_beneath(
     naming_file: &Path,
     name: &str,
+    rel: &Path,
     path: &Path,
     follow_last: bool,
     writable: bool,
@@ -88,7 +145,7 @@ pub(crate) fn open_beneath(
         descriptor: naming_file.to_path_buf(),
         name: name.to_string(),
     };
-    match open_beneath_at(naming_file, name, follow_last, writable) {
+    match open_beneath_at(naming_file, rel, follow_last, writable) {
         Ok(file) => file_and_len(file, path),
         Err(Errno::XDEV) => Err(escape()),
         Err(Errno::LOOP) if !follow_last => Err(escape()),
@@ -103,17 +160,12 @@ pub(crate) fn open_beneath(
 
 fn open_beneath_at(
     naming_file: &Path,
-    name: &str,
+    rel: &Path,
     follow_last: bool,
     writable: bool,
 ) -> rustix::io::Result<File> {
     use rustix::fs::{open, openat2, Mode, ResolveFlags};
-    let dir = naming_file.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = dir_of(naming_file);
     let dirfd = open(
         dir,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -133,7 +185,7 @@ fn open_beneath_at(
     // for a retry rather than risk a wrong answer.
     let mut tries = 0;
     loop {
-        match openat2(&dirfd, name, flags, Mode::empty(), resolve) {
+        match openat2(&dirfd, rel, flags, Mode::empty(), resolve) {
             Err(Errno::AGAIN) if tries < 8 => tries += 1,
             r => return r.map(File::from),
         }
@@ -144,12 +196,7 @@ fn open_beneath_at(
 /// `naming_file` (a symlinked directory could lead out). Only for kernels
 /// without `openat2`.
 fn confirm_inside(naming_file: &Path, path: &Path, name: &str) -> Result<()> {
-    let dir = naming_file.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = dir_of(naming_file);
     let base = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
     let real = path.canonicalize().map_err(|e| Error::io(path, e))?;
     if !real.starts_with(&base) {
@@ -169,11 +216,11 @@ mod tests {
     fn resolve_refuses_escapes() {
         let d = Path::new("/data/vm/disk.vmdk");
         assert_eq!(
-            resolve(d, "disk-flat.vmdk", false).unwrap(),
+            resolve(d, "disk-flat.vmdk", false).unwrap().path,
             Path::new("/data/vm/disk-flat.vmdk")
         );
         assert_eq!(
-            resolve(d, "sp ace ü@x.vmdk", false).unwrap(),
+            resolve(d, "sp ace ü@x.vmdk", false).unwrap().path,
             Path::new("/data/vm/sp ace ü@x.vmdk")
         );
         for bad in ["../etc/passwd", "/etc/passwd", "a/../../b"] {
@@ -183,5 +230,46 @@ mod tests {
             );
             assert!(resolve(d, bad, true).is_ok());
         }
+    }
+
+    #[test]
+    fn absolute_names_inside_the_directory_are_inside() {
+        let d = Path::new("/data/vm/disk.vmdk");
+        assert_eq!(
+            resolve(d, "/data/vm/base.vmdk", false).unwrap(),
+            Resolved {
+                path: "/data/vm/base.vmdk".into(),
+                beneath: Some("base.vmdk".into())
+            }
+        );
+        assert_eq!(
+            resolve(d, "/data/vm/./sub/base.vmdk", false)
+                .unwrap()
+                .beneath,
+            Some("sub/base.vmdk".into())
+        );
+        for outside in [
+            "/data/vm",
+            "/data/vm/",
+            "/data/vmx/base.vmdk",
+            "/data/base.vmdk",
+            "/data/vm/../vm/base.vmdk",
+            "/vmfs/volumes/ds1/vm/base.vmdk",
+        ] {
+            assert!(
+                matches!(resolve(d, outside, false), Err(Error::PathEscape { .. })),
+                "{outside}"
+            );
+            assert_eq!(
+                resolve(d, outside, true).unwrap().beneath,
+                None,
+                "{outside}"
+            );
+        }
+        // A relative descriptor path: its directory made absolute.
+        let cwd = std::env::current_dir().unwrap();
+        let abs = cwd.join("some-disk-base.vmdk");
+        let r = resolve(Path::new("some-disk.vmdk"), abs.to_str().unwrap(), false).unwrap();
+        assert_eq!(r.beneath, Some("some-disk-base.vmdk".into()));
     }
 }

@@ -4,8 +4,11 @@
 //! (header, descriptor, directories, tables, grains) from the tables the
 //! caller loads, and reports entries past the end of the file, entries
 //! pointing into metadata, grains shared by two entries and directory /
-//! redundant-directory disagreements. [`StreamWalk`] follows the markers
-//! of a streamOptimized file.
+//! redundant-directory disagreements, header capacities that disagree
+//! with the descriptor, files shorter than their header's overhead, and
+//! compressed grains that do not inflate to their grain
+//! ([`SparseChecker::check_compressed`]). [`StreamWalk`] follows the
+//! markers of a streamOptimized file.
 
 use alloc::format;
 use alloc::string::String;
@@ -13,7 +16,10 @@ use alloc::vec::Vec;
 
 use crate::error::Error;
 use crate::extent::{GrainState, GrainTable, SparseExtent, SparseFormat};
-use crate::stream::{max_compressed_len, Marker, MarkerKind};
+use crate::stream::{
+    inflate_grain, max_compressed_len, parse_grain, GrainParse, Marker, MarkerKind,
+    GRAIN_HEADER_LEN,
+};
 use crate::SECTOR_SIZE;
 
 /// Findings beyond this count are summarised, not listed.
@@ -49,8 +55,11 @@ pub enum FindingKind {
     ExtentSize,
     /// The structure could not be opened at all.
     Unreadable,
-    /// A compressed grain does not match its table entry.
+    /// A compressed grain does not match its table entry, or does not
+    /// inflate to its grain.
     BadGrain,
+    /// An extent's header capacity differs from its descriptor line.
+    CapacityMismatch,
 }
 
 /// One problem found.
@@ -138,6 +147,19 @@ pub struct SparseChecker<'a> {
     ext: &'a SparseExtent,
     findings: Findings,
     regions: Vec<Region>,
+    /// One grain, for inflating compressed grains (allocated on first use;
+    /// at most `MAX_GRAIN_SECTORS` sectors).
+    scratch: Vec<u8>,
+}
+
+/// What [`SparseChecker::check_compressed`] needs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrainCheck {
+    /// The grain was checked (any finding is recorded).
+    Done,
+    /// Call again with at least this many bytes from the marker (they
+    /// lie inside the file).
+    NeedBytes(u64),
 }
 
 impl<'a> SparseChecker<'a> {
@@ -147,6 +169,7 @@ impl<'a> SparseChecker<'a> {
             ext,
             findings: Findings::default(),
             regions: Vec::new(),
+            scratch: Vec::new(),
         };
         let dir_len = ext.gt_count()
             * if matches!(ext.format(), SparseFormat::SeSparse(_)) {
@@ -165,6 +188,18 @@ impl<'a> SparseChecker<'a> {
                 }
                 if let Some((o, l)) = h.descriptor_range() {
                     c.region(o, l, Owner::Descriptor);
+                }
+                // Validated: overhead * 512 does not overflow.
+                let overhead = h.overhead * SECTOR_SIZE;
+                if ext.file_len() < overhead {
+                    c.findings.push(
+                        FindingKind::ExtentSize,
+                        format!(
+                            "the file ends at byte {}, before the {} sectors of metadata (overHead) the header announces",
+                            ext.file_len(),
+                            h.overhead
+                        ),
+                    );
                 }
                 if let Ok((o, _)) = h.gd_range() {
                     c.region(o, dir_len, Owner::Directory);
@@ -206,6 +241,106 @@ impl<'a> SparseChecker<'a> {
             }
         }
         self.regions.push(Region { start, len, owner });
+    }
+
+    /// Compares the header's capacity with the sectors the descriptor
+    /// line gives the extent: they must be equal.
+    pub fn expect_capacity(&mut self, line_sectors: u64) {
+        let cap = self.ext.capacity_sectors();
+        if cap != line_sectors {
+            self.findings.push(
+                FindingKind::CapacityMismatch,
+                format!(
+                    "the extent's header holds {cap} sectors but its descriptor line says {line_sectors}"
+                ),
+            );
+        }
+    }
+
+    /// Checks the compressed grain `grain` (extent-relative) whose marker
+    /// starts at `file_offset`, from `bytes` read there: the marker names
+    /// the grain's own sector, its size is plausible, the record lies
+    /// inside the file and does not overlap metadata or other grains, and
+    /// the data inflates to a whole grain (the last grain of the extent
+    /// to at least the bytes the capacity leaves it). Returns
+    /// [`GrainCheck::NeedBytes`] when `bytes` is too short.
+    pub fn check_compressed(&mut self, grain: u64, file_offset: u64, bytes: &[u8]) -> GrainCheck {
+        let grain_bytes = self.ext.grain_bytes();
+        let file_len = self.ext.file_len();
+        let Some(grain_start) = grain.checked_mul(grain_bytes) else {
+            self.findings.push(
+                FindingKind::BadEntry,
+                format!("grain {grain} lies past any capacity"),
+            );
+            return GrainCheck::Done;
+        };
+        let capacity = self.ext.capacity_sectors() * SECTOR_SIZE;
+        let needed = grain_bytes.min(capacity.saturating_sub(grain_start));
+        let lba = grain_start / SECTOR_SIZE;
+        let compressed = match parse_grain(bytes, file_offset, lba, grain_bytes) {
+            Ok(GrainParse::Complete { compressed }) => compressed,
+            Ok(GrainParse::NeedMore(total)) => {
+                if total > bytes.len() as u64
+                    && file_offset
+                        .checked_add(total)
+                        .is_some_and(|e| e <= file_len)
+                {
+                    return GrainCheck::NeedBytes(total);
+                }
+                self.findings.push(
+                    FindingKind::BadGrain,
+                    format!(
+                        "grain {grain} (marker at byte {file_offset}) needs {total} bytes, past the end of the file ({file_len} bytes)"
+                    ),
+                );
+                return GrainCheck::Done;
+            }
+            Err(e) => {
+                let marker_lba = bytes
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes);
+                let named = match marker_lba {
+                    Some(l) if l != lba => format!(" (the marker names sector {l}, not {lba})"),
+                    _ => String::new(),
+                };
+                self.findings.push(
+                    FindingKind::BadGrain,
+                    format!("grain {grain} (marker at byte {file_offset}): {e}{named}"),
+                );
+                return GrainCheck::Done;
+            }
+        };
+        // The whole record (marker, data, padding) belongs to the grain;
+        // its first sector was recorded with the table.
+        let span =
+            (GRAIN_HEADER_LEN as u64 + compressed.len() as u64).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+        if span > SECTOR_SIZE {
+            self.region(
+                file_offset + SECTOR_SIZE,
+                (span - SECTOR_SIZE).min(file_len.saturating_sub(file_offset + SECTOR_SIZE)),
+                Owner::Grains(grain),
+            );
+        }
+        if self.scratch.len() as u64 != grain_bytes {
+            self.scratch = alloc::vec![0u8; grain_bytes as usize];
+        }
+        match inflate_grain(compressed, &mut self.scratch, file_offset) {
+            Ok(n) if n as u64 >= needed => {}
+            Ok(n) => self.findings.push(
+                FindingKind::BadGrain,
+                format!(
+                    "grain {grain} (marker at byte {file_offset}) inflates to {n} bytes; the disk needs {needed}"
+                ),
+            ),
+            Err(_) => self.findings.push(
+                FindingKind::BadGrain,
+                format!(
+                    "grain {grain} (marker at byte {file_offset}) does not inflate to at most one grain ({grain_bytes} bytes): corrupt or oversized deflate data"
+                ),
+            ),
+        }
+        GrainCheck::Done
     }
 
     /// Where each table lives; directory entries that cannot be used are

@@ -8,6 +8,8 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod deps;
+#[cfg(test)]
+mod tidy;
 
 type Result<T = ()> = std::result::Result<T, String>;
 

@@ -51,8 +51,106 @@ pub struct Config {
     /// (`vixDiskLib.transport.san.blockMapSource = "simulator"`, this
     /// kit's key, or a source of the caller's); none by default.
     pub san_block_maps: SanBlockMaps,
+    /// `vixDiskLib.disklib.confinePaths` (this kit's key): `true` keeps
+    /// the extent and parent paths of local disks inside the directory of
+    /// the descriptor naming them (an absolute path inside it is fine);
+    /// `false` follows them anywhere, as VDDK does. Unset, the Rust API
+    /// confines ([`Config::confines_paths`]) and the C library
+    /// (`libvixDiskLib.so.8`) follows, as VDDK does.
+    pub confine_paths: Option<bool>,
     /// Keys that were not understood (warned about, not fatal).
     pub unknown: Vec<String>,
+    /// Everything the parser did not take, with its line: unknown keys,
+    /// values that do not parse (the setting keeps its default), lines
+    /// that are not `key = value`.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// A line of a configuration file that was not taken as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// Line number, from 1.
+    pub line: usize,
+    /// The key as written (the whole line when there is no `=`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// [`ConfigWarning::message`] of a key this library does not know.
+pub const UNKNOWN_KEY: &str = "unknown key, ignored";
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message == UNKNOWN_KEY {
+            write!(
+                f,
+                "unknown configuration key `{}` ignored (line {})",
+                self.key, self.line
+            )
+        } else {
+            write!(
+                f,
+                "configuration line {}: `{}`: {}",
+                self.line, self.key, self.message
+            )
+        }
+    }
+}
+
+/// One `key = value` line, VDDK's way: the value may be quoted (and then
+/// may hold `#`); outside quotes `#` starts a comment.
+enum Line<'a> {
+    Blank,
+    Pair(&'a str, &'a str),
+    Bad(&'a str, &'static str),
+}
+
+const NOT_A_PAIR: &str = "not a `key = value` line";
+
+fn split_line(line: &str) -> Line<'_> {
+    let t = line.trim();
+    if t.is_empty() || t.starts_with('#') {
+        return Line::Blank;
+    }
+    let Some((k, rest)) = t.split_once('=') else {
+        let k = t.split('#').next().unwrap_or(t).trim();
+        return Line::Bad(k, NOT_A_PAIR);
+    };
+    let key = k.trim();
+    if key.contains('#') {
+        let k = key.split('#').next().unwrap_or(key).trim();
+        return Line::Bad(k, NOT_A_PAIR);
+    }
+    let rest = rest.trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let Some((value, after)) = quoted.split_once('"') else {
+            return Line::Bad(key, "the quoted value has no closing quote");
+        };
+        let after = after.trim_start();
+        if !after.is_empty() && !after.starts_with('#') {
+            return Line::Bad(key, "text after the quoted value");
+        }
+        return Line::Pair(key, value);
+    }
+    Line::Pair(key, rest.split('#').next().unwrap_or(rest).trim())
+}
+
+fn number<T: std::str::FromStr>(v: &str) -> std::result::Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("`{v}` is not a number (the default is kept)"))
+}
+
+fn flag(v: &str) -> std::result::Result<bool, String> {
+    match v {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        v if v.eq_ignore_ascii_case("true") => Ok(true),
+        v if v.eq_ignore_ascii_case("false") => Ok(false),
+        v => Err(format!(
+            "`{v}` is not 1, 0, true or false (the default is kept)"
+        )),
+    }
 }
 
 /// Where the san transport learns which LUN blocks hold a disk.
@@ -86,71 +184,103 @@ impl PartialEq for SanBlockMaps {
 impl Eq for SanBlockMaps {}
 
 impl Config {
-    /// Parses `name = "value"` lines (`#` comments, quotes optional).
+    /// Parses `name = "value"` lines as VDDK does: quotes are optional, a
+    /// quoted value may contain `#`, and outside quotes `#` starts a
+    /// comment (on its own line or after the value). Unknown keys, values
+    /// that do not parse and malformed lines are kept in
+    /// [`Config::warnings`] with their line numbers (and unknown keys in
+    /// [`Config::unknown`]); they are never fatal.
+    ///
+    /// ```
+    /// use disklib::api::Config;
+    /// let c = Config::parse("vixDiskLib.transport.deviceRoot = \"/x#1\"  # the proxy\nvixDiskLib.nfc.ReadTimeoutMs = soon\n");
+    /// assert_eq!(c.device_root.as_deref(), Some("/x#1"));
+    /// assert_eq!(c.nfc_timeouts.read, None);
+    /// assert_eq!(c.warnings[0].line, 2);
+    /// ```
     pub fn parse(text: &str) -> Self {
         let mut c = Config::default();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                c.unknown.push(line.to_string());
-                continue;
+        for (i, line) in text.lines().enumerate() {
+            let (key, v) = match split_line(line) {
+                Line::Blank => continue,
+                Line::Pair(k, v) => (k, v),
+                Line::Bad(k, message) => {
+                    if message == NOT_A_PAIR {
+                        c.unknown.push(line.trim().to_string());
+                    }
+                    c.warnings.push(ConfigWarning {
+                        line: i + 1,
+                        key: k.to_string(),
+                        message: message.into(),
+                    });
+                    continue;
+                }
             };
-            let key = k.trim();
-            let v = v.trim().trim_matches('"');
-            let ms = || {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|&m| m > 0)
-                    .map(Duration::from_millis)
-            };
-            let list = || {
-                v.split([',', ' ', ';'])
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            };
-            match key.to_ascii_lowercase().as_str() {
-                "tmpdirectory" => c.tmp_directory = Some(v.to_string()),
-                "vixdisklib.transport.loglevel" => c.log_level = v.parse().ok(),
-                "vixdisklib.nfc.loglevel" => c.nfc_log_level = v.parse().ok(),
-                "vixdisklib.nfc.accepttimeoutms" => c.nfc_timeouts.accept = ms(),
-                "vixdisklib.nfc.requesttimeoutms" => c.nfc_timeouts.request = ms(),
-                "vixdisklib.nfc.readtimeoutms" => c.nfc_timeouts.read = ms(),
-                "vixdisklib.nfc.writetimeoutms" => c.nfc_timeouts.write = ms(),
-                "vixdisklib.nfcfssrvr.timeoutms" | "vixdisklib.nfcfssrvrwrite.timeoutms" => {
-                    c.fssrvr_timeout = ms()
-                }
-                "vixdisklib.nfcaio.session.bufcount" => c.aio_buf_count = v.parse().ok(),
-                "vixdisklib.nfcaio.session.bufsizein64kb" => c.aio_buf_size_64k = v.parse().ok(),
-                "vixdisklib.transport.san.allowlist" | "vixdisklib.transport.san.whitelist" => {
-                    c.san_allow = list()
-                }
-                "vixdisklib.transport.san.denylist" | "vixdisklib.transport.san.blacklist" => {
-                    c.san_deny = list()
-                }
-                "vixdisklib.disklib.enablecache" => {
-                    c.enable_cache = v == "1" || v.eq_ignore_ascii_case("true")
-                }
-                "vixdisklib.transport.deviceroot" => c.device_root = Some(v.to_string()),
-                "vixdisklib.transport.san.streams" => c.san_streams = v.parse().ok(),
-                "vixdisklib.transport.hotadd.proxyvm" => c.hotadd_proxy_vm = Some(v.to_string()),
-                "vixdisklib.transport.hotadd.statefile" => {
-                    c.hotadd_state_file = Some(v.to_string())
-                }
-                "vixdisklib.transport.san.blockmapsource" if v == "simulator" => {
-                    c.san_block_maps = SanBlockMaps::Simulator
-                }
-                "linuxssl.verifycertificates" => {} // certificates are always verified
-                _ => c.unknown.push(key.to_string()),
+            if let Err(message) = c.set(key, v) {
+                c.warnings.push(ConfigWarning {
+                    line: i + 1,
+                    key: key.to_string(),
+                    message,
+                });
             }
         }
-        for k in &c.unknown {
-            tracing::warn!(key = %k, "unknown configuration key ignored");
+        for w in &c.warnings {
+            tracing::warn!(line = w.line, key = %w.key, "configuration: {}", w.message);
         }
         c
+    }
+
+    /// Takes one setting; `Err` says why it was not taken.
+    fn set(&mut self, key: &str, v: &str) -> std::result::Result<(), String> {
+        // A timeout of 0 means none.
+        let ms = |v: &str| number::<u64>(v).map(|m| (m > 0).then(|| Duration::from_millis(m)));
+        let list = || {
+            v.split([',', ' ', ';'])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "tmpdirectory" => self.tmp_directory = Some(v.to_string()),
+            "vixdisklib.transport.loglevel" => self.log_level = Some(number(v)?),
+            "vixdisklib.nfc.loglevel" => self.nfc_log_level = Some(number(v)?),
+            "vixdisklib.nfc.accepttimeoutms" => self.nfc_timeouts.accept = ms(v)?,
+            "vixdisklib.nfc.requesttimeoutms" => self.nfc_timeouts.request = ms(v)?,
+            "vixdisklib.nfc.readtimeoutms" => self.nfc_timeouts.read = ms(v)?,
+            "vixdisklib.nfc.writetimeoutms" => self.nfc_timeouts.write = ms(v)?,
+            "vixdisklib.nfcfssrvr.timeoutms" | "vixdisklib.nfcfssrvrwrite.timeoutms" => {
+                self.fssrvr_timeout = ms(v)?
+            }
+            "vixdisklib.nfcaio.session.bufcount" => self.aio_buf_count = Some(number(v)?),
+            "vixdisklib.nfcaio.session.bufsizein64kb" => self.aio_buf_size_64k = Some(number(v)?),
+            "vixdisklib.transport.san.allowlist" | "vixdisklib.transport.san.whitelist" => {
+                self.san_allow = list()
+            }
+            "vixdisklib.transport.san.denylist" | "vixdisklib.transport.san.blacklist" => {
+                self.san_deny = list()
+            }
+            "vixdisklib.disklib.enablecache" => self.enable_cache = flag(v)?,
+            "vixdisklib.transport.deviceroot" => self.device_root = Some(v.to_string()),
+            "vixdisklib.transport.san.streams" => self.san_streams = Some(number(v)?),
+            "vixdisklib.transport.hotadd.proxyvm" => self.hotadd_proxy_vm = Some(v.to_string()),
+            "vixdisklib.transport.hotadd.statefile" => self.hotadd_state_file = Some(v.to_string()),
+            "vixdisklib.disklib.confinepaths" => self.confine_paths = Some(flag(v)?),
+            "vixdisklib.transport.san.blockmapsource" => match v {
+                "simulator" => self.san_block_maps = SanBlockMaps::Simulator,
+                "" | "none" => self.san_block_maps = SanBlockMaps::None,
+                _ => {
+                    return Err(format!(
+                        "`{v}` is not a block-map source this kit knows (`simulator`)"
+                    ))
+                }
+            },
+            "linuxssl.verifycertificates" => {} // certificates are always verified
+            _ => {
+                self.unknown.push(key.to_string());
+                return Err(UNKNOWN_KEY.into());
+            }
+        }
+        Ok(())
     }
 
     /// Reads and parses a file of at most [`Config::MAX_FILE_BYTES`].
@@ -183,6 +313,21 @@ impl Config {
 
     fn device_root(&self) -> PathBuf {
         PathBuf::from(self.device_root.as_deref().unwrap_or("/"))
+    }
+
+    /// Whether local extent and parent paths stay inside the descriptor's
+    /// directory ([`Config::confine_paths`], `true` when unset).
+    pub fn confines_paths(&self) -> bool {
+        self.confine_paths.unwrap_or(true)
+    }
+
+    /// How local disks are opened under these settings (read-only; the
+    /// caller sets `writable` and `single_link`).
+    pub fn local_open_options(&self) -> vmdk_file::local::OpenOptions {
+        vmdk_file::local::OpenOptions {
+            allow_outside_paths: !self.confines_paths(),
+            ..vmdk_file::local::OpenOptions::default()
+        }
     }
 
     /// Parallel requests per SAN / HotAdd disk.
@@ -356,6 +501,102 @@ mod tests {
         );
     }
 
+    /// VDDK's syntax: `#` after a value starts a comment, inside quotes
+    /// it is part of the value.
+    #[test]
+    fn trailing_comments_and_quoted_hashes() {
+        let c = Config::parse(concat!(
+            "vixDiskLib.transport.deviceRoot = \"/x\"  # the proxy's root\n",
+            "tmpDirectory = /tmp/vddk # unquoted, then a comment\n",
+            "vixDiskLib.transport.hotadd.proxyVm = \"vm-#7\"\n",
+            "vixDiskLib.transport.hotadd.stateFile=\"/s#1\"# glued comment\n",
+            "vixDiskLib.nfc.ReadTimeoutMs = 60000 # one minute\n",
+            "vixDiskLib.transport.san.allowList = naa.1 naa.2 # two LUNs\n",
+            "   # an indented comment = not a key\n",
+            "vixDiskLib.disklib.EnableCache = 1#on\n",
+        ));
+        assert_eq!(c.device_root.as_deref(), Some("/x"));
+        assert_eq!(c.tmp_directory.as_deref(), Some("/tmp/vddk"));
+        assert_eq!(c.hotadd_proxy_vm.as_deref(), Some("vm-#7"));
+        assert_eq!(c.hotadd_state_file.as_deref(), Some("/s#1"));
+        assert_eq!(c.nfc_timeouts.read, Some(Duration::from_secs(60)));
+        assert_eq!(c.san_allow, vec!["naa.1".to_string(), "naa.2".to_string()]);
+        assert!(c.enable_cache);
+        assert!(c.unknown.is_empty(), "{:?}", c.unknown);
+    }
+
+    /// Unknown keys, values that do not parse and malformed lines are all
+    /// reported with their line numbers; the settings keep their defaults.
+    #[test]
+    fn every_unknown_key_and_bad_value_is_a_warning_with_its_line() {
+        let c = Config::parse(concat!(
+            "# a VDDK configuration\n",
+            "vixDiskLib.nfc.ReadTimeoutMs = soon\n",
+            "vixDiskLib.transport.LogLevel = \"high\" # loud\n",
+            "bogus.key = 1\n",
+            "\n",
+            "vixDiskLib.transport.san.streams = -3\n",
+            "vixDiskLib.disklib.EnableCache = maybe\n",
+            "just some words # and a comment\n",
+            "tmpDirectory = \"/t\n",
+            "vixDiskLib.transport.deviceRoot = \"/d\" trailing\n",
+            "vixDiskLib.transport.san.blockMapSource = vcenter\n",
+            "vixDiskLib.disklib.confinePaths = yes\n",
+            "vixDiskLib.nfc.WriteTimeoutMs = 0\n",
+        ));
+        let got: Vec<(usize, &str)> = c
+            .warnings
+            .iter()
+            .map(|w| (w.line, w.key.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "vixDiskLib.nfc.ReadTimeoutMs"),
+                (3, "vixDiskLib.transport.LogLevel"),
+                (4, "bogus.key"),
+                (6, "vixDiskLib.transport.san.streams"),
+                (7, "vixDiskLib.disklib.EnableCache"),
+                (8, "just some words"),
+                (9, "tmpDirectory"),
+                (10, "vixDiskLib.transport.deviceRoot"),
+                (11, "vixDiskLib.transport.san.blockMapSource"),
+                (12, "vixDiskLib.disklib.confinePaths"),
+            ],
+            "{:#?}",
+            c.warnings
+        );
+        assert!(c.warnings[0].message.contains("`soon` is not a number"));
+        assert!(c.warnings[2].message.contains("unknown key"));
+        assert_eq!(
+            c.warnings[0].to_string(),
+            "configuration line 2: `vixDiskLib.nfc.ReadTimeoutMs`: `soon` is not a number (the default is kept)"
+        );
+        assert_eq!(
+            c.warnings[2].to_string(),
+            "unknown configuration key `bogus.key` ignored (line 4)"
+        );
+        // Defaults kept; the valid 0 ("no timeout") is not a warning.
+        assert_eq!(c.nfc_timeouts.read, None);
+        assert_eq!(c.nfc_timeouts.write, None);
+        assert_eq!(c.log_level, None);
+        assert_eq!(c.streams(), DEFAULT_STREAMS);
+        assert!(!c.enable_cache);
+        assert_eq!(
+            (c.tmp_directory.as_ref(), c.device_root.as_ref()),
+            (None, None)
+        );
+        assert_eq!(c.san_block_maps, SanBlockMaps::None);
+        assert_eq!(c.confine_paths, None);
+        assert_eq!(
+            c.unknown,
+            vec![
+                "bogus.key".to_string(),
+                "just some words # and a comment".to_string()
+            ]
+        );
+    }
+
     #[test]
     fn san_and_hotadd_keys() {
         let c = Config::parse("vixDiskLib.transport.deviceRoot = \"/sim/proxy\"\nvixDiskLib.transport.san.streams = 9\nvixDiskLib.transport.hotadd.proxyVm = vm-7\ntmpDirectory = /t\nvixDiskLib.transport.san.allowList = naa.1 naa.2\n");
@@ -374,6 +615,14 @@ mod tests {
             "in tmpDirectory"
         );
         let d = Config::default();
+        assert!(d.confines_paths() && !d.local_open_options().allow_outside_paths);
+        let c = Config::parse("vixDiskLib.disklib.confinePaths = \"0\"\n");
+        assert_eq!(c.confine_paths, Some(false));
+        assert!(c.local_open_options().allow_outside_paths);
+        assert_eq!(
+            Config::parse("vixDiskLib.disklib.confinePaths=1").confine_paths,
+            Some(true)
+        );
         assert_eq!(d.streams(), DEFAULT_STREAMS);
         assert_eq!(
             d.san_options(false, false, false).device_dir,

@@ -82,7 +82,11 @@ pub struct OpenFlags {
     pub read_only: bool,
     /// `VIXDISKLIB_FLAG_OPEN_COMPRESSION_ZLIB`.
     pub compression: bool,
-    /// `VIXDISKLIB_FLAG_OPEN_SINGLE_LINK` (local: only the top link).
+    /// `VIXDISKLIB_FLAG_OPEN_SINGLE_LINK` (local disks): only the named
+    /// link, without its parents; unallocated grains read as zeros and
+    /// `query_allocated_blocks` reports only that link's grains (backup
+    /// software reading a snapshot's delta). A delta opened so is
+    /// read-only.
     pub single_link: bool,
 }
 
@@ -190,6 +194,12 @@ impl Connection {
         }
     }
 
+    /// How this connection opens local disks (paths confined or not, as
+    /// the configuration says); read-only.
+    pub fn local_open_options(&self) -> OpenOptions {
+        self.lib.config.local_open_options()
+    }
+
     /// The vSphere client of a remote connection.
     pub fn client(&self) -> Option<&Arc<Client>> {
         self.remote.as_ref().map(|r| &r.client)
@@ -202,23 +212,10 @@ impl Connection {
         let Some(r) = &self.remote else {
             let opts = OpenOptions {
                 writable: !read_only,
-                max_chain_depth: if flags.single_link {
-                    1
-                } else {
-                    vmdk_file::local::DEFAULT_MAX_CHAIN_DEPTH
-                },
-                ..OpenOptions::default()
+                single_link: flags.single_link,
+                ..self.lib.config.local_open_options()
             };
-            let d = match LocalDisk::open(path, &opts) {
-                Err(vmdk_file::Error::ChainTooDeep(..)) if flags.single_link => LocalDisk::open(
-                    path,
-                    &OpenOptions {
-                        ignore_cid_mismatch: true,
-                        ..opts
-                    },
-                )?,
-                other => other?,
-            };
+            let d = LocalDisk::open(path, &opts)?;
             return Ok(Disk::new(Backend::Local(d), TransportMode::File, None));
         };
         let remote = || {
@@ -521,5 +518,176 @@ fn no_transport(path: &str, failed: Vec<(TransportMode, Error)>) -> Error {
         disk: path.into(),
         tried,
         cause: cause.map(Box::new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Config;
+    use vmdk_file::create::{create, CreateOptions, DiskType};
+
+    const G: usize = 65536;
+
+    fn fill(path: &std::path::Path, at: u64, len: usize, byte: u8) {
+        let d = LocalDisk::open(
+            path,
+            &OpenOptions {
+                writable: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        d.write_at(at, &vec![byte; len]).unwrap();
+        d.close().unwrap();
+    }
+
+    /// A 1 MiB base with grains 0..4 written, and a delta holding grain 1
+    /// and half of grain 5.
+    fn chain(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let base = dir.join("base.vmdk");
+        create(
+            &base,
+            &CreateOptions::new(DiskType::MonolithicSparse, 1 << 20),
+        )
+        .unwrap();
+        fill(&base, 0, 4 * G, 0x11);
+        let delta = dir.join("base-000001.vmdk");
+        vmdk_file::maintain::create_child(&base, &delta).unwrap();
+        fill(&delta, G as u64, G, 0x22);
+        fill(&delta, 5 * G as u64, G / 2, 0x33);
+        (base, delta)
+    }
+
+    #[test]
+    fn single_link_opens_a_delta_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, delta) = chain(dir.path());
+        let conn = Connection::local(&Library::init(Config::default()));
+        let flags = OpenFlags {
+            read_only: true,
+            single_link: true,
+            ..OpenFlags::default()
+        };
+        let check = |disk: &Disk| {
+            assert_eq!(disk.info().unwrap().num_links, 1);
+            let mut got = vec![0u8; 1 << 20];
+            disk.read_at(0, &mut got).unwrap();
+            let mut want = vec![0u8; 1 << 20];
+            want[G..2 * G].fill(0x22);
+            want[5 * G..5 * G + G / 2].fill(0x33);
+            assert!(got == want, "only the delta's grains, zeros elsewhere");
+            assert_eq!(
+                disk.query_allocated_blocks(0, 2048, 128).unwrap(),
+                vec![(128, 128), (640, 128)],
+                "only the delta's grains are allocated"
+            );
+        };
+        let disk = conn.open(delta.to_str().unwrap(), flags).unwrap();
+        check(&disk);
+        disk.close().unwrap();
+
+        // The whole chain, for contrast.
+        let disk = conn
+            .open(delta.to_str().unwrap(), OpenFlags::read_only())
+            .unwrap();
+        assert_eq!(disk.info().unwrap().num_links, 2);
+        assert_eq!(
+            disk.query_allocated_blocks(0, 2048, 128).unwrap(),
+            vec![(0, 512), (640, 128)]
+        );
+        disk.close().unwrap();
+
+        // The parent is not opened: its CID may differ, it may be gone.
+        fill(&base, 0, 512, 0x44);
+        assert!(conn
+            .open(delta.to_str().unwrap(), OpenFlags::read_only())
+            .is_err());
+        let disk = conn.open(delta.to_str().unwrap(), flags).unwrap();
+        check(&disk);
+        disk.close().unwrap();
+        std::fs::remove_file(&base).unwrap();
+        let disk = conn.open(delta.to_str().unwrap(), flags).unwrap();
+        check(&disk);
+        disk.close().unwrap();
+
+        // A delta without its parent cannot be written.
+        let e = conn
+            .open(
+                delta.to_str().unwrap(),
+                OpenFlags {
+                    single_link: true,
+                    ..OpenFlags::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.vix_code(), crate::vix::E_FILE_READ_ONLY, "{e}");
+    }
+
+    /// Sector numbers and chunk sizes near `u64::MAX` are typed errors,
+    /// never an overflow.
+    #[test]
+    fn allocated_blocks_and_sectors_near_u64_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _) = chain(dir.path());
+        let conn = Connection::local(&Library::init(Config::default()));
+        let disk = conn
+            .open(base.to_str().unwrap(), OpenFlags::read_only())
+            .unwrap();
+        for (start, count, chunk) in [
+            (u64::MAX - 1, 1, 128),
+            (u64::MAX / 512 + 1, 1, 128),
+            (1, u64::MAX, 128),
+            (u64::MAX, u64::MAX, 128),
+        ] {
+            assert!(
+                matches!(
+                    disk.query_allocated_blocks(start, count, chunk),
+                    Err(Error::OutOfRange { .. })
+                ),
+                "{start} {count}"
+            );
+        }
+        for chunk in [u64::MAX, u64::MAX / 512 + 1] {
+            assert!(matches!(
+                disk.query_allocated_blocks(0, 2048, chunk),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        // The largest chunk that fits: one block covering the data.
+        assert_eq!(
+            disk.query_allocated_blocks(0, 2048, u64::MAX / 512)
+                .unwrap(),
+            vec![(0, 2048)]
+        );
+        let mut b = [0u8; 512];
+        for s in [u64::MAX, u64::MAX / 512 + 1] {
+            assert!(disk.read_sectors(s, &mut b).is_err());
+        }
+        assert!(disk
+            .read_scattered(&mut b, &[(0, usize::MAX, 2), (0, 1, usize::MAX)])
+            .is_err());
+        disk.close().unwrap();
+    }
+
+    #[test]
+    fn single_link_on_a_disk_without_parent_is_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _) = chain(dir.path());
+        let conn = Connection::local(&Library::init(Config::default()));
+        let disk = conn
+            .open(
+                base.to_str().unwrap(),
+                OpenFlags {
+                    single_link: true,
+                    ..OpenFlags::default()
+                },
+            )
+            .unwrap();
+        disk.write_at(0, &[0x55; 512]).unwrap();
+        let mut b = [0u8; 1024];
+        disk.read_at(0, &mut b).unwrap();
+        assert!(b[..512].iter().all(|&x| x == 0x55) && b[512..].iter().all(|&x| x == 0x11));
+        disk.close().unwrap();
     }
 }

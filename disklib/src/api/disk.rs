@@ -128,9 +128,12 @@ impl Disk {
             Backend::HotAdd(d, n) => Ok(d.read_many(disjoint(buf, parts)?, *n)?),
             Backend::Local(d) => {
                 for &(off, at, len) in parts {
-                    let dest = buf.get_mut(at..at + len).ok_or_else(|| {
-                        Error::InvalidArgument("a range does not fit the buffer".into())
-                    })?;
+                    let dest = at
+                        .checked_add(len)
+                        .and_then(|end| buf.get_mut(at..end))
+                        .ok_or_else(|| {
+                            Error::InvalidArgument("a range does not fit the buffer".into())
+                        })?;
                     d.read_at(off, dest)?;
                 }
                 Ok(())
@@ -394,11 +397,16 @@ impl Disk {
         let cap = self.capacity() / 512;
         if start.checked_add(count).is_none_or(|e| e > cap) {
             return Err(Error::OutOfRange {
-                offset: start * 512,
-                len: count * 512,
+                offset: start.saturating_mul(512),
+                len: count.saturating_mul(512),
                 capacity: cap * 512,
             });
         }
+        // In range: start + count <= capacity / 512, so neither product
+        // overflows; the chunk size is the caller's own.
+        let chunk_bytes = chunk.checked_mul(512).ok_or_else(|| {
+            Error::InvalidArgument(format!("chunk size of {chunk} sectors is too large"))
+        })?;
         let allocated: cbt::ExtentList = match &*self.backend {
             Backend::Local(d) => d
                 .map()?
@@ -415,7 +423,7 @@ impl Disk {
             }
         };
         let window = cbt::ExtentList::from_sorted([cbt::Extent::new(start * 512, count * 512)]);
-        let got = allocated.align(chunk * 512).intersection(&window);
+        let got = allocated.align(chunk_bytes).intersection(&window);
         Ok(got
             .iter()
             .map(|e| (e.start / 512, e.len.div_ceil(512)))

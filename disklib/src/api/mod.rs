@@ -22,8 +22,8 @@ mod disk;
 mod host_ddb;
 
 pub use config::{
-    list_transport_modes, Config, Library, SanBlockMaps, TransportMode, DEFAULT_STREAMS,
-    DEFAULT_TRANSPORTS,
+    list_transport_modes, Config, ConfigWarning, Library, SanBlockMaps, TransportMode,
+    DEFAULT_STREAMS, DEFAULT_TRANSPORTS,
 };
 pub use connection::{
     changed_areas, changed_areas_by_key, disk_info, disk_key, ConnectParams, Connection,

@@ -13,6 +13,9 @@
  *   vixtest errors PATH               error codes and texts
  *   vixtest clone CONN DST TYPE       Clone to a local disk of TYPE
  *   vixtest child PATH CHILD          CreateChild, write through the child
+ *   vixtest single PATH OUT.raw       open PATH with OPEN_SINGLE_LINK: numLinks,
+ *                                     the link alone to OUT, its blocks; a
+ *                                     writable single-link open is refused
  *   vixtest shrink PATH               Shrink / Defragment on an open handle
  *   vixtest threads PATH N            N threads, one handle each
  *   vixtest loop PATH N               open/read/close N times (valgrind)
@@ -609,6 +612,46 @@ static int cmd_child(const char *path, const char *child)
 
 /* ----------------------------------------------------------- shrink */
 
+/* A delta opened alone, as backup software reads a snapshot's own
+ * grains: one link, its blocks, zeros elsewhere. */
+static int cmd_single(const char *path, const char *out)
+{
+   init();
+   struct conn c;
+   char spec[4096];
+   snprintf(spec, sizeof spec, "local:%s", path);
+   connect_spec(&c, spec, FALSE);
+   VixDiskLibHandle h = open_disk(&c, VIXDISKLIB_FLAG_OPEN_READ_ONLY |
+                                         VIXDISKLIB_FLAG_OPEN_SINGLE_LINK);
+   VixDiskLibInfo *info = NULL;
+   EXPECT(VixDiskLib_GetInfo(h, &info), VIX_OK);
+   if (info) {
+      printf("links %d\n", info->numLinks);
+      printf("hint %s\n", info->parentFileNameHint ? info->parentFileNameHint
+                                                    : "(none)");
+      VixDiskLib_FreeInfo(info);
+   }
+   uint64_t cap = capacity_of(h);
+   uint8_t *buf = malloc(cap * 512 + 1);
+   async_io(h, 0, cap, buf, 0);
+   FILE *f = fopen(out, "wb");
+   CHECK(f != NULL && fwrite(buf, 512, cap, f) == cap, "writing %s", out);
+   if (f)
+      fclose(f);
+   free(buf);
+   print_extents(h, cap);
+   EXPECT(VixDiskLib_Close(h), VIX_OK);
+   VixDiskLibHandle w = NULL;
+   VixError e = VixDiskLib_Open(c.conn, path, VIXDISKLIB_FLAG_OPEN_SINGLE_LINK,
+                                &w);
+   printf("writable %" PRIu64 "\n", VIX_ERROR_CODE(e));
+   if (e == VIX_OK)
+      EXPECT(VixDiskLib_Close(w), VIX_OK);
+   disconnect(&c);
+   VixDiskLib_Exit();
+   return failures != 0;
+}
+
 static int cmd_shrink(const char *path)
 {
    init();
@@ -966,6 +1009,8 @@ int main(int argc, char **argv)
       return cmd_clone(argv[2], argv[3], atoi(argv[4]));
    if (argc >= 4 && strcmp(argv[1], "child") == 0)
       return cmd_child(argv[2], argv[3]);
+   if (argc >= 4 && strcmp(argv[1], "single") == 0)
+      return cmd_single(argv[2], argv[3]);
    if (argc >= 3 && strcmp(argv[1], "shrink") == 0)
       return cmd_shrink(argv[2]);
    if (argc >= 4 && strcmp(argv[1], "threads") == 0)
