@@ -796,10 +796,7 @@ fn a_restore_over_san_makes_the_next_backup_full() {
     )
     .unwrap_err();
     assert!(
-        matches!(
-            err,
-            disklib::Error::Plan(cbt::PlanError::EpochChanged { .. })
-        ),
+        matches!(err, disklib::Error::Cbt(cbt::Error::EpochChanged { .. })),
         "{err}"
     );
     backup::backup(

@@ -44,6 +44,20 @@ pub fn repair(path: &Path, opts: &OpenOptions) -> Result<Vec<Change>> {
         },
     )?;
     let link = &d.links()[0];
+    // Extent lines whose size disagrees with their sparse header (a grow
+    // cut by a crash between the header and the descriptor): the header,
+    // whose grain directory addresses its capacity, is taken as right.
+    let mut sizes = Vec::new();
+    for (i, placed) in link.layout().extents().iter().enumerate() {
+        if let (Backing::Sparse(s), Some(line)) =
+            (&placed.backing, link.descriptor().extents.get(i))
+        {
+            if matches!(s.format(), SparseFormat::Hosted(_)) && s.capacity_sectors() != line.sectors
+            {
+                sizes.push((i, line.sectors, s.capacity_sectors()));
+            }
+        }
+    }
     let mut jobs = Vec::new();
     for (i, placed) in link.layout().extents().iter().enumerate() {
         let Backing::Sparse(s) = &placed.backing else {
@@ -84,6 +98,25 @@ pub fn repair(path: &Path, opts: &OpenOptions) -> Result<Vec<Change>> {
                 });
             }
         }
+    }
+    if !sizes.is_empty() {
+        let d = LocalDisk::open(
+            path,
+            &OpenOptions {
+                writable: true,
+                ..opts.clone()
+            },
+        )?;
+        for &(i, was, now) in &sizes {
+            d.set_extent_sectors(i, now)?;
+            changes.push(Change {
+                file: path.to_path_buf(),
+                what: format!(
+                    "extent {i}: descriptor size {was} sectors set to its header's {now}"
+                ),
+            });
+        }
+        d.close()?;
     }
     Ok(changes)
 }

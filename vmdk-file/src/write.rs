@@ -362,6 +362,21 @@ impl LocalDisk {
         Ok(())
     }
 
+    /// Sets extent `extent`'s size in the top link's descriptor (repair
+    /// makes it agree with the extent's header). Not a data write: the
+    /// CID stays.
+    pub(crate) fn set_extent_sectors(&self, extent: usize, sectors: u64) -> Result<()> {
+        let mut st = self.state()?;
+        let mut d = st.descriptor.clone();
+        let line = d.extents.get_mut(extent).ok_or_else(|| {
+            Error::InvalidArgument(format!("the descriptor has no extent {extent}"))
+        })?;
+        line.sectors = sectors;
+        self.store_descriptor(&st, &d)?;
+        st.descriptor = d;
+        Ok(())
+    }
+
     /// Removes a DDB key of the top link; returns whether it existed.
     pub fn remove_metadata(&self, key: &str) -> Result<bool> {
         let mut st = self.state()?;
