@@ -105,6 +105,12 @@ pub(crate) enum Check {
         python: PathBuf,
         dist: String,
     },
+    /// `out` exists and no file in the directory `sources` is newer (a
+    /// Go program of this repository, rebuilt when edited).
+    Built {
+        out: PathBuf,
+        sources: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Check {
@@ -114,6 +120,9 @@ impl std::fmt::Display for Check {
             Check::Path(p) => write!(f, "{}", p.display()),
             Check::Runs(argv) => write!(f, "`{}` succeeding", argv.join(" ")),
             Check::Pip { python, dist } => write!(f, "{dist} in {}", python.display()),
+            Check::Built { out, sources } => {
+                write!(f, "{} newer than {}", out.display(), sources.display())
+            }
         }
     }
 }
@@ -436,7 +445,15 @@ pub(crate) fn plan(
                 sources,
             } => {
                 let out = peers_dir.join(name);
-                if probe(&Check::Path(out.clone())) {
+                // A program of this repository is rebuilt when edited.
+                let present = match main.strip_prefix("./") {
+                    Some(dir) => Check::Built {
+                        out: out.clone(),
+                        sources: root().join(dir),
+                    },
+                    None => Check::Path(out.clone()),
+                };
+                if probe(&present) {
                     continue;
                 }
                 plan.need_apt(&GO_TOOL, "go", peer.why, probe);
@@ -484,7 +501,21 @@ fn probe(check: &Check) -> bool {
         Check::Pip { python, dist } => {
             quiet_success(Command::new(python).args(["-m", "pip", "show", "-q", dist]))
         }
+        Check::Built { out, sources } => built_after(out, sources),
     }
+}
+
+/// Whether `out` exists and is newer than every file in `sources`.
+fn built_after(out: &Path, sources: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(out).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let Ok(dir) = std::fs::read_dir(sources) else {
+        return true; // nothing to compare with
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .all(|m| m <= built)
 }
 
 fn is_root() -> bool {
