@@ -6,10 +6,12 @@
 //! the op id (counted from 0, one per request, as VDDK does); send them;
 //! feed received bytes to [`Tracker::handle_input`] until it has consumed
 //! them all (each call handles at most one frame and may return an
-//! [`Event`]). VDDK's order for an open is [`open_session`]
-//! (Tracker::open_session), [`set_sock_opts`](Tracker::set_sock_opts),
-//! [`set_res_pool`](Tracker::set_res_pool), [`open_file`]
-//! (Tracker::open_file); for a close [`close_file`](Tracker::close_file),
+//! [`Event`]). VDDK's order for an open is
+//! [`open_session`](Tracker::open_session),
+//! [`set_sock_opts`](Tracker::set_sock_opts),
+//! [`set_res_pool`](Tracker::set_res_pool),
+//! [`open_file`](Tracker::open_file); for a close
+//! [`close_file`](Tracker::close_file),
 //! [`close_session`](Tracker::close_session), then classic type 4.
 //!
 //! Read data is handed to your sink as `(op, offset in the request,

@@ -641,7 +641,14 @@ fn authd_lines_are_vddks() {
             let mut b = vec![0u8; 1 << 20];
             d.read_at(0, &mut b).unwrap();
             assert!(b == want[..1 << 20]);
+            // Closing: CLOSE_FILE, CLOSE_SESSION, classic type 4.
+            let before = e.nfc.completed.load(std::sync::atomic::Ordering::Acquire);
             d.close().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while e.nfc.completed.load(std::sync::atomic::Ordering::Acquire) == before {
+                assert!(std::time::Instant::now() < deadline, "no clean close");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let service = match mode {
                 Mode::Vcenter => "vpxa-nfc",
                 Mode::Esxi => "nfc",

@@ -144,6 +144,9 @@ pub struct NfcServer {
     /// The authd lines each connection sent, in order (the ticket of a
     /// `SESSION` line replaced by `<ticket>`), for tests.
     pub authd_lines: Arc<Mutex<Vec<Vec<String>>>>,
+    /// Sessions that ended as VDDK ends them: CLOSE_SESSION, then classic
+    /// type 4 (for tests).
+    pub completed: Arc<AtomicUsize>,
 }
 
 impl NfcServer {
@@ -161,6 +164,8 @@ impl NfcServer {
         let sha256 = Arc::new(vim_soap::client::Thumbprint::sha256_of(cert_der).to_string());
         let authd_lines: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
         let lines2 = Arc::clone(&authd_lines);
+        let completed = Arc::new(AtomicUsize::new(0));
+        let completed2 = Arc::clone(&completed);
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(AtomicUsize::new(0));
@@ -188,6 +193,7 @@ impl NfcServer {
                         cache: Arc::clone(&cache),
                         sha256: Arc::clone(&sha256),
                         lines: Arc::clone(&lines2),
+                        completed: Arc::clone(&completed2),
                     };
                     let _ = std::thread::Builder::new()
                         .name("sim-nfc".into())
@@ -205,6 +211,7 @@ impl NfcServer {
             stop,
             accepted,
             authd_lines,
+            completed,
         })
     }
 
@@ -231,6 +238,7 @@ struct Ctx {
     /// The certificate's SHA-256 thumbprint, the `THUMBPRINT_SHA2` reply.
     sha256: Arc<String>,
     lines: Arc<Mutex<Vec<Vec<String>>>>,
+    completed: Arc<AtomicUsize>,
 }
 
 /// The handle OPEN_FILE gives (opaque on the wire).
@@ -425,6 +433,7 @@ impl Ctx {
                     nfc.flush()?;
                 }
                 if s.is_finished() {
+                    self.completed.fetch_add(1, Ordering::AcqRel);
                     return Ok(());
                 }
                 if n == 0 {
