@@ -8,10 +8,10 @@ use nfc_proto::classic::ClientHandshake;
 use nfc_proto::client::Tracker;
 use nfc_proto::server::{Request, ServerSession};
 
-fn run(s: &mut ServerSession, data: &[u8]) {
+/// Feeds `data`; the session's replies are appended to `out`.
+fn run(s: &mut ServerSession, data: &[u8], out: &mut Vec<u8>) {
     let mut pos = 0;
     let mut steps = 0;
-    let mut out = Vec::new();
     while pos < data.len() && steps < 10_000 {
         steps += 1;
         match s.handle_input(&data[pos..]) {
@@ -22,35 +22,35 @@ fn run(s: &mut ServerSession, data: &[u8]) {
                     assert!(data.len() <= nfc_proto::client::MAX_REQUEST as usize);
                 }
                 assert!(s.buffered() <= 1 << 20);
-                out.clear();
-                s.poll_output(&mut out);
+                s.poll_output(out);
             }
         }
     }
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    run(&mut ServerSession::with_memory_limit(1 << 20), data);
+    let mut sink = Vec::new();
+    run(&mut ServerSession::with_memory_limit(1 << 20), data, &mut sink);
     // A valid prefix, then the fuzz input as AIO.
-    let mut prefix = Vec::new();
     let mut hs = ClientHandshake::vddk();
-    hs.poll_output(&mut prefix);
     let mut s = ServerSession::with_memory_limit(1 << 20);
-    run(&mut s, &prefix);
     let mut replies = Vec::new();
-    s.poll_output(&mut replies);
-    while !hs.is_done() {
-        let n = hs.handle_input(&replies).expect("our server answers our client");
-        replies.drain(..n);
+    for _ in 0..8 {
         let mut more = Vec::new();
         hs.poll_output(&mut more);
-        run(&mut s, &more);
-        s.poll_output(&mut replies);
+        run(&mut s, &more, &mut replies);
+        while let n @ 1.. = hs.handle_input(&replies).expect("our server answers our client") {
+            replies.drain(..n);
+        }
+        if hs.is_done() {
+            break;
+        }
     }
+    assert!(hs.is_done() && s.in_aio());
     let mut open = Vec::new();
     Tracker::new().open_session(&mut open, OpenSession::default()).unwrap();
-    run(&mut s, &open);
-    run(&mut s, data);
+    run(&mut s, &open, &mut sink);
+    run(&mut s, data, &mut sink);
     let mut p = 0;
     while let Ok(Some((line, n))) = nfc_proto::authd::take_line(&data[p..]) {
         let _ = nfc_proto::authd::parse_command(&line);

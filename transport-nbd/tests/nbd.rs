@@ -697,3 +697,52 @@ fn fragments_in_any_order() {
         d.close().unwrap();
     }
 }
+
+/// The simulator's authd answers as the traces show a host answering:
+/// `BANNER ` with the 220 line, `THUMBPRINT_SHA2 PlainText` with the
+/// SHA-256 thumbprint and anything else with 501, credentials and the
+/// old ticket commands with 530.
+#[test]
+fn authd_answers_like_a_host() {
+    use std::io::{BufRead, BufReader, Write};
+    let e = env(|_| {}, SimOptions::default());
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", e.nfc.port())).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut plain = BufReader::new(tcp.try_clone().unwrap());
+    let mut banner = String::new();
+    plain.read_line(&mut banner).unwrap();
+    assert_eq!(banner, format!("{}\r\n", nfc_proto::authd::BANNER));
+    let pin = Thumbprint::parse(e.sim.thumbprint()).unwrap();
+    let (cfg, _) = vim_soap::client::pinned_tls_config(&pin);
+    let conn = rustls::ClientConnection::new(cfg, "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+    let (cert, _) = e.sim.certificate();
+    let sha256 = Thumbprint::sha256_of(cert).to_string();
+    for (line, want) in [
+        ("BANNER ", nfc_proto::authd::BANNER.to_string()),
+        ("THUMBPRINT_SHA2 PlainText", format!("200 {sha256}")),
+        ("THUMBPRINT_SHA2 AB:CD", "501 Invalid arguments".into()),
+        ("USER root", "331 Password required".into()),
+        ("PASS secret", "530 Login incorrect".into()),
+        ("SESSIONID x", "530 Please login with USER and PASS".into()),
+        (
+            "CONNECT_VPXA x",
+            "530 Please login with USER and PASS".into(),
+        ),
+        ("SESSION not-a-ticket", String::new()),
+        (
+            "PROXY vpxa-nfc",
+            "530 Invalid, expired or used ticket".into(),
+        ),
+    ] {
+        tls.get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
+        if want.is_empty() {
+            continue; // SESSION has no reply
+        }
+        let mut got = String::new();
+        tls.read_line(&mut got).unwrap();
+        assert_eq!(got, format!("{want}\r\n"), "{line}");
+    }
+}
