@@ -383,6 +383,7 @@ impl Tracker {
             && io.offset == *offset
             && len > 0
             && len <= aio::MAX_BUFFER
+            && io.extra <= aio::MAX_BUFFER
             && (io.compression != Compression::None || io.extra == len)
             && start.checked_add(len).is_some_and(|e| e <= *total)
             && !got.iter().any(|&(s, e)| start < e && s < start + len);

@@ -887,6 +887,16 @@ mod tests {
             c.handle_input(&twice[n..], &mut |_, _, _| {}),
             Err(Error::UnknownOp(_))
         ));
+        // Compressed data larger than any buffer (a reader taking frames
+        // apart itself would allocate it).
+        let op = c.read(&mut wire, 1, 0, 1000).unwrap();
+        let mut io = Io::read_request(0, 0, 1000, Compression::FastLz);
+        io.extra = u32::MAX;
+        assert!(matches!(
+            c.begin_fragment(op, &io),
+            Err(Error::BadFragment { .. })
+        ));
+        c.abandon(op);
         // A fragment outside its request, a reply at another offset.
         let op = c.read(&mut wire, 1, 0, 10).unwrap();
         let mut r = Vec::new();

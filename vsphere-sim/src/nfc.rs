@@ -764,6 +764,9 @@ impl Ctx {
 /// multiples (of the chunk size, and of 512), as on a host.
 fn allocation_bitmap(d: &LocalDisk, q: &nfc_proto::aio::QueryAllocated) -> Result<Vec<u8>, String> {
     let chunk = q.chunk_size;
+    if nfc_proto::aio::bitmap_len(q.chunks) > nfc_proto::aio::MAX_BITMAP as u64 {
+        return Err("too many chunks in one query".into());
+    }
     if chunk == 0 || !chunk.is_multiple_of(512) || !q.start.is_multiple_of(chunk) {
         return Err("start and chunk size must be multiples of the chunk size".into());
     }
