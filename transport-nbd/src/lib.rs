@@ -417,6 +417,27 @@ impl NbdDisk {
         })
     }
 
+    /// QueryAllocatedBlocks (NFC type 13): one bit per `chunk_size`-byte
+    /// chunk from `start` (both multiples of `chunk_size`), LSB first,
+    /// set when the chunk holds data; `chunks` bits, padded to 4 bytes.
+    pub fn allocated_chunks(&self, start: u64, chunk_size: u64, chunks: u64) -> Result<Vec<u8>> {
+        let t = self.opts.timeouts.request;
+        self.with_conn(|c| {
+            let q = nfc_proto::aio::QueryAllocated {
+                handle: c.handle,
+                chunk_size,
+                start,
+                chunks,
+            };
+            let op = c.tracker.query_allocated(&mut c.out, &q)?;
+            c.send(t)?;
+            match c.expect(op, t)? {
+                Event::Allocated { bitmap, .. } => Ok(bitmap),
+                _ => Err(Error::Protocol(nfc_proto::Error::UnknownOp(op))),
+            }
+        })
+    }
+
     /// One DDB key (`None`: not set). The `ddb.` prefix of descriptor keys
     /// is left off on the wire, as VDDK does.
     pub fn ddb(&self, key: &str) -> Result<Option<String>> {

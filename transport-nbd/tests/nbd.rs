@@ -746,3 +746,27 @@ fn authd_answers_like_a_host() {
         assert_eq!(got, format!("{want}\r\n"), "{line}");
     }
 }
+
+/// QueryAllocatedBlocks: the bitmap of chunks holding data, and the
+/// refusal of a start that is not a multiple of the chunk size.
+#[test]
+fn allocated_chunks() {
+    let e = env(|_| {}, SimOptions::default());
+    // The pattern covers the first 8 MiB; write one more block at 20 MiB.
+    e.sim
+        .guest_write("vm-100", 2000, 20 << 20, &[1u8; 4096])
+        .unwrap();
+    let d = open(&e, NbdOptions::default(), true).unwrap();
+    let bitmap = d.allocated_chunks(0, 1 << 20, 32).unwrap();
+    assert_eq!(bitmap.len(), 4);
+    let bits: Vec<bool> = (0..32)
+        .map(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
+        .collect();
+    let want: Vec<bool> = (0..32).map(|i| i < 8 || i == 20).collect();
+    assert_eq!(bits, want);
+    assert!(matches!(
+        d.allocated_chunks(512, 1 << 20, 4),
+        Err(Error::Server { code: 3, .. })
+    ));
+    d.close().unwrap();
+}
