@@ -117,3 +117,47 @@ out("vmdk_descriptor", "split",
     b"parentCID=12345678\nparentFileNameHint=\"base \xe9.vmdk\"\ncreateType=\"twoGbMaxExtentFlat\"\n"
     b"RW 100 FLAT \"a b-f001.vmdk\" 0\nRDONLY 100 VMFSRAW \"/dev/x\" 0 part \"dev id\"\nNOACCESS 0 ZERO\n"
     b"#DDB\nddb.geometry.cylinders = \"16\"\n\0\0\0")
+
+
+# NFC: the documented VDDK 8 sequence (see nfc-proto/tests/golden.rs).
+def classic(kind, *fields, at=4, raw=b""):
+    f = bytearray(264)
+    struct.pack_into("<I", f, 0, kind)
+    if raw:
+        f[at:at + len(raw)] = raw
+    for i, v in enumerate(fields):
+        struct.pack_into("<I", f, at + 4 * i, v)
+    return bytes(f)
+
+
+def aio(kind, op, fixed, extra=b""):
+    return struct.pack("<IIII", 0xA100DA7A, kind, len(fixed), op) + fixed + extra
+
+
+H = 0x0000000100000007
+HANDSHAKE = (classic(43, raw=b"PlainText") + classic(33) + classic(51, 11) + classic(54, 4, 7)
+             + b"vddknbdmode" + classic(55, 3) + classic(52))
+PATH = b"[datastore0] vm1/vm1.vmdk"
+REQUESTS = (aio(2, 0, struct.pack("<IIII", 0, 65536, 4, 0)) + aio(9, 1, bytes(12))
+            + aio(22, 2, struct.pack("<I", 1))
+            + aio(4, 3, struct.pack("<I12xII36x", len(PATH), 2, 0x1E), PATH)
+            + aio(11, 4, struct.pack("<QII", H, 11, 0), b"adapterType")
+            + aio(7, 5, struct.pack("<QQQIIIII", H, 1, 512, 512, 0, 512, 512, 0))
+            + aio(7, 6, struct.pack("<QQQIIIII", H, 0, 0, 512, 0, 512, 512, 0), b"\x5a" * 512)
+            + aio(13, 7, struct.pack("<QQQQQQ", H, 0, 1 << 20, 0, 16, 0))
+            + aio(5, 8, struct.pack("<Q", H)) + aio(3, 9, bytes(4)) + classic(4))
+# The replies to nfc_client's requests (ops 0-10), read data kept small.
+REPLIES = (aio(2, 0, bytes(16)) + aio(9, 1, struct.pack("<III", 1675000, 1675000, 1))
+           + aio(22, 2, struct.pack("<I", 1))
+           + aio(4, 3, struct.pack("<8xQII4xQIIII8x", 1, 2, 0x1E, 10 << 30, 512, 1305, 255, 63))
+           + aio(7, 5, struct.pack("<QQQIIIII", 0, 1, 4096, 1000, 0, 1000, 1000, 0), b"\xab" * 1000)
+           + aio(7, 4, struct.pack("<QQQIIIII", 0, 1, 0, 200000, 0, 512, 512, 0), b"\xcd" * 512)
+           + aio(7, 6, struct.pack("<QQQIIIII", 0, 0, 0, 70000, 0, 70000, 0, 0))
+           + aio(11, 7, struct.pack("<12xI", 8), b"lsilogic")
+           + aio(13, 8, struct.pack("<QQQQQQ", 1, 0, 1 << 20, 0, 64, 0), bytes(8))
+           + aio(5, 9, struct.pack("<Q", 1)) + aio(3, 10, bytes(4)))
+out("nfc_classic", "handshake", HANDSHAKE)
+out("nfc_classic", "server-replies", classic(36, 1, at=16) + classic(51, 11) + classic(52))
+out("nfc_server", "session", HANDSHAKE + REQUESTS)
+out("nfc_server", "aio", REQUESTS)
+out("nfc_client", "replies", REPLIES)

@@ -1,6 +1,14 @@
 //! The authd line protocol (TCP 902): banner, ticket or credentials, and
 //! the proxy request that hands the connection to the NFC service.
 //!
+//! VDDK 8's order, from the public traces: the server's plaintext banner,
+//! TLS, then `SESSION <ticket>` (no reply) and `BANNER ` (trailing space;
+//! reply: the `220` banner line) written back to back,
+//! `THUMBPRINT_SHA2 PlainText` (reply: `200 <SHA-256 thumbprint>`), and
+//! `PROXY <service>` where the service is the ticket's (`vpxa-nfc` from
+//! vCenter, `nfc` from a bare ESXi host) with `ssl` appended for nbdssl
+//! ([`proxy_service`]); reply `200 Connect ha-nfc[ssl]`.
+//!
 //! ```
 //! use nfc_proto::authd::{self, Command, Reply};
 //! let mut wire = Vec::new();
@@ -23,10 +31,31 @@ use crate::{Error, Result};
 pub const MAX_LINE: usize = 4096;
 /// The banner an authd server greets with.
 pub const BANNER: &str = "220 VMware Authentication Daemon Version 1.10: SSL Required, ServerDaemonProtocol:SOAP, MKSDisplayProtocol:VNC , VMXARGS supported, NFCSSL supported/t, SHA256 supported";
-/// The proxy service for plain NFC.
-pub const SERVICE_NFC: &str = "vpxa-nfc";
-/// The proxy service for NFC over TLS.
-pub const SERVICE_NFCSSL: &str = "vpxa-nfcssl";
+/// The service a vCenter ticket names.
+pub const SERVICE_VCENTER: &str = "vpxa-nfc";
+/// The service a bare ESXi host's ticket names.
+pub const SERVICE_ESXI: &str = "nfc";
+/// The only argument VDDK sends with `THUMBPRINT_SHA2`.
+pub const THUMBPRINT_PLAINTEXT: &str = "PlainText";
+
+/// The `PROXY` argument for a ticket's service: the service itself for
+/// nbd, with `ssl` appended for nbdssl.
+pub fn proxy_service(ticket_service: &str, ssl: bool) -> String {
+    if ssl {
+        format!("{ticket_service}ssl")
+    } else {
+        ticket_service.to_string()
+    }
+}
+
+/// The `200` reply to `PROXY` for nbd or nbdssl.
+pub fn proxy_reply(ssl: bool) -> &'static str {
+    if ssl {
+        "Connect ha-nfcssl"
+    } else {
+        "Connect ha-nfc"
+    }
+}
 
 /// A client command.
 #[derive(Clone, PartialEq, Eq)]
@@ -157,5 +186,8 @@ mod tests {
         assert!(parse_reply("hello").is_err());
         assert!(parse_reply("999 x").is_err());
         assert_eq!(parse_reply(BANNER).unwrap().code, 220);
+        assert_eq!(parse_command("BANNER "), Command::Banner);
+        assert_eq!(proxy_service("nfc", true), "nfcssl");
+        assert_eq!(proxy_service("vpxa-nfc", false), "vpxa-nfc");
     }
 }

@@ -1,13 +1,19 @@
-//! One NFC connection: authd, TLS, the AIO session and the frames in
-//! flight (the requests `NbdDisk` pipelines go through here).
+//! One NFC connection: authd, TLS, the classic handshake, the AIO session
+//! and the frames in flight (the requests `NbdDisk` pipelines go through
+//! here).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use nfc_proto::aio::{Compression, Header, Io, Kind, OpenFile, HEADER_LEN, IO_LEN};
+use nfc_proto::aio::{
+    reply_extra_len, Compression, Header, Io, Kind, OpenFile, OpenSession, Opened, HEADER_LEN,
+    IO_LEN,
+};
 use nfc_proto::authd::{self, Command};
+use nfc_proto::classic::{self, ClientHandshake};
 use nfc_proto::client::{Event, Tracker};
+use nfc_proto::compress;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use vim_soap::client::{pinned_tls_config, Thumbprint};
@@ -150,12 +156,15 @@ pub(crate) fn io_err(
 }
 
 impl Conn {
+    /// authd, the switch to plain TCP or a fresh TLS session, the classic
+    /// handshake, then VDDK's open: OPEN_SESSION, SET_SOCK_OPTS,
+    /// SET_RES_POOL, OPEN_FILE.
     pub(crate) fn connect(
         t: &Ticket,
         opts: &NbdOptions,
         path: &str,
         read_only: bool,
-    ) -> Result<(Self, u64)> {
+    ) -> Result<(Self, Opened)> {
         let host = t.server.clone();
         let addr = host
             .to_socket_addrs()
@@ -182,22 +191,57 @@ impl Conn {
             return Err(Error::Refused(banner));
         }
         let mut tls = tls_client(tcp, &host, &t.thumbprint)?;
-        let service = if opts.ssl {
-            authd::SERVICE_NFCSSL
-        } else {
-            authd::SERVICE_NFC
+        let send = |tls: &mut StreamOwned<ClientConnection, TcpStream>, cmds: &[Command]| {
+            let mut lines = Vec::new();
+            for c in cmds {
+                authd::push_command(&mut lines, c);
+            }
+            tls.write_all(&lines)
+                .and_then(|()| tls.flush())
+                .map_err(|e| io_err(&host, "authd", e, Some(accept)))
         };
-        let mut lines = Vec::new();
-        authd::push_command(&mut lines, &Command::Session(t.ticket.expose().to_string()));
-        authd::push_command(&mut lines, &Command::Proxy(service.into()));
-        tls.write_all(&lines)
-            .map_err(|e| io_err(&host, "authd", e, Some(accept)))?;
-        tls.flush()
-            .map_err(|e| io_err(&host, "authd", e, Some(accept)))?;
-        let reply = read_line(&mut tls, &host)?;
-        if authd::parse_reply(&reply)?.code != 200 {
-            return Err(Error::Refused(reply));
+        let expect = |tls: &mut StreamOwned<ClientConnection, TcpStream>, code: u16| {
+            let reply = read_line(tls, &host)?;
+            if authd::parse_reply(&reply)?.code != code {
+                return Err(Error::Refused(reply));
+            }
+            Ok(reply)
+        };
+        // VDDK 8: SESSION and BANNER back to back, then the SHA-256
+        // thumbprint, then PROXY with the ticket's service.
+        send(
+            &mut tls,
+            &[
+                Command::Session(t.ticket.expose().to_string()),
+                Command::Banner,
+            ],
+        )?;
+        expect(&mut tls, 220)?;
+        send(
+            &mut tls,
+            &[Command::ThumbprintSha2(
+                authd::THUMBPRINT_PLAINTEXT.to_string(),
+            )],
+        )?;
+        let reply = expect(&mut tls, 200)?;
+        let der = tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first().map(|c| c.to_vec()))
+            .unwrap_or_default();
+        let told = Thumbprint::parse(reply.get(4..).unwrap_or_default().trim());
+        let seen = Thumbprint::sha256_of(&der).to_string();
+        if told.map(|t| t.to_string()).ok().as_deref() != Some(seen.as_str()) {
+            return Err(Error::ThumbprintMismatch {
+                expected: seen,
+                found: reply.get(4..).unwrap_or_default().to_string(),
+            });
         }
+        send(
+            &mut tls,
+            &[Command::Proxy(authd::proxy_service(&t.service, opts.ssl))],
+        )?;
+        expect(&mut tls, 200)?;
         let (_, tcp) = tls.into_parts();
         let stream = if opts.ssl {
             Stream::Tls(Box::new(tls_client(tcp, &host, &t.thumbprint)?))
@@ -214,34 +258,71 @@ impl Conn {
             last_used: Instant::now(),
             broken: false,
         };
-        let op = c.tracker.open_session(&mut c.out)?;
-        c.send(opts.timeouts.request)?;
-        c.expect(op, opts.timeouts.request)?;
+        let rt = opts.timeouts.request;
+        c.handshake(rt)?;
+        let session = OpenSession {
+            buffer_size: opts.buffer_size,
+            buffer_count: opts.buffer_count,
+        };
+        let op = c.tracker.open_session(&mut c.out, session)?;
+        c.send(rt)?;
+        c.expect(op, rt)?;
+        let op = c.tracker.set_sock_opts(&mut c.out)?;
+        c.send(rt)?;
+        c.expect(op, rt)?;
+        let op = c.tracker.set_res_pool(&mut c.out, 1)?;
+        c.send(rt)?;
+        c.expect(op, rt)?;
         let op = c.tracker.open_file(
             &mut c.out,
             &OpenFile {
                 path: path.to_string(),
                 read_only,
-                compression: if opts.compression {
-                    Compression::Zlib
-                } else {
-                    Compression::None
-                },
             },
         )?;
-        c.send(opts.timeouts.request)?;
-        let capacity = match c.expect(op, opts.timeouts.request)? {
-            Event::Opened { opened, .. } => {
-                c.handle = opened.handle;
-                opened.capacity
-            }
+        c.send(rt)?;
+        let opened = match c.expect(op, rt)? {
+            Event::Opened { opened, .. } => opened,
             other => {
-                return Err(Error::Protocol(nfc_proto::Error::Authd(format!(
-                    "unexpected {other:?}"
-                ))))
+                return Err(Error::Protocol(nfc_proto::Error::UnexpectedType(
+                    other.op(),
+                )))
             }
         };
-        Ok((c, capacity))
+        c.handle = opened.handle;
+        c.tracker.set_compression(opts.compression);
+        Ok((c, opened))
+    }
+
+    /// The classic handshake (43, 33/36, 51/51, 54 + strings, 55, 52/52).
+    fn handshake(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let mut hs = ClientHandshake::vddk();
+        let mut frame = [0u8; classic::FRAME_LEN];
+        loop {
+            hs.poll_output(&mut self.out);
+            if !self.out.is_empty() {
+                self.send(timeout)?;
+            }
+            if hs.is_done() {
+                return Ok(());
+            }
+            self.set_timeout(timeout)?;
+            self.read_exact(&mut frame, timeout, "handshake")?;
+            hs.handle_input(&frame)
+                .inspect_err(|_| self.broken = true)?;
+        }
+    }
+
+    /// CLOSE_FILE, CLOSE_SESSION, then classic type 4.
+    pub(crate) fn close(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let op = self.tracker.close_file(&mut self.out, self.handle)?;
+        self.send(timeout)?;
+        self.expect(op, timeout)?;
+        let op = self.tracker.close_session(&mut self.out)?;
+        self.send(timeout)?;
+        self.expect(op, timeout)?;
+        classic::Message::SessionComplete.encode(&mut self.out);
+        self.send(timeout)
     }
 
     pub(crate) fn set_timeout(&self, t: Option<Duration>) -> Result<()> {
@@ -286,7 +367,7 @@ impl Conn {
     pub(crate) fn expect(&mut self, op: u32, timeout: Option<Duration>) -> Result<Event> {
         loop {
             if let Some(ev) = self.frame(timeout, None)? {
-                if event_op(&ev) == op {
+                if ev.op() == op {
                     return match ev {
                         Event::Failed { code, text, .. } => Err(Error::Server { code, text }),
                         ev => Ok(ev),
@@ -308,17 +389,10 @@ impl Conn {
         self.read_exact(&mut head, timeout, "reply")?;
         self.last_used = Instant::now();
         let h = Header::parse(&head).inspect_err(|_| self.broken = true)?;
-        if h.kind == Kind::Io as u32 && self.tracker.is_read(h.op) && h.size as usize >= IO_LEN {
+        if h.kind == Kind::Io as u32 && self.tracker.is_read(h.op) {
             let mut fixed = [0u8; IO_LEN];
             self.read_exact(&mut fixed, timeout, "read data")?;
-            let io = Io::parse_fixed(&fixed).inspect_err(|_| self.broken = true)?;
-            if h.size as usize != IO_LEN + io.extra as usize {
-                self.broken = true;
-                return Err(Error::Protocol(nfc_proto::Error::Short {
-                    what: "IO frame",
-                    len: h.size as usize,
-                }));
-            }
+            let io = Io::parse(&fixed).inspect_err(|_| self.broken = true)?;
             let at = self
                 .tracker
                 .begin_fragment(h.op, &io)
@@ -328,62 +402,42 @@ impl Conn {
                 let start = ops.iter().find(|(o, _)| *o == h.op)?.1;
                 buf.get_mut(start + at..)
             });
-            match (io.compression, target) {
-                (Compression::None, Some(d)) if d.len() >= len => {
-                    self.read_exact(&mut d[..len], timeout, "read data")?
-                }
-                (Compression::Zlib, Some(d)) if d.len() >= len => {
-                    let mut z = std::mem::take(&mut self.scratch);
-                    z.resize(io.extra as usize, 0);
-                    let r = self.read_exact(&mut z, timeout, "read data");
-                    let n = r.and_then(|()| {
-                        miniz_oxide::inflate::decompress_slice_iter_to_slice(
-                            &mut d[..len],
-                            std::iter::once(&z[..]),
-                            true,
-                            false,
-                        )
+            let Some(d) = target.filter(|d| d.len() >= len) else {
+                self.broken = true;
+                return Err(Error::Protocol(nfc_proto::Error::BadFragment {
+                    op: h.op,
+                    offset: at as u64,
+                    len: len as u64,
+                }));
+            };
+            if io.compression == Compression::None {
+                self.read_exact(&mut d[..len], timeout, "read data")?;
+            } else {
+                let mut z = std::mem::take(&mut self.scratch);
+                z.resize(io.extra as usize, 0);
+                let r = self.read_exact(&mut z, timeout, "read data");
+                let ok = r.and_then(|()| {
+                    compress::decompress_fragment(io.compression, &z, &mut d[..len])
                         .map_err(|_| Error::Protocol(nfc_proto::Error::BadCompression(h.op)))
-                    });
-                    self.scratch = z;
-                    if n? != len {
-                        self.broken = true;
-                        return Err(Error::Protocol(nfc_proto::Error::BadCompression(h.op)));
-                    }
-                }
-                _ => {
-                    self.broken = true;
-                    return Err(Error::Protocol(nfc_proto::Error::BadFragment {
-                        op: h.op,
-                        offset: at as u64,
-                        len: len as u64,
-                    }));
-                }
+                });
+                self.scratch = z;
+                ok.inspect_err(|_| self.broken = true)?;
             }
             return Ok(self.tracker.end_fragment(h.op, io.frag_len));
         }
+        let kind = h.known_kind().inspect_err(|_| self.broken = true)?;
         let mut frame = head.to_vec();
         frame.resize(HEADER_LEN + h.size as usize, 0);
         self.read_exact(&mut frame[HEADER_LEN..], timeout, "reply")?;
+        let extra = reply_extra_len(kind, &frame[HEADER_LEN..], false)
+            .inspect_err(|_| self.broken = true)?;
+        let fixed_end = frame.len();
+        frame.resize(fixed_end + extra, 0);
+        self.read_exact(&mut frame[fixed_end..], timeout, "reply")?;
         let (_, ev) = self
             .tracker
             .handle_input(&frame, &mut |_, _, _| {})
             .inspect_err(|_| self.broken = true)?;
         Ok(ev)
-    }
-}
-
-pub(crate) fn event_op(e: &Event) -> u32 {
-    match *e {
-        Event::SessionOpened { op }
-        | Event::Opened { op, .. }
-        | Event::ReadDone { op }
-        | Event::WriteDone { op }
-        | Event::Flushed { op }
-        | Event::Closed { op }
-        | Event::Info { op, .. }
-        | Event::Ddb { op, .. }
-        | Event::Pong { op }
-        | Event::Failed { op, .. } => op,
     }
 }

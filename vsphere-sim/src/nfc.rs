@@ -1,6 +1,21 @@
 //! The simulator's NFC server: authd on a loopback port, tickets issued
 //! by the SOAP side, disks served through the kit's own VMDK engine.
 //!
+//! As strict as the public VDDK 8 traces let us be: authd answers
+//! `BANNER ` with its `220` line and `THUMBPRINT_SHA2 PlainText` with the
+//! certificate's SHA-256 thumbprint (`501` to any other argument), and
+//! accepts in `PROXY` only the ticket's service (`ssl` appended for
+//! nbdssl). After `200 Connect` the connection runs
+//! [`nfc_proto::server::ServerSession`]: the classic handshake before any
+//! AIO frame, OPEN_SESSION first, documented sizes only, op ids from 0,
+//! read requests as VDDK sends them, fragments of the session's buffer
+//! size, CLOSE_SESSION then classic type 4; anything else closes the
+//! connection. A `NfcGetVmFiles` ticket opens any disk file of its VM
+//! (snapshot parents included) read-only; a `NfcRandomAccessOpenDisk`
+//! ticket opens its disk's running file. DDB_GET keys come without the
+//! descriptor's `ddb.` prefix. GET_FILE_INFO, whose layout is
+//! unpublished, is refused.
+//!
 //! Limits like ESXi's: total buffer memory across sessions (48 MB by
 //! default) and a connection cap, each answered with an error. Paths are
 //! the ticket's disk or nothing: `..`, absolute paths and symlinks that
@@ -16,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nfc_proto::aio::{FileInfo, Kind, Opened};
+use nfc_proto::aio::Opened;
 use nfc_proto::authd::{self, Command};
 use nfc_proto::server::{Request, ServerSession};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -33,6 +48,9 @@ pub struct Faults {
     pub delay: Option<Duration>,
     /// Corrupt the magic of the n-th reply frame (1-based).
     pub corrupt_frame: Option<u64>,
+    /// Send the fragments of every read reply last first (hosts may send
+    /// them in any order).
+    pub reverse_fragments: bool,
 }
 
 /// NFC server options.
@@ -123,6 +141,12 @@ pub struct NfcServer {
     stop: Arc<AtomicBool>,
     /// Connections accepted so far (for tests).
     pub accepted: Arc<AtomicUsize>,
+    /// The authd lines each connection sent, in order (the ticket of a
+    /// `SESSION` line replaced by `<ticket>`), for tests.
+    pub authd_lines: Arc<Mutex<Vec<Vec<String>>>>,
+    /// Sessions that ended as VDDK ends them: CLOSE_SESSION, then classic
+    /// type 4 (for tests).
+    pub completed: Arc<AtomicUsize>,
 }
 
 impl NfcServer {
@@ -137,6 +161,11 @@ impl NfcServer {
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         shared.set_nfc_endpoint("127.0.0.1", port);
         let cfg = crate::server::tls_config(cert_der, key_der)?;
+        let sha256 = Arc::new(vim_soap::client::Thumbprint::sha256_of(cert_der).to_string());
+        let authd_lines: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let lines2 = Arc::clone(&authd_lines);
+        let completed = Arc::new(AtomicUsize::new(0));
+        let completed2 = Arc::clone(&completed);
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(AtomicUsize::new(0));
@@ -162,6 +191,9 @@ impl NfcServer {
                         active: Arc::clone(&active),
                         memory: Arc::clone(&memory),
                         cache: Arc::clone(&cache),
+                        sha256: Arc::clone(&sha256),
+                        lines: Arc::clone(&lines2),
+                        completed: Arc::clone(&completed2),
                     };
                     let _ = std::thread::Builder::new()
                         .name("sim-nfc".into())
@@ -178,6 +210,8 @@ impl NfcServer {
             port,
             stop,
             accepted,
+            authd_lines,
+            completed,
         })
     }
 
@@ -201,7 +235,14 @@ struct Ctx {
     active: Arc<AtomicUsize>,
     memory: Arc<AtomicU64>,
     cache: Arc<ReadCache>,
+    /// The certificate's SHA-256 thumbprint, the `THUMBPRINT_SHA2` reply.
+    sha256: Arc<String>,
+    lines: Arc<Mutex<Vec<Vec<String>>>>,
+    completed: Arc<AtomicUsize>,
 }
+
+/// The handle OPEN_FILE gives (opaque on the wire).
+const HANDLE: u64 = 0x0000_0001_0000_0007;
 
 /// Where a read reply's data is.
 enum ReplyData {
@@ -279,21 +320,46 @@ impl Ctx {
         // authd over TLS.
         let mut ticket: Option<String> = None;
         let mut line_buf = Vec::new();
+        let conn_index = {
+            let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            l.push(Vec::new());
+            l.len() - 1
+        };
         let service = loop {
             let line = read_line(&mut tls, &mut line_buf)?;
-            match authd::parse_command(&line) {
-                Command::Session(t) => ticket = Some(t),
-                Command::Banner => {}
-                Command::ThumbprintSha2(_) => {
-                    let mut out = Vec::new();
-                    authd::push_reply(&mut out, 200, &self.shared.thumbprint);
-                    tls.write_all(&out)?;
-                }
-                Command::User(_) => tls.write_all(b"331 Password required\r\n")?,
-                Command::Pass(_) => tls.write_all(b"530 Login incorrect: use a ticket\r\n")?,
-                Command::Proxy(s) => break s,
-                Command::Other(_) => tls.write_all(b"500 Unknown command\r\n")?,
+            let cmd = authd::parse_command(&line);
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(conn_index)
+            {
+                l.push(match cmd {
+                    Command::Session(_) => "SESSION <ticket>".into(),
+                    _ => line.clone(),
+                });
             }
+            let mut out = Vec::new();
+            match cmd {
+                Command::Session(t) => ticket = Some(t),
+                Command::Banner => {
+                    out.extend_from_slice(format!("{}\r\n", authd::BANNER).as_bytes())
+                }
+                Command::ThumbprintSha2(arg) if arg == authd::THUMBPRINT_PLAINTEXT => {
+                    authd::push_reply(&mut out, 200, &self.sha256)
+                }
+                Command::ThumbprintSha2(_) => authd::push_reply(&mut out, 501, "Invalid arguments"),
+                Command::User(_) => authd::push_reply(&mut out, 331, "Password required"),
+                Command::Pass(_) => authd::push_reply(&mut out, 530, "Login incorrect"),
+                Command::Proxy(s) => break s,
+                Command::Other(l)
+                    if l.starts_with("SESSIONID") || l.starts_with("CONNECT_VPXA") =>
+                {
+                    authd::push_reply(&mut out, 530, "Please login with USER and PASS")
+                }
+                Command::Other(_) => authd::push_reply(&mut out, 500, "Unknown command"),
+            }
+            tls.write_all(&out)?;
         };
         if over_limit {
             tls.write_all(b"530 NFC connection limit reached\r\n")?;
@@ -309,24 +375,23 @@ impl Ctx {
                 return Ok(());
             }
         };
-        let nfc = match service.as_str() {
-            authd::SERVICE_NFC => {
-                tls.write_all(b"200 Connect ha-nfc\r\n")?;
-                tls.flush()?;
-                let (_, tcp) = tls.into_parts();
-                Nfc::Plain(tcp)
-            }
-            authd::SERVICE_NFCSSL => {
-                tls.write_all(b"200 Connect ha-nfcssl\r\n")?;
-                tls.flush()?;
-                let (_, tcp) = tls.into_parts();
-                Nfc::Tls(Box::new(tls_handshake(&self.cfg, tcp)?))
-            }
-            other => {
-                let _ = other;
-                tls.write_all(b"530 Unknown service\r\n")?;
-                return Ok(());
-            }
+        let ssl = if service == authd::proxy_service(&grant.service, false) {
+            false
+        } else if service == authd::proxy_service(&grant.service, true) {
+            true
+        } else {
+            tls.write_all(b"530 Unknown service\r\n")?;
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        authd::push_reply(&mut out, 200, authd::proxy_reply(ssl));
+        tls.write_all(&out)?;
+        tls.flush()?;
+        let (_, tcp) = tls.into_parts();
+        let nfc = if ssl {
+            Nfc::Tls(Box::new(tls_handshake(&self.cfg, tcp)?))
+        } else {
+            Nfc::Plain(tcp)
         };
         self.session(nfc, grant)
     }
@@ -336,7 +401,6 @@ impl Ctx {
         let mut inbuf: Vec<u8> = Vec::with_capacity(1 << 17);
         let mut chunk = vec![0u8; 1 << 16];
         let mut disk: Option<LocalDisk> = None;
-        let mut compress = false;
         let mut sent = 0u64;
         let mut frames = 0u64;
         let mut reserved = 0u64;
@@ -346,9 +410,12 @@ impl Ctx {
                 let (n, req) = match s.handle_input(&inbuf) {
                     Ok(x) => x,
                     Err(e) => {
-                        let mut out = Vec::new();
-                        s.reply_error(&mut out, 0, codes::INVALID_ARG, &e.to_string());
-                        let _ = nfc.write_all(&out);
+                        // Refused: an error frame once AIO runs, then close.
+                        if s.in_aio() {
+                            let mut out = Vec::new();
+                            s.reply_error(&mut out, 0, codes::INVALID_ARG, &e.to_string());
+                            let _ = nfc.write_all(&out);
+                        }
                         return Ok(());
                     }
                 };
@@ -357,6 +424,18 @@ impl Ctx {
                 self.memory.fetch_add(now, Ordering::AcqRel);
                 self.memory.fetch_sub(reserved, Ordering::AcqRel);
                 reserved = now;
+                // Session-level replies (handshake, OPEN_SESSION, ...).
+                let mut session_out = Vec::new();
+                s.poll_output(&mut session_out);
+                if !session_out.is_empty() {
+                    sent += session_out.len() as u64;
+                    nfc.write_all(&session_out)?;
+                    nfc.flush()?;
+                }
+                if s.is_finished() {
+                    self.completed.fetch_add(1, Ordering::AcqRel);
+                    return Ok(());
+                }
                 if n == 0 {
                     let r = nfc.read(&mut chunk)?;
                     if r == 0 {
@@ -377,15 +456,17 @@ impl Ctx {
                     std::thread::sleep(d);
                 }
                 let mut out = Vec::new();
-                let fast = faults.drop_after_bytes.is_none() && faults.corrupt_frame.is_none();
+                let fast = faults.drop_after_bytes.is_none()
+                    && faults.corrupt_frame.is_none()
+                    && !faults.reverse_fragments;
+                let is_read = matches!(req, Request::Read(_));
                 let mut vectored: Option<(Vec<u8>, ReplyData)> = None;
-                let done = self.answer(
+                self.answer(
                     &mut s,
                     &mut out,
                     req,
                     &grant,
                     &mut disk,
-                    &mut compress,
                     &mut rbuf,
                     fast.then_some(&mut vectored),
                 );
@@ -396,9 +477,12 @@ impl Ctx {
                         ReplyData::Buffer(len) => &rbuf[..*len],
                         ReplyData::Cached(block, start, len) => &block[*start..*start + *len],
                     };
-                    write_vectored_all(&mut nfc, &heads, data)?;
+                    write_vectored_all(&mut nfc, &heads, data, s.fragment_len())?;
                     sent += (heads.len() + data.len()) as u64;
                     continue;
+                }
+                if faults.reverse_fragments && is_read {
+                    out = reversed_frames(&out);
                 }
                 if let Some(k) = faults.corrupt_frame {
                     frames += 1;
@@ -416,9 +500,6 @@ impl Ctx {
                 sent += out.len() as u64;
                 nfc.write_all(&out)?;
                 nfc.flush()?;
-                if done {
-                    return Ok(());
-                }
             }
         })();
         self.memory.fetch_sub(reserved, Ordering::AcqRel);
@@ -428,7 +509,7 @@ impl Ctx {
         result
     }
 
-    /// Answers one request; true when the session is over.
+    /// Answers one request.
     #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
@@ -437,86 +518,89 @@ impl Ctx {
         req: Request,
         grant: &NfcGrant,
         disk: &mut Option<LocalDisk>,
-        compress: &mut bool,
         rbuf: &mut Vec<u8>,
         vectored: Option<&mut Option<(Vec<u8>, ReplyData)>>,
-    ) -> bool {
+    ) {
         let err = |s: &mut ServerSession, out: &mut Vec<u8>, op, code, text: String| {
             s.reply_error(out, op, code, &text)
         };
+        let no_handle = |s: &mut ServerSession, out: &mut Vec<u8>, op| {
+            s.reply_error(out, op, codes::INVALID_HANDLE, "no such handle")
+        };
         match req {
-            Request::OpenSession { op } => s.reply_ok(out, Kind::OpenSession, op),
-            Request::CloseSession { op } => {
-                s.reply_ok(out, Kind::CloseSession, op);
-                return true;
-            }
-            Request::Ping { op } => s.reply_ok(out, Kind::Ping, op),
             Request::OpenFile { op, open } => {
                 if disk.is_some() {
-                    err(s, out, op, codes::INVALID_ARG, "one disk per ticket".into());
-                    return false;
-                }
-                match self.check_path(&open.path, grant) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        err(s, out, op, codes::INVALID_ARG, e);
-                        return false;
-                    }
-                }
-                let writable = !open.read_only && !grant.read_only;
-                if !open.read_only && grant.read_only {
                     err(
+                        s,
+                        out,
+                        op,
+                        codes::INVALID_ARG,
+                        "one disk per session".into(),
+                    );
+                    return;
+                }
+                let path = match self.check_path(&open.path, grant) {
+                    Ok(p) => p,
+                    Err(e) => return err(s, out, op, codes::INVALID_ARG, e),
+                };
+                if !open.read_only && grant.read_only {
+                    return err(
                         s,
                         out,
                         op,
                         codes::FILE_READ_ONLY,
                         "the ticket allows reading only".into(),
                     );
-                    return false;
                 }
                 match LocalDisk::open(
-                    &grant.path,
+                    &path,
                     &OpenOptions {
-                        writable,
+                        writable: !open.read_only,
                         ..OpenOptions::default()
                     },
                 ) {
                     Ok(d) => {
+                        let g = d
+                            .descriptor()
+                            .geometry()
+                            .map(|g| (g.cylinders, g.heads, g.sectors))
+                            .unwrap_or_default();
                         s.reply_opened(
                             out,
                             op,
                             Opened {
-                                handle: 1,
+                                handle: HANDLE,
+                                file_type: nfc_proto::aio::FILE_TYPE_DISK,
+                                flags: if open.read_only {
+                                    nfc_proto::aio::FLAGS_READ_ONLY
+                                } else {
+                                    nfc_proto::aio::FLAGS_READ_WRITE
+                                },
                                 capacity: d.capacity(),
                                 sector_size: 512,
+                                geometry: g,
                             },
                         );
-                        *compress = open.compression == nfc_proto::aio::Compression::Zlib;
                         *disk = Some(d);
                     }
                     Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
                 }
             }
-            Request::CloseFile { op, handle } => match disk.take().filter(|_| handle == 1) {
+            Request::CloseFile { op, handle } => match disk.take().filter(|_| handle == HANDLE) {
                 Some(d) => match d.close() {
-                    Ok(()) => s.reply_ok(out, Kind::CloseFile, op),
+                    Ok(()) => s.reply_file_closed(out, op, handle),
                     Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
                 },
-                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
+                None => no_handle(s, out, op),
             },
-            Request::Read {
-                op,
-                handle,
-                offset,
-                len,
-            } => {
-                let Some(d) = disk.as_ref().filter(|_| handle == 1) else {
-                    err(s, out, op, codes::INVALID_HANDLE, "no such handle".into());
-                    return false;
+            Request::Read(r) => {
+                let (op, offset, len) = (r.op, r.offset, r.len);
+                let Some(d) = disk.as_ref().filter(|_| r.handle == HANDLE) else {
+                    return no_handle(s, out, op);
                 };
                 let used = self.memory.load(Ordering::Acquire);
                 if used + u64::from(len) > self.opts.memory_limit {
-                    err(
+                    return err(
                         s,
                         out,
                         op,
@@ -526,7 +610,6 @@ impl Ctx {
                             self.opts.memory_limit
                         ),
                     );
-                    return false;
                 }
                 self.memory.fetch_add(u64::from(len), Ordering::AcqRel);
                 let index = offset / CACHE_BLOCK;
@@ -535,14 +618,14 @@ impl Ctx {
                         .checked_add(u64::from(len) - 1)
                         .is_some_and(|last| last / CACHE_BLOCK == index)
                     && offset + u64::from(len) <= d.capacity();
-                let cacheable =
-                    vectored.is_some() && self.cache.max > 0 && !*compress && in_one_block;
+                let plain = r.compression == nfc_proto::aio::Compression::None;
+                let cacheable = vectored.is_some() && self.cache.max > 0 && plain && in_one_block;
                 if cacheable {
                     // Read the generation before the data: a change made
                     // while the block is read leaves it stale, not wrong.
                     let generation = self.shared.data_generation();
                     let start = index * CACHE_BLOCK;
-                    let block = self.cache.get(&grant.path, index, generation, || {
+                    let block = self.cache.get(d.links()[0].path(), index, generation, || {
                         let mut b = vec![0u8; (d.capacity() - start).min(CACHE_BLOCK) as usize];
                         d.read_at(start, &mut b).map(|()| b)
                     });
@@ -550,7 +633,7 @@ impl Ctx {
                         Ok(b) => {
                             if let Some(v) = vectored {
                                 *v = Some((
-                                    s.read_reply_heads(op, handle, len),
+                                    s.read_reply_heads(&r),
                                     ReplyData::Cached(b, (offset - start) as usize, len as usize),
                                 ));
                             }
@@ -558,23 +641,19 @@ impl Ctx {
                         Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
                     }
                     self.memory.fetch_sub(u64::from(len), Ordering::AcqRel);
-                    return false;
+                    return;
                 }
                 if rbuf.len() < len as usize {
                     rbuf.resize(len as usize, 0);
                 }
                 let buf = &mut rbuf[..len as usize];
-                let r = d.read_at(offset, buf);
-                match r {
+                match d.read_at(offset, buf) {
                     Ok(()) => match vectored {
-                        Some(v) if !*compress => {
-                            *v = Some((
-                                s.read_reply_heads(op, handle, len),
-                                ReplyData::Buffer(len as usize),
-                            ))
+                        Some(v) if plain => {
+                            *v = Some((s.read_reply_heads(&r), ReplyData::Buffer(len as usize)))
                         }
                         _ => {
-                            if let Err(e) = s.reply_read(out, op, handle, buf, *compress) {
+                            if let Err(e) = s.reply_read(out, &r, buf) {
                                 err(s, out, op, codes::FAIL, e.to_string());
                             }
                         }
@@ -596,12 +675,11 @@ impl Ctx {
                 offset,
                 data,
             } => {
-                let Some(d) = disk.as_ref().filter(|_| handle == 1) else {
-                    err(s, out, op, codes::INVALID_HANDLE, "no such handle".into());
-                    return false;
+                let Some(d) = disk.as_ref().filter(|_| handle == HANDLE) else {
+                    return no_handle(s, out, op);
                 };
                 if self.memory.load(Ordering::Acquire) > self.opts.memory_limit {
-                    err(
+                    return err(
                         s,
                         out,
                         op,
@@ -611,23 +689,19 @@ impl Ctx {
                             self.opts.memory_limit
                         ),
                     );
-                    return false;
                 }
                 let written = d.write_at(offset, &data);
                 // Whatever happened, cached blocks may be out of date.
                 self.shared.disks_changed();
                 // ESXi tracks every write to a disk, whoever makes it.
-                if let (Ok(()), Some(top)) = (&written, d.links().first()) {
-                    self.shared.record_change(
-                        &grant.vm,
-                        grant.disk_key,
-                        top.path(),
-                        offset,
-                        data.len(),
-                    );
+                if let (Ok(()), Some(top), Some(key)) =
+                    (&written, d.links().first(), grant.disk_key)
+                {
+                    self.shared
+                        .record_change(&grant.vm, key, top.path(), offset, data.len());
                 }
                 match written {
-                    Ok(()) => s.reply_written(out, op, handle),
+                    Ok(()) => s.reply_written(out, op, data.len() as u32),
                     Err(vmdk_file::Error::OutOfRange { .. }) => err(
                         s,
                         out,
@@ -645,65 +719,34 @@ impl Ctx {
                     Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
                 }
             }
-            Request::Flush { op, handle } => match disk.as_ref().filter(|_| handle == 1) {
-                Some(d) if d.is_writable() => match d.flush() {
-                    Ok(()) => s.reply_ok(out, Kind::Flush, op),
-                    Err(e) => err(s, out, op, codes::FAIL, e.to_string()),
-                },
-                Some(_) => s.reply_ok(out, Kind::Flush, op),
-                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
+            Request::DdbGet { op, handle, key } => match disk.as_ref().filter(|_| handle == HANDLE)
+            {
+                // The wire names keys without the descriptor's prefix.
+                Some(d) => s.reply_ddb(out, op, d.descriptor().ddb_get(&format!("ddb.{key}"))),
+                None => no_handle(s, out, op),
             },
-            Request::FileInfo { op, handle } => match disk.as_ref().filter(|_| handle == 1) {
-                Some(d) => {
-                    let desc = d.descriptor();
-                    let g = desc
-                        .geometry()
-                        .map(|g| (g.cylinders, g.heads, g.sectors))
-                        .unwrap_or_default();
-                    let adapter = match desc.adapter_type() {
-                        Some("ide") => 1,
-                        Some("buslogic") => 2,
-                        Some("lsilogic") => 3,
-                        _ => 256,
-                    };
-                    s.reply_info(
-                        out,
-                        op,
-                        FileInfo {
-                            capacity: d.capacity(),
-                            geometry: g,
-                            adapter,
-                            hw_version: desc.hw_version().unwrap_or(4),
-                            links: d.links().len() as u32,
-                        },
-                    )
+            Request::QueryAllocated { op, query } => {
+                let Some(d) = disk.as_ref().filter(|_| query.handle == HANDLE) else {
+                    return no_handle(s, out, op);
+                };
+                match allocation_bitmap(d, &query) {
+                    Ok(bitmap) => s.reply_allocated(out, op, &query, &bitmap),
+                    Err(text) => err(s, out, op, codes::INVALID_ARG, text),
                 }
-                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
-            },
-            Request::DdbGet { op, handle, key } => match disk.as_ref().filter(|_| handle == 1) {
-                Some(d) => {
-                    let desc = d.descriptor();
-                    s.reply_ddb(out, op, desc.ddb_get(&key));
-                }
-                None => err(s, out, op, codes::INVALID_HANDLE, "no such handle".into()),
-            },
+            }
         }
-        false
     }
 
-    /// The requested path must name the ticket's disk, inside its datastore.
-    fn check_path(&self, requested: &str, grant: &NfcGrant) -> Result<(), String> {
+    /// The requested path must name a file the ticket covers, inside its
+    /// datastore.
+    fn check_path(&self, requested: &str, grant: &NfcGrant) -> Result<PathBuf, String> {
         let p = self.shared.resolve(requested).map_err(|(_, m)| m)?;
         let real = p.canonicalize().map_err(|e| format!("{requested}: {e}"))?;
         let granted = grant
-            .path
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", grant.path.display()))?;
-        if real != granted {
-            return Err(format!(
-                "{requested} is not the disk the ticket was issued for"
-            ));
-        }
+            .paths
+            .iter()
+            .find(|g| g.canonicalize().is_ok_and(|g| g == real))
+            .ok_or_else(|| format!("{requested} is not a file the ticket was issued for"))?;
         let inside = self.shared.inv.datastores.iter().any(|ds| {
             ds.path
                 .canonicalize()
@@ -712,21 +755,74 @@ impl Ctx {
         if !inside {
             return Err(format!("{requested} leads out of its datastore"));
         }
-        Ok(())
+        Ok(granted.clone())
     }
 }
 
-/// Writes 60-byte heads interleaved with 64 KiB data fragments.
-fn write_vectored_all(w: &mut impl Write, heads: &[u8], data: &[u8]) -> std::io::Result<()> {
+/// QueryAllocatedBlocks: one bit per chunk, set when any stored data of
+/// the chain falls in it. The start and the chunk size must be whole
+/// multiples (of the chunk size, and of 512), as on a host.
+fn allocation_bitmap(d: &LocalDisk, q: &nfc_proto::aio::QueryAllocated) -> Result<Vec<u8>, String> {
+    let chunk = q.chunk_size;
+    if nfc_proto::aio::bitmap_len(q.chunks) > nfc_proto::aio::MAX_BITMAP as u64 {
+        return Err("too many chunks in one query".into());
+    }
+    if chunk == 0 || !chunk.is_multiple_of(512) || !q.start.is_multiple_of(chunk) {
+        return Err("start and chunk size must be multiples of the chunk size".into());
+    }
+    let end = q
+        .chunks
+        .checked_mul(chunk)
+        .and_then(|l| l.checked_add(q.start))
+        .filter(|&e| e <= d.capacity().next_multiple_of(chunk))
+        .ok_or_else(|| "the range is past the end of the disk".to_string())?;
+    let mut bitmap = vec![0u8; nfc_proto::aio::bitmap_len(q.chunks) as usize];
+    let map = d.map().map_err(|e| e.to_string())?;
+    for e in map
+        .iter()
+        .filter(|e| e.kind == vmdk_file::local::AllocKind::Data)
+    {
+        let (s, t) = (e.start.max(q.start), (e.start + e.length).min(end));
+        if s >= t {
+            continue;
+        }
+        for i in (s - q.start) / chunk..=(t - 1 - q.start) / chunk {
+            bitmap[(i / 8) as usize] |= 1 << (i % 8);
+        }
+    }
+    Ok(bitmap)
+}
+
+/// The frames of `out` in reverse order.
+fn reversed_frames(out: &[u8]) -> Vec<u8> {
+    let mut list = Vec::new();
+    let mut p = 0;
+    while let Ok(nfc_proto::aio::Decoded::Frame { consumed, .. }) =
+        nfc_proto::aio::decode_reply(&out[p..], |_| true)
+    {
+        list.push(&out[p..p + consumed]);
+        p += consumed;
+    }
+    if p != out.len() {
+        return out.to_vec();
+    }
+    list.into_iter().rev().flatten().copied().collect()
+}
+
+/// Writes 60-byte heads interleaved with data fragments of `frag` bytes.
+fn write_vectored_all(
+    w: &mut impl Write,
+    heads: &[u8],
+    data: &[u8],
+    frag: usize,
+) -> std::io::Result<()> {
     use std::io::IoSlice;
     let head_len = nfc_proto::aio::HEADER_LEN + nfc_proto::aio::IO_LEN;
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * heads.len() / head_len);
     for (i, h) in heads.chunks(head_len).enumerate() {
         slices.push(IoSlice::new(h));
-        let start = i * nfc_proto::aio::MAX_FRAGMENT;
-        slices.push(IoSlice::new(
-            &data[start..(start + nfc_proto::aio::MAX_FRAGMENT).min(data.len())],
-        ));
+        let start = i * frag;
+        slices.push(IoSlice::new(&data[start..(start + frag).min(data.len())]));
     }
     let mut bufs = &mut slices[..];
     while !bufs.is_empty() {

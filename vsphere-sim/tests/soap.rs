@@ -218,26 +218,66 @@ fn inventory_properties_and_faults() {
     let internal =
         codec::parse_internal_content(&c.call(&codec::retrieve_internal_content()).unwrap())
             .unwrap();
+    assert_eq!(internal.nfc_service.value, "nfcService");
+    // NfcGetVmFiles: read-only, every disk file of the VM.
     let t = codec::parse_host_service_ticket(
-        &c.call(&codec::nfc_random_access_open(
-            &internal.nfc_service,
-            &vm(),
-            2000,
-            None,
-            true,
-        ))
-        .unwrap(),
+        &c.call(&codec::nfc_get_vm_files(&internal.nfc_service, &vm()))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(t.ssl_thumbprint, sim.thumbprint());
+    assert_eq!(t.host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        (t.service.as_str(), t.service_version.as_str()),
+        ("vpxa-nfc", "1.1")
+    );
+    assert_eq!(t.session_id.expose().len(), 36, "a UUID");
     let grant = sim.shared().take_nfc_ticket(t.session_id.expose()).unwrap();
-    assert!(grant.read_only && grant.path.ends_with("demo-vm.vmdk"));
+    assert!(grant.read_only && grant.disk_key.is_none());
+    assert!(grant.paths.iter().any(|p| p.ends_with("demo-vm.vmdk")));
+    assert!(grant.paths.iter().any(|p| p.ends_with("demo-vm_1.vmdk")));
     assert!(
         sim.shared()
             .take_nfc_ticket(t.session_id.expose())
             .is_none(),
         "tickets are single-use"
     );
+    // NfcRandomAccessOpenDisk: one disk, read-write, through the VM's host.
+    let host = MoRef::from_element(&c.property(&vm(), "runtime.host").unwrap().unwrap()).unwrap();
+    assert_eq!(host, MoRef::new("HostSystem", "host-1"));
+    let t = codec::parse_host_service_ticket(
+        &c.call(&codec::nfc_random_access_open_disk(
+            &internal.nfc_service,
+            &vm(),
+            2000,
+            Some(&host),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let grant = sim.shared().take_nfc_ticket(t.session_id.expose()).unwrap();
+    assert!(!grant.read_only && grant.disk_key == Some(2000) && grant.paths.len() == 1);
+    // Without or with another hostForAccess, or on a moref of ESXi's.
+    for h in [None, Some(MoRef::new("HostSystem", "host-99"))] {
+        let r = c.call(&codec::nfc_random_access_open_disk(
+            &internal.nfc_service,
+            &vm(),
+            2000,
+            h.as_ref(),
+        ));
+        assert!(matches!(
+            kind(r.unwrap_err()),
+            FaultKind::InvalidArgument(_)
+        ));
+    }
+    let r = c.call(&codec::nfc_get_vm_files(
+        &MoRef::new("NfcService", "ha-nfc-service"),
+        &vm(),
+    ));
+    assert!(matches!(
+        kind(r.unwrap_err()),
+        FaultKind::ManagedObjectNotFound(_)
+    ));
 }
 
 fn snapshot(c: &Client, name: &str) -> MoRef {

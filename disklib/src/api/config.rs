@@ -372,9 +372,12 @@ impl Config {
         };
         if let Some(n) = self.aio_buf_count {
             o.in_flight = n.clamp(1, 64);
+            o.buffer_count = n.clamp(1, 64) as u32;
         }
         if let Some(n) = self.aio_buf_size_64k {
             o.max_request = (n.clamp(1, 256)) * 65536;
+            // The OPEN_SESSION buffer, at most the 2 MiB ESXi 8 accepts.
+            o.buffer_size = (n.clamp(1, 32) * 65536) as u32;
         }
         // A configured timeout needs a keep-alive, or an idle backup loses
         // its session (VMware's advice: read block 0 periodically).

@@ -269,7 +269,9 @@ impl Connection {
                 }
             };
             let mut opts = self.lib.config.nbd_options(ssl);
-            opts.compression = flags.compression;
+            if flags.compression {
+                opts.compression = transport_nbd::Compression::Zlib;
+            }
             match transport_nbd::open_vm_disk(
                 Arc::clone(&r.client),
                 &r.vm,

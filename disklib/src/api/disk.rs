@@ -305,14 +305,16 @@ impl Disk {
                 })
             }
             Backend::Nbd(d) => {
+                // As VDDK: capacity and geometry from the OPEN_FILE reply,
+                // the adapter, UUID and BIOS geometry from DDB_GET.
                 let i = d.info()?;
                 Ok(Info {
                     capacity_sectors: i.capacity / 512,
-                    geometry: i.geometry,
-                    adapter_type: i.adapter,
-                    num_links: i.links,
+                    geometry: i.bios_geometry.unwrap_or(i.geometry),
+                    adapter_type: adapter(i.adapter_type.as_deref()),
+                    num_links: 1,
                     parent_file_name_hint: None,
-                    uuid: d.ddb("ddb.uuid")?,
+                    uuid: i.uuid,
                 })
             }
         }

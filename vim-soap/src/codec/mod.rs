@@ -46,8 +46,8 @@ pub use faults::{Fault, FaultKind};
 pub use files::{datastore_file_url, percent_decode, split_datastore_path};
 pub use methods::{disable_methods, enable_methods, relocate_vm_task};
 pub use nfc::{
-    nfc_random_access_open, parse_host_service_ticket, parse_internal_content,
-    retrieve_internal_content, HostServiceTicket, InternalContent,
+    nfc_get_vm_files, nfc_random_access_open_disk, parse_host_service_ticket,
+    parse_internal_content, retrieve_internal_content, HostServiceTicket, InternalContent,
 };
 pub use properties::{
     continue_retrieve_properties_ex, parse_retrieve_result, retrieve_properties_ex, ObjectContent,
@@ -160,10 +160,6 @@ mod tests {
             Some(100),
         );
         assert!(r.body.contains(r#"<specSet><propSet><type>VirtualMachine</type><pathSet>config.hardware.device</pathSet><pathSet>name</pathSet></propSet><objectSet><obj type="VirtualMachine">vm-42</obj><skip>false</skip></objectSet></specSet><options><maxObjects>100</maxObjects></options>"#), "{}", r.body);
-
-        let nfc = MoRef::new("NfcService", "nfcService");
-        let r = nfc_random_access_open(&nfc, &vm, 2001, Some(&snap), true);
-        assert!(r.body.contains(r#"<NfcRandomAccessOpenReadonly xmlns="urn:internalvim25"><_this type="NfcService">nfcService</_this><vm type="VirtualMachine">vm-42</vm><snapshot type="VirtualMachineSnapshot">snapshot-7</snapshot><diskKey>2001</diskKey>"#));
 
         for r in [
             logout(&sm()),

@@ -151,15 +151,21 @@ impl Shared {
                     self.thumbprint
                 )))
             }
-            "RetrieveInternalContent" => plain(rv(
-                "<nfcService type=\"NfcService\">nfcService</nfcService>",
-            )),
-            "NfcRandomAccessOpen" | "NfcRandomAccessOpenReadonly" => self
-                .nfc_open(el, method == "NfcRandomAccessOpenReadonly")
-                .map(|b| Outcome {
+            "RetrieveInternalContent" => plain(rv(&format!(
+                "<nfcService type=\"NfcService\">{}</nfcService>",
+                self.nfc_service()
+            ))),
+            "NfcGetVmFiles" | "NfcRandomAccessOpenDisk" | "NfcRandomAccessOpenReadonly" => {
+                self.nfc_ticket(method, el).map(|b| Outcome {
                     body: b,
                     cookie: None,
-                }),
+                })
+            }
+            "NfcGetServerNfcLibVersion" => {
+                self.check_nfc_this(el)?;
+                self.check_host_for_access(el, None)?;
+                plain(rv("11"))
+            }
             "FindByInventoryPath" => {
                 let path = arg(el, "inventoryPath")?;
                 let prefix = format!("{}/vm/", self.inv.datacenter);
@@ -479,25 +485,98 @@ impl Shared {
         task
     }
 
-    fn nfc_open(&self, el: &Element, read_only: bool) -> Reply {
+    /// The `NfcService` moref: `nfcService` on vCenter, `ha-nfc-service`
+    /// on a bare ESXi host (each refuses the other's).
+    fn nfc_service(&self) -> &'static str {
+        match self.inv.mode {
+            Mode::Vcenter => "nfcService",
+            Mode::Esxi => "ha-nfc-service",
+        }
+    }
+
+    fn check_nfc_this(&self, el: &Element) -> Result<(), Fault> {
+        let t = this(el)?;
+        if t.kind != "NfcService" || t.value != self.nfc_service() {
+            return Err(fault(
+                FaultKind::ManagedObjectNotFound(Some(t.clone())),
+                format!(
+                    "The object '{}' has already been deleted or has not been completely created",
+                    t.value
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `hostForAccess` must be there and name `vm_host` (any host when
+    /// `None`).
+    fn check_host_for_access(&self, el: &Element, vm_host: Option<&str>) -> Result<(), Fault> {
+        let bad = |m: &str| {
+            fault(
+                FaultKind::InvalidArgument("hostForAccess".into()),
+                format!("A specified parameter was not correct: hostForAccess ({m})"),
+            )
+        };
+        let h = arg_moref(el, "hostForAccess").map_err(|_| bad("missing"))?;
+        if h.kind != "HostSystem" || vm_host.is_some_and(|v| v != h.value) {
+            return Err(bad("not the VM's host"));
+        }
+        Ok(())
+    }
+
+    /// `NfcGetVmFiles(vm)`: a read-only ticket for every disk file of the
+    /// VM, snapshot parents included; `NfcRandomAccessOpenDisk(vm,
+    /// diskDeviceKey, hostForAccess)`: a read-write ticket for one disk's
+    /// running file; `NfcRandomAccessOpenReadonly` (same arguments): the
+    /// same, read-only. The ticket as a vCenter gives it (`host`,
+    /// `vpxa-nfc`) or a bare ESXi host (no `host`, `nfc`).
+    fn nfc_ticket(&self, method: &str, el: &Element) -> Reply {
+        self.check_nfc_this(el)?;
         let vm = arg_moref(el, "vm")?;
-        let key: i32 = arg_num(el, "diskKey")?;
         let mut st = self.lock();
         let v = st.vm(&vm.value)?;
-        let d = v.disk(key, "diskKey")?;
-        let (path, ro) = match el.child("snapshot").and_then(MoRef::from_element) {
-            // A snapshot's state is frozen: it is only ever read.
-            Some(s) => (v.snapshot(&s.value)?.file(key, "diskKey")?.0.clone(), true),
-            None => (d.running().to_path_buf(), read_only),
+        let (paths, read_only, disk_key) = if method == "NfcGetVmFiles" {
+            let mut paths: Vec<_> = v
+                .disks
+                .iter()
+                .flat_map(|d| d.chain.iter().cloned())
+                .collect();
+            for s in &v.snapshots {
+                paths.extend(s.disks.iter().map(|(_, f, _)| f.clone()));
+            }
+            (paths, true, None)
+        } else {
+            let key: i32 = arg_num(el, "diskDeviceKey")?;
+            // Every VM of the simulator runs on `host-1` (`runtime.host`).
+            self.check_host_for_access(el, Some("host-1"))?;
+            let d = v.disk(key, "diskDeviceKey")?;
+            (
+                vec![d.running().to_path_buf()],
+                method == "NfcRandomAccessOpenReadonly",
+                Some(key),
+            )
+        };
+        let service = match self.inv.mode {
+            Mode::Vcenter => nfc_proto::authd::SERVICE_VCENTER,
+            Mode::Esxi => nfc_proto::authd::SERVICE_ESXI,
         };
         let grant = NfcGrant {
-            path,
-            read_only: ro,
+            paths,
+            read_only,
             vm: vm.value.clone(),
-            disk_key: key,
+            disk_key,
+            service: service.into(),
             expires: Instant::now() + self.opts.ticket_ttl,
         };
-        let ticket = random_hex(24);
+        let h = random_hex(16);
+        let ticket = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
         st.nfc_tickets.insert(ticket.clone(), grant);
         drop(st);
         let (host, port) = self
@@ -506,9 +585,12 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(|| ("127.0.0.1".into(), 902));
+        let host = match self.inv.mode {
+            Mode::Vcenter => format!("<host>{}</host>", escape(&host)),
+            Mode::Esxi => String::new(),
+        };
         Ok(rv(&format!(
-            "<host>{}</host><port>{port}</port><sslThumbprint>{}</sslThumbprint><service>vpxa-nfc</service><serviceVersion>1.0</serviceVersion><sessionId>{ticket}</sessionId>",
-            escape(&host),
+            "{host}<port>{port}</port><sslThumbprint>{}</sslThumbprint><service>{service}</service><serviceVersion>1.1</serviceVersion><sessionId>{ticket}</sessionId>",
             self.thumbprint
         )))
     }

@@ -135,14 +135,19 @@ impl SimVm {
 /// An NFC ticket grant, for the NFC server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NfcGrant {
-    /// The disk to open (descriptor or monolithic file).
-    pub path: PathBuf,
+    /// The files OPEN_FILE may open: every disk file of the VM, snapshot
+    /// parents included (`NfcGetVmFiles`), or one disk's running file
+    /// (`NfcRandomAccessOpen*`).
+    pub paths: Vec<PathBuf>,
     /// Whether only reads are allowed.
     pub read_only: bool,
     /// VM moref.
     pub vm: String,
-    /// Disk key.
-    pub disk_key: i32,
+    /// Disk key of a one-disk ticket.
+    pub disk_key: Option<i32>,
+    /// The service the ticket names (`vpxa-nfc`, `nfc`): authd accepts it
+    /// in `PROXY`, with `ssl` appended for nbdssl.
+    pub service: String,
     /// When it stops being valid.
     pub expires: Instant,
 }
