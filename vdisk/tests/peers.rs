@@ -123,24 +123,10 @@ fn vcsim_answers_vm_list_disks_snapshots_and_cbt() {
 /// `WaitForUpdates`), `QueryChangedDiskAreas`, and `InvalidLogin`.
 #[test]
 fn pyvmomi_drives_the_simulator() {
-    let root = tempfile::tempdir().unwrap();
-    let (mut sim, env) = simulator(root.path());
     let python =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/peers/venv-pyvmomi/bin/python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pyvmomi_client.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask deps`)", python.display()));
-    let _ = sim.kill();
-    let _ = sim.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = client_of_the_simulator(Command::new(&python).arg(&script));
     let want = [
         "wrong password: InvalidLogin",
         "connected VirtualCenter 8.0.1.0",
@@ -160,23 +146,34 @@ fn pyvmomi_drives_the_simulator() {
     );
 }
 
-/// Starts `vdisk sim serve --demo`; the server and its VDISK_* variables.
-fn simulator(root: &std::path::Path) -> (Child, Vec<(String, String)>) {
+/// Runs `client` with the VDISK_* variables of a fresh `vdisk sim serve
+/// --demo`; its standard output, once it exited successfully.
+fn client_of_the_simulator(client: &mut Command) -> String {
+    let root = tempfile::tempdir().unwrap();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_vdisk"))
         .args(["sim", "serve", "--demo", "--root"])
-        .arg(root)
+        .arg(root.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
-    let env = (0..4)
-        .map(|_| {
-            let l = lines.next().unwrap().unwrap();
-            let (k, v) = l.split_once('=').unwrap();
-            (k.to_string(), v.trim_matches('\'').to_string())
-        })
-        .collect();
-    (sim, env)
+    for _ in 0..4 {
+        let l = lines.next().unwrap().unwrap();
+        let (k, v) = l.split_once('=').unwrap();
+        client.env(k, v.trim_matches('\''));
+    }
+    let out = client
+        .output()
+        .unwrap_or_else(|e| panic!("{:?}: {e} (run `cargo xtask deps`)", client.get_program()));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 /// govmomi (Debian's sources, `xtask/peers/govmomi-client`) as a client
@@ -187,21 +184,8 @@ fn simulator(root: &std::path::Path) -> (Child, Vec<(String, String)>) {
 /// the snapshot tree, `Logout`.
 #[test]
 fn govmomi_drives_the_simulator() {
-    let root = tempfile::tempdir().unwrap();
-    let (mut sim, env) = simulator(root.path());
     let exe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/peers/govmomi-client");
-    let out = Command::new(&exe)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask deps`)", exe.display()));
-    let _ = sim.kill();
-    let _ = sim.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = client_of_the_simulator(&mut Command::new(&exe));
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(
         got[..5],

@@ -828,23 +828,8 @@ fn async_error_text_reaches_the_calling_thread() {
 /// `VIX_E_FILE_NOT_FOUND` (not "no transport", `VIX_E_NOT_SUPPORTED`).
 #[test]
 fn open_errors_name_the_cause() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(
-        Inventory::demo(dir.path(), Mode::Vcenter),
-        SimOptions::default(),
-        0,
-    )
-    .unwrap();
-    let _nfc = sim.start_nfc(NfcOptions::default()).unwrap();
-    let config = dir.path().join("vix.conf");
-    std::fs::write(
-        &config,
-        vsphere_sim::proxy_config(
-            &dir.path().join("proxy-host"),
-            &dir.path().join("hotadd.state"),
-        ),
-    )
-    .unwrap();
+    let (dir, sim, _nfc) = demo_simulator();
+    let config = proxy_config_file(dir.path());
     let code = |spec: &str, snapshot: Option<&str>| {
         let mut c = Command::new(&built().vixtest);
         c.args(["opencode", spec]).env("VIXTEST_CONFIG", &config);
@@ -945,23 +930,8 @@ fn create_types_vmfs_sparse_and_stream_optimized() {
 /// descriptor cannot be replaced over the network.
 #[test]
 fn metadata_and_info_over_every_remote_transport() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(
-        Inventory::demo(dir.path(), Mode::Vcenter),
-        SimOptions::default(),
-        0,
-    )
-    .unwrap();
-    let _nfc = sim.start_nfc(NfcOptions::default()).unwrap();
-    let config = dir.path().join("vix.conf");
-    std::fs::write(
-        &config,
-        vsphere_sim::proxy_config(
-            &dir.path().join("proxy-host"),
-            &dir.path().join("hotadd.state"),
-        ),
-    )
-    .unwrap();
+    let (dir, sim, _nfc) = demo_simulator();
+    let config = proxy_config_file(dir.path());
     let meta = |spec: &str, key: &str, value: &str| {
         let out = run(Command::new(&built().vixtest)
             .args(["meta", spec, key, value])
@@ -1006,4 +976,29 @@ fn metadata_and_info_over_every_remote_transport() {
     let text = meta(&sim_spec(&sim, "nbdssl"), "bareos.test", "x");
     assert!(line(&text, "keys ").contains(" adapterType"), "{text}");
     assert_eq!(line(&text, "write "), "write 6", "{text}");
+}
+
+/// The demo simulator (vCenter mode) with its NFC server.
+fn demo_simulator() -> (tempfile::TempDir, Simulator, vsphere_sim::NfcServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        Inventory::demo(dir.path(), Mode::Vcenter),
+        SimOptions::default(),
+        0,
+    )
+    .unwrap();
+    let nfc = sim.start_nfc(NfcOptions::default()).unwrap();
+    (dir, sim, nfc)
+}
+
+/// `DIR/vix.conf`: the configuration pointing the library at the
+/// simulator's proxy host (the VIXTEST_CONFIG of the san/hotadd cases).
+fn proxy_config_file(dir: &Path) -> PathBuf {
+    let config = dir.join("vix.conf");
+    std::fs::write(
+        &config,
+        vsphere_sim::proxy_config(&dir.join("proxy-host"), &dir.join("hotadd.state")),
+    )
+    .unwrap();
+    config
 }
