@@ -420,22 +420,14 @@ pub(crate) fn vm(cmd: VmCommand) -> Result<ExitCode, AnyError> {
                 .find(|d| d.key == disk)
                 .map(|d| d.capacity)
                 .ok_or_else(|| format!("the VM has no disk with key {disk}"))?;
-            let mut asm = cbt::ChangeAssembler::new(capacity);
-            while let Some(start) = asm.next_offset() {
-                let r = codec::parse_disk_change_info(&c.call(
-                    &codec::query_changed_disk_areas(&vm, snap.as_ref(), disk, start, &change_id),
-                )?)?;
-                asm.feed(&cbt::DiskChangeInfo {
-                    start_offset: r.start_offset,
-                    length: r.length,
-                    changed_areas: r
-                        .changed_area
-                        .iter()
-                        .map(|&(s, n)| cbt::Extent::new(s, n))
-                        .collect(),
-                })?;
-            }
-            let set = asm.finish()?;
+            let set = disklib::api::changed_areas_by_key(
+                &c,
+                &vm,
+                snap.as_ref(),
+                disk,
+                capacity,
+                &change_id,
+            )?;
             if json {
                 print_json(&Value::Array(
                     set.iter()

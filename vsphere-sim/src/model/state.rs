@@ -152,7 +152,7 @@ pub struct NfcGrant {
     pub expires: Instant,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct State {
     pub sessions: HashMap<String, String>,
     pub clone_tickets: HashMap<String, String>,
@@ -312,34 +312,12 @@ pub(super) fn random_epoch() -> [u8; 16] {
 impl Shared {
     /// Builds the model, creating disks the inventory asks for.
     pub fn new(inv: Inventory, opts: SimOptions, thumbprint: String) -> Result<Self, String> {
-        let mut state = State {
-            sessions: HashMap::new(),
-            clone_tickets: HashMap::new(),
-            vms: BTreeMap::new(),
-            tasks: HashMap::new(),
-            pending: HashMap::new(),
-            views: HashMap::new(),
-            filters: HashMap::new(),
-            update_version: 0,
-            nfc_tickets: HashMap::new(),
-            next_id: 0,
-        };
+        let mut state = State::default();
         for ds in &inv.datastores {
             std::fs::create_dir_all(&ds.path).map_err(|e| format!("{}: {e}", ds.path.display()))?;
         }
         let me = Self {
-            state: Mutex::new(State {
-                sessions: HashMap::new(),
-                clone_tickets: HashMap::new(),
-                vms: BTreeMap::new(),
-                tasks: HashMap::new(),
-                pending: HashMap::new(),
-                views: HashMap::new(),
-                filters: HashMap::new(),
-                update_version: 0,
-                nfc_tickets: HashMap::new(),
-                next_id: 0,
-            }),
+            state: Mutex::new(State::default()),
             inv,
             opts,
             thumbprint,
