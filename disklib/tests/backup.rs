@@ -797,3 +797,91 @@ fn restore_checks_every_block_against_its_crc() {
     .unwrap();
     assert!(restored(&out, 2000) == restored(&e.root.join("good"), 2000));
 }
+
+/// A backup point read in place equals the disk it recorded (full and
+/// incremental), reports its holes, reads only the blocks asked for, and
+/// a writable delta on top leaves the point verifying.
+#[test]
+fn backup_points_read_in_place_and_through_a_delta() {
+    let e = env(Mode::Vcenter, "ds", &["monolithicSparse"], false);
+    let repo = e.root.join("repo");
+    write(&e, 2000, 3, 10);
+    let run =
+        |kind| backup::backup(&e.lib, &e.params, &repo, kind, Some("nbd"), &mut |_, _| {}).unwrap();
+    run(BackupKind::Full);
+    let at_full = state(&e, &[2000]).remove(0);
+    write(&e, 2000, 4, 6);
+    run(BackupKind::Incremental);
+    let at_incr = state(&e, &[2000]).remove(0);
+    assert_ne!(at_full, at_incr);
+
+    for (id, want) in [(1, &at_full), (2, &at_incr)] {
+        let p = backup::BackupPoint::open(&repo, id, None).unwrap();
+        assert_eq!(p.capacity(), want.len() as u64);
+        let mut got = vec![0xEEu8; want.len()];
+        // Odd-sized pieces cross blocks and holes.
+        for (i, piece) in got.chunks_mut(777_777).enumerate() {
+            p.read_at(i as u64 * 777_777, piece).unwrap();
+        }
+        assert!(&got == want, "point {id} differs from the disk it recorded");
+        let ext = p.extents(0, p.capacity());
+        assert_eq!(ext.iter().map(|x| x.length).sum::<u64>(), p.capacity());
+        // Holes really read as zero.
+        for x in ext.iter().filter(|x| !x.stored) {
+            let r = x.start as usize..(x.start + x.length) as usize;
+            assert!(want[r].iter().all(|&b| b == 0));
+        }
+    }
+
+    // One sector costs one stored block, and again nothing once cached.
+    let p = backup::BackupPoint::open(&repo, 2, None).unwrap();
+    let stored = p
+        .extents(0, p.capacity())
+        .into_iter()
+        .find(|x| x.stored)
+        .unwrap();
+    let mut sector = [0u8; 512];
+    p.read_at(stored.start, &mut sector).unwrap();
+    let first = p.bytes_read();
+    assert!(
+        first > 0 && first <= 1 << 20,
+        "{first} bytes for one sector"
+    );
+    p.read_at(stored.start, &mut sector).unwrap();
+    assert_eq!(p.bytes_read(), first);
+    assert!(p.read_at(p.capacity() - 1, &mut [0u8; 2]).is_err());
+    assert!(backup::BackupPoint::open(&repo, 9, None).is_err());
+    assert!(backup::BackupPoint::open(&repo, 1, Some(7)).is_err());
+
+    // A delta: partial and whole-grain writes, zeroes, read back; the
+    // point and its CRCs untouched; a reopened delta keeps its writes.
+    let delta_path = e.root.join("delta.vmdk");
+    let d = backup::PointDelta::open(p, &delta_path).unwrap();
+    let mut model = at_incr.clone();
+    let mut put = |off: usize, bytes: &[u8], d: &backup::PointDelta| {
+        d.write_at(off as u64, bytes).unwrap();
+        model[off..off + bytes.len()].copy_from_slice(bytes);
+    };
+    put(100, &[0xA5; 1000], &d);
+    put(65536 * 3, &[0x5A; 65536 * 2], &d);
+    put(65536 * 7 + 300, &[0x11; 200_000], &d);
+    d.write_zeroes(1 << 20, 4096).unwrap();
+    model[1 << 20..(1 << 20) + 4096].fill(0);
+    let mut got = vec![0u8; model.len()];
+    d.read_at(0, &mut got).unwrap();
+    assert!(got == model, "delta reads differ from the model");
+    let ext = d.extents(0, d.capacity());
+    assert_eq!(ext.iter().map(|x| x.length).sum::<u64>(), d.capacity());
+    assert!(ext.iter().any(|x| x.stored && x.start == 0));
+    d.flush().unwrap();
+    d.close().unwrap();
+    assert!(backup::verify(&repo, None).unwrap().1.is_empty());
+    let p = backup::BackupPoint::open(&repo, 2, None).unwrap();
+    let mut again = vec![0u8; at_incr.len()];
+    p.read_at(0, &mut again).unwrap();
+    assert!(again == at_incr, "the point changed under its delta");
+    let d = backup::PointDelta::open(p, &delta_path).unwrap();
+    let mut got = vec![0u8; model.len()];
+    d.read_at(0, &mut got).unwrap();
+    assert!(got == model, "a reopened delta lost writes");
+}

@@ -49,6 +49,18 @@ impl LocalDisk {
         Ok(out)
     }
 
+    /// What `[offset, offset + length)` holds (clipped to the capacity),
+    /// ordered and coalesced: the map of that range only, for block-status
+    /// queries that must not walk the whole disk.
+    pub fn map_range(&self, offset: u64, length: u64) -> Result<Vec<MapEntry>> {
+        let mut out = Vec::new();
+        let end = offset.saturating_add(length).min(self.capacity());
+        if offset < end {
+            self.map_link(0, offset, end - offset, &mut out)?;
+        }
+        Ok(out)
+    }
+
     fn map_link(&self, li: usize, offset: u64, len: u64, out: &mut Vec<MapEntry>) -> Result<()> {
         let mut pos = 0u64;
         while pos < len {

@@ -27,9 +27,11 @@ use vmdk_file::local::{LocalDisk, OpenOptions};
 const CHUNK: u64 = 1 << 20;
 /// Reads from the VM are this large so the transport can pipeline them.
 const READ_CHUNK: u64 = 8 << 20;
+mod point;
 mod restore;
 mod verify;
 
+pub use point::{BackupPoint, PointDelta, PointExtent};
 pub use restore::{restore, RestoreTarget};
 pub use verify::{verify, BadBlock};
 
@@ -103,6 +105,27 @@ fn kind_of(s: &str) -> Result<BackupKind> {
             "unknown backup kind {other}"
         ))),
     }
+}
+
+/// Largest stored block a catalog may describe (the writer stores 1 MiB
+/// pieces); a larger one is refused before anything is allocated for it.
+const MAX_BLOCK: u64 = 64 << 20;
+
+/// `repo/file` for a file name from the catalog, refused when it would
+/// leave the repository (absolute, or with a `..` component).
+fn contained(repo: &Path, file: &str) -> Result<std::path::PathBuf> {
+    let rel = Path::new(file);
+    let inside = !file.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(repo_err(
+            repo,
+            format!("the catalog names a file outside the repository: {file:?}"),
+        ));
+    }
+    Ok(repo.join(rel))
 }
 
 fn repo_err(path: &Path, what: impl Into<String>) -> Error {

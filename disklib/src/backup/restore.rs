@@ -12,6 +12,7 @@ use vmdk_file::local::{LocalDisk, OpenOptions};
 use crate::api::{ConnectParams, Connection, Library, OpenFlags};
 use crate::error::{Error, Result};
 
+use super::point::{block_at, open_sources, read_block};
 use super::*;
 
 type WriteFn = dyn Fn(u64, &[u8]) -> Result<()>;
@@ -37,14 +38,6 @@ pub enum RestoreTarget {
         transports: Option<String>,
     },
 }
-
-/// The stored blocks of one disk in one backup: first byte → (length,
-/// CRC-32), from the catalog.
-type BlockIndex = BTreeMap<u64, (u64, u32)>;
-
-/// Largest stored block a catalog may describe (the writer stores 1 MiB
-/// pieces); a larger one is refused before anything is allocated for it.
-const MAX_BLOCK: u64 = 64 << 20;
 
 /// Restores backup `id` (every disk, or `only_key`), each byte from the
 /// newest backup of its chain that stores it; holes stay holes (and are
@@ -166,38 +159,7 @@ fn restore_disks(
     let mut written = 0;
     for d in disks {
         let plan = catalog.disk_catalog(d.key, d.capacity)?.restore_plan(id)?;
-        let mut sources: BTreeMap<u64, (LocalDisk, BlockIndex)> = BTreeMap::new();
-        for r in &plan.reads {
-            if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(r.backup) {
-                let b = catalog
-                    .backups
-                    .iter()
-                    .find(|b| b.id == r.backup)
-                    .ok_or_else(|| repo_err(repo, format!("backup {} vanished", r.backup)))?;
-                let de = b
-                    .disks
-                    .iter()
-                    .find(|x| x.key == d.key)
-                    .ok_or_else(|| repo_err(repo, "disk missing from a backup of the chain"))?;
-                let mut index = BlockIndex::new();
-                for &(off, len, crc) in &de.crcs {
-                    if len == 0 || len > MAX_BLOCK || off.checked_add(len).is_none() {
-                        return Err(repo_err(
-                            repo,
-                            format!(
-                                "backup {}, disk {}: the catalog's block at byte {off} has length {len}",
-                                r.backup, d.key
-                            ),
-                        ));
-                    }
-                    index.insert(off, (len, crc));
-                }
-                slot.insert((
-                    LocalDisk::open(repo.join(&de.file), &OpenOptions::default())?,
-                    index,
-                ));
-            }
-        }
+        let sources = open_sources(repo, catalog, d.key, plan.reads.iter().map(|r| r.backup))?;
         let (write_at, zero_holes): (Box<WriteFn>, bool);
         let mut finish: Box<dyn FnMut() -> Result<()>>;
         match target {
@@ -288,34 +250,9 @@ fn restore_disks(
             let mut off = r.extent.start;
             let end = r.extent.end();
             while off < end {
-                let (&start, &(len, crc)) = index
-                    .range(..=off)
-                    .next_back()
-                    .filter(|(&s, &(l, _))| off - s < l)
-                    .ok_or_else(|| {
-                        repo_err(
-                            repo,
-                            format!(
-                                "backup {}, disk {}: no checksum covers byte {off}",
-                                r.backup, d.key
-                            ),
-                        )
-                    })?;
+                let (start, len, crc) = block_at(repo, index, r.backup, d.key, off)?;
                 if checked != Some((r.backup, start)) {
-                    block.resize(len as usize, 0);
-                    src.read_at(start, &mut block)?;
-                    let found = crc32fast::hash(&block);
-                    if found != crc {
-                        return Err(Error::BadChecksum {
-                            path: repo.to_path_buf(),
-                            backup: r.backup,
-                            key: d.key,
-                            offset: start,
-                            len,
-                            expected: crc,
-                            found,
-                        });
-                    }
+                    read_block(repo, src, r.backup, d.key, (start, len, crc), &mut block)?;
                     checked = Some((r.backup, start));
                 }
                 // Both bounded by the block: `off` lies inside it.

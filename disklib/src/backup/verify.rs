@@ -6,7 +6,7 @@ use vmdk_file::local::{LocalDisk, OpenOptions};
 
 use crate::error::Result;
 
-use super::{repo_err, RepoCatalog};
+use super::{contained, repo_err, RepoCatalog};
 
 /// A stored block whose checksum does not match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub fn verify(repo: &Path, only: Option<u64>) -> Result<(u64, Vec<BadBlock>)> {
         .filter(|b| only.is_none_or(|id| id == b.id))
     {
         for d in &b.disks {
-            let disk = LocalDisk::open(repo.join(&d.file), &OpenOptions::default())?;
+            let disk = LocalDisk::open(contained(repo, &d.file)?, &OpenOptions::default())?;
             let mut buf = Vec::new();
             for &(off, len, crc) in &d.crcs {
                 buf.resize(len as usize, 0);
