@@ -1,0 +1,273 @@
+//! ext2/3/4 through `ext4-view`.
+//!
+//! `ext4_view::Ext4` is `Rc`-based and so not `Send`; it lives on a
+//! worker thread owned by [`ExtFs`], which sends it jobs over a channel.
+//! The thread ends when the `ExtFs` is dropped. A panic inside the
+//! library (none is known) would end the thread and surface as an error
+//! instead of unwinding into the caller.
+
+use std::sync::{mpsc, Arc};
+
+use ext4_view::{Ext4, Ext4Error, Ext4Read, File, Metadata as ExtMeta};
+
+use super::{components, DirEntry, FileKind, GuestFs, Metadata, MAX_DIR_ENTRIES};
+use crate::{Error, FsKind, ReadAt};
+
+struct Reader(Arc<dyn ReadAt>);
+
+impl Ext4Read for Reader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let size = self.0.size();
+        if start_byte
+            .checked_add(dst.len() as u64)
+            .is_none_or(|e| e > size)
+        {
+            return Err("read past the end of the volume".into());
+        }
+        self.0
+            .read_at(start_byte, dst)
+            .map_err(|e| Box::new(e) as _)
+    }
+}
+
+struct State {
+    fs: Ext4,
+    /// The last file read, for sequential `read_file_at` calls.
+    open: Option<(String, File)>,
+}
+
+type Job = Box<dyn FnOnce(&mut State) + Send>;
+
+/// An ext2/3/4 filesystem.
+pub(crate) struct ExtFs {
+    kind: FsKind,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for ExtFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtFs")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(kind: FsKind, path: &str, e: Ext4Error) -> Error {
+    match e {
+        Ext4Error::NotFound => Error::NotFound(path.to_string()),
+        Ext4Error::NotADirectory => Error::NotADirectory(path.to_string()),
+        Ext4Error::IsADirectory => Error::IsADirectory(path.to_string()),
+        Ext4Error::NotASymlink => Error::NotASymlink(path.to_string()),
+        Ext4Error::IsASpecialFile => Error::NotAFile(path.to_string()),
+        Ext4Error::NotAbsolute | Ext4Error::MalformedPath | Ext4Error::PathTooLong => {
+            Error::InvalidPath(path.to_string())
+        }
+        Ext4Error::Encrypted => Error::UnsupportedFeature(format!("{path}: encrypted file")),
+        Ext4Error::Incompatible(i) => Error::UnsupportedFeature(i.to_string()),
+        Ext4Error::Io(e) => Error::Io {
+            context: "ext filesystem",
+            offset: 0,
+            source: std::io::Error::other(e.to_string()),
+        },
+        other => Error::Filesystem {
+            kind,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn convert(m: &ExtMeta) -> Metadata {
+    let ft = m.file_type();
+    let kind = if ft.is_regular_file() {
+        FileKind::File
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other
+    };
+    let mtime = m.modified();
+    Metadata {
+        kind,
+        size: m.len(),
+        mode: Some(u32::from(m.mode())),
+        uid: Some(m.uid()),
+        gid: Some(m.gid()),
+        mtime: Some(mtime.seconds()),
+        mtime_nsec: Some(mtime.nanoseconds()),
+        atime: Some(m.accessed().seconds()),
+    }
+}
+
+impl ExtFs {
+    /// Loads the filesystem on a new worker thread.
+    pub(crate) fn open(vol: Arc<dyn ReadAt>, kind: FsKind) -> Result<Self, Error> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
+        std::thread::Builder::new()
+            .name("guest-volumes-ext".into())
+            .spawn(move || {
+                let fs = match Ext4::load(Box::new(Reader(vol))) {
+                    Ok(fs) => fs,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(map_err(kind, "/", e)));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let mut state = State { fs, open: None };
+                while let Ok(job) = rx.recv() {
+                    job(&mut state);
+                }
+            })
+            .map_err(|source| Error::Io {
+                context: "spawning the ext worker thread",
+                offset: 0,
+                source,
+            })?;
+        ready_rx.recv().map_err(|_| lost(kind))??;
+        Ok(ExtFs { kind, jobs })
+    }
+
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |st: &mut State| {
+                let _ = tx.send(f(st));
+            }))
+            .map_err(|_| lost(self.kind))?;
+        rx.recv().map_err(|_| lost(self.kind))
+    }
+}
+
+fn lost(kind: FsKind) -> Error {
+    Error::Filesystem {
+        kind,
+        message: "the ext worker thread stopped".into(),
+    }
+}
+
+fn ext_path(path: &str) -> Result<String, Error> {
+    let parts = components(path)?;
+    Ok(format!("/{}", parts.join("/")))
+}
+
+impl GuestFs for ExtFs {
+    fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    fn metadata(&mut self, path: &str) -> Result<Metadata, Error> {
+        let p = ext_path(path)?;
+        let kind = self.kind;
+        self.call(move |st| {
+            st.fs
+                .symlink_metadata(p.as_str())
+                .map(|m| convert(&m))
+                .map_err(|e| map_err(kind, &p, e))
+        })?
+    }
+
+    fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        let p = ext_path(path)?;
+        let kind = self.kind;
+        self.call(move |st| {
+            let mut out = Vec::new();
+            let iter = st
+                .fs
+                .read_dir(p.as_str())
+                .map_err(|e| map_err(kind, &p, e))?;
+            for entry in iter {
+                let entry = entry.map_err(|e| map_err(kind, &p, e))?;
+                let name = entry.file_name();
+                let bytes = name.as_ref().to_vec();
+                if bytes == b"." || bytes == b".." {
+                    continue;
+                }
+                if out.len() >= MAX_DIR_ENTRIES {
+                    return Err(Error::TooLarge {
+                        what: "directory",
+                        size: out.len() as u64,
+                        max: MAX_DIR_ENTRIES as u64,
+                    });
+                }
+                let meta = entry.metadata().map_err(|e| map_err(kind, &p, e))?;
+                out.push(DirEntry {
+                    name: String::from_utf8_lossy(&bytes).into_owned(),
+                    name_bytes: bytes,
+                    metadata: convert(&meta),
+                });
+            }
+            out.sort_by(|a, b| a.name_bytes.cmp(&b.name_bytes));
+            Ok(out)
+        })?
+    }
+
+    fn read_link(&mut self, path: &str) -> Result<Vec<u8>, Error> {
+        let p = ext_path(path)?;
+        let kind = self.kind;
+        self.call(move |st| {
+            st.fs
+                .read_link(p.as_str())
+                .map(|t| t.as_ref().to_vec())
+                .map_err(|e| map_err(kind, &p, e))
+        })?
+    }
+
+    fn read_file_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let p = ext_path(path)?;
+        let kind = self.kind;
+        let want = buf.len();
+        let data = self.call(move |st| -> Result<Vec<u8>, Error> {
+            let cached = matches!(&st.open, Some((cp, _)) if *cp == p);
+            if !cached {
+                let meta = st
+                    .fs
+                    .symlink_metadata(p.as_str())
+                    .map_err(|e| map_err(kind, &p, e))?;
+                if meta.is_dir() {
+                    return Err(Error::IsADirectory(p));
+                }
+                if !meta.file_type().is_regular_file() {
+                    return Err(Error::NotAFile(p));
+                }
+                let f = st.fs.open(p.as_str()).map_err(|e| map_err(kind, &p, e))?;
+                st.open = Some((p.clone(), f));
+            }
+            let Some((_, file)) = st.open.as_mut() else {
+                return Err(lost(kind));
+            };
+            let size = file.metadata().len();
+            if offset >= size || want == 0 {
+                return Ok(Vec::new());
+            }
+            let n = (size - offset).min(want as u64) as usize;
+            if file.position() != offset {
+                file.seek_to(offset).map_err(|e| map_err(kind, &p, e))?;
+            }
+            let mut out = vec![0u8; n];
+            let mut done = 0;
+            while done < n {
+                let got = file
+                    .read_bytes(&mut out[done..])
+                    .map_err(|e| map_err(kind, &p, e))?;
+                if got == 0 {
+                    break;
+                }
+                done += got;
+            }
+            out.truncate(done);
+            Ok(out)
+        })??;
+        buf[..data.len()].copy_from_slice(&data);
+        Ok(data.len())
+    }
+}
