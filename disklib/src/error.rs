@@ -99,6 +99,10 @@ pub enum Error {
     /// the host's changed areas do not assemble.
     #[error(transparent)]
     Cbt(#[from] cbt::Error),
+    /// A guest partition table or filesystem (read through
+    /// [`crate::guest`]) is damaged, unsupported, or names no such file.
+    #[error("guest: {0}")]
+    Guest(#[from] guest_volumes::Error),
     /// A request lies outside the disk.
     #[error("range {offset}+{len} is outside the disk's {capacity} bytes")]
     OutOfRange {
@@ -176,6 +180,7 @@ impl Error {
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
             Error::Repository { .. } | Error::BadChecksum { .. } | Error::Cbt(_) => vix::E_FAIL,
+            Error::Guest(_) => vix::E_FAIL,
             Error::NoTransport { cause, .. } => cause
                 .as_ref()
                 .map_or(vix::E_NOT_SUPPORTED, |c| c.vix_code()),

@@ -7,7 +7,9 @@
 //! I/O, info, metadata and allocated-block queries, PrepareForAccess /
 //! EndAccess, VixDiskLib error codes for every error ([`api`]); and the
 //! backup job: full, incremental and differential backups with CBT into a
-//! repository, restore of any point, verify ([`backup`]).
+//! repository, restore of any point, verify, any point read in place
+//! ([`backup`]); guest volumes and files of any of those disks
+//! ([`guest`]).
 //!
 //! Local VMDK files are `vmdk-file`'s (open, read, write, create,
 //! convert, snapshot, check, repair); the transports are
@@ -20,5 +22,6 @@
 pub mod api;
 pub mod backup;
 mod error;
+pub mod guest;
 
 pub use error::{vix, Error, Result};

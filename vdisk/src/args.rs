@@ -388,6 +388,33 @@ pub(crate) enum Command {
         #[arg(long)]
         backup: Option<u64>,
     },
+    /// Serve a disk over NBD (qemu-nbd's protocol): a local chain, a
+    /// remote disk (--transport), a backup point (--from), or one partition.
+    ///
+    /// Prints `NBD_URI=…` on stdout once ready; serves until SIGINT or
+    /// SIGTERM, then flushes and exits.
+    Serve(crate::serve::ServeArgs),
+    /// List a disk's partitions and filesystems.
+    Volumes(crate::guest::VolumesArgs),
+    /// List a directory (or one file) inside a guest filesystem.
+    Ls {
+        #[command(flatten)]
+        files: crate::guest::FilesArgs,
+        /// Long listing: mode, owner, size, modification time, link targets.
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a file or a directory tree out of a guest filesystem.
+    Get {
+        #[command(flatten)]
+        files: crate::guest::FilesArgs,
+        /// Where to write it (must not exist).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
     /// Delete a disk and all its files (not its parents).
     Delete {
         /// The disk.

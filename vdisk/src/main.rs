@@ -19,9 +19,12 @@ mod args;
 mod check;
 #[cfg(feature = "sim")]
 mod demo;
+mod guest;
 mod remote;
+mod serve;
 #[cfg(feature = "sim")]
 mod sim;
+mod source;
 
 use args::{disk_type, AnyDisk, Cli, Command, MetaAction};
 
@@ -252,6 +255,10 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             })
         }
         Command::Vm { command } => remote::vm(command),
+        Command::Serve(a) => serve::serve(a),
+        Command::Volumes(a) => guest::volumes(a),
+        Command::Ls { files, long, json } => guest::ls(files, long, json),
+        Command::Get { files, output } => guest::get(files, output),
         Command::Snapshot { disk, child } => {
             vmdk_file::maintain::create_child(&disk, &child)?;
             Ok(ExitCode::SUCCESS)
