@@ -8,6 +8,7 @@ mod chain;
 mod check;
 mod edge;
 mod formats;
+mod guest;
 mod malformed;
 mod oracle;
 mod peers;

@@ -1,60 +1,20 @@
 //! `vdisk sim serve` and the `vdisk vm` commands, end to end.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use crate::support::*;
 
-struct Server {
-    child: Child,
-    env: Vec<(String, String)>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = SimServer;
 
 fn serve(root: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vdisk"))
-        .args(["sim", "serve", "--demo", "--root", s(root)])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut env = Vec::new();
-    for _ in 0..5 {
-        let l = lines.next().unwrap().unwrap();
-        let (k, v) = l.split_once('=').unwrap();
-        env.push((k.to_string(), v.trim_matches('\'').to_string()));
-    }
-    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "VDISK_SERVER",
-            "VDISK_USER",
-            "VDISK_PASSWORD",
-            "VDISK_THUMBPRINT",
-            "VDISK_CONFIG"
-        ]
-    );
-    Server { child, env }
+    let mut args = vec!["--demo", "--root", s(root)];
+    args.extend_from_slice(extra);
+    let srv = sim_serve(&args);
+    assert_eq!(srv.env.len(), 5);
+    assert_eq!(srv.env[4].0, "VDISK_CONFIG");
+    srv
 }
 
 fn run(srv: &Server, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vdisk"));
-    c.args(args);
-    for (k, v) in &srv.env {
-        c.env(k, v);
-    }
-    for (k, v) in overrides {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    srv.run(args, overrides)
 }
 
 /// `vdisk sim guest-write` into vm-100's disk.

@@ -10,7 +10,74 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod build;
+pub mod images;
 pub mod torture;
+
+/// A `vdisk sim serve` child, killed when dropped, and the `VDISK_*`
+/// variables it printed.
+pub struct SimServer {
+    child: std::process::Child,
+    pub env: Vec<(String, String)>,
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `vdisk sim serve ARGS` and reads the variables it prints.
+pub fn sim_serve(args: &[&str]) -> SimServer {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["sim", "serve"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Four variables, then VDISK_CONFIG (the demo) or a `# datastore`
+    // comment line (an inventory file).
+    let mut env = Vec::new();
+    for _ in 0..5 {
+        let l = lines.next().unwrap().unwrap();
+        if let Some((k, v)) = l.split_once('=').filter(|_| !l.starts_with('#')) {
+            env.push((k.to_string(), v.trim_matches('\'').to_string()));
+        }
+    }
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "VDISK_SERVER",
+            "VDISK_USER",
+            "VDISK_PASSWORD",
+            "VDISK_THUMBPRINT",
+        ]
+    );
+    SimServer { child, env }
+}
+
+impl SimServer {
+    /// A `vdisk` command with this simulator's variables (and overrides).
+    pub fn command(&self, args: &[&str], overrides: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vdisk"));
+        c.args(args);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        for (k, v) in overrides {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs `vdisk ARGS` against this simulator.
+    pub fn run(&self, args: &[&str], overrides: &[(&str, &str)]) -> Output {
+        self.command(args, overrides).output().unwrap()
+    }
+}
 
 pub fn vdisk(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vdisk"))
