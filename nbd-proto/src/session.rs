@@ -103,7 +103,7 @@ impl ExportInfo {
             return bad("block_size.preferred");
         }
         let max = b.maximum.min(MAX_PAYLOAD);
-        if max < b.preferred || max % b.minimum != 0 {
+        if max < b.preferred || !max.is_multiple_of(b.minimum) {
             return bad("block_size.maximum");
         }
         Ok(())
@@ -756,7 +756,7 @@ impl ServerSession {
             return Err(EINVAL);
         }
         let min = u64::from(e.block_size.minimum);
-        if to.offset % min != 0 || u64::from(to.length) % min != 0 {
+        if !to.offset.is_multiple_of(min) || !u64::from(to.length).is_multiple_of(min) {
             return Err(EINVAL);
         }
         match to.offset.checked_add(u64::from(to.length)) {
