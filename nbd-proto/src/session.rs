@@ -153,6 +153,7 @@ pub struct Status<'a> {
 
 /// What the caller must do after [`ServerSession::handle_input`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// Nothing more can be done with the input: read until at least
     /// `at_least` unconsumed bytes are buffered, then call again.
@@ -206,6 +207,7 @@ pub struct ReplyTo {
 
 /// A command the caller executes. Offsets and lengths are in bounds.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Command<'a> {
     /// Read `length` bytes at `offset` (`length <= MAX_PAYLOAD`).
     Read {
