@@ -353,3 +353,21 @@ for o in hs:
     }
     srv.stop().unwrap();
 }
+
+#[test]
+fn tcp_loopback_with_nbdinfo_and_nbdcopy() {
+    if !have("nbdinfo") || !have("nbdcopy") {
+        return;
+    }
+    let disk = MemExport::new(1 << 20, false);
+    disk.write_at_pattern_readonly();
+    let cfg = nbd_server::ServerConfig::new().with_export("disk", disk.clone());
+    let srv = start_on(nbd_server::Listen::tcp_loopback(0), cfg, "disk");
+    assert!(srv.uri.starts_with("nbd://127.0.0.1:"), "{}", srv.uri);
+    assert_eq!(run("nbdinfo", &["--size", &srv.uri]).trim(), "1048576");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.img");
+    run("nbdcopy", &[&srv.uri, out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == disk.contents());
+    srv.stop().unwrap();
+}
