@@ -58,6 +58,8 @@ fn shutdown_removes_socket_and_ends_idle_clients() {
     s.write_all(&3u32.to_be_bytes()).unwrap();
     srv.stop().unwrap();
     assert!(!path.exists(), "socket file left behind");
+    // Writable exports are flushed at shutdown.
+    assert!(disk.flushes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty());
