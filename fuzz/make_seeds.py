@@ -161,3 +161,29 @@ out("nfc_classic", "server-replies", classic(36, 1, at=16) + classic(51, 11) + c
 out("nfc_server", "session", HANDSHAKE + REQUESTS)
 out("nfc_server", "aio", REQUESTS)
 out("nfc_client", "replies", REPLIES)
+
+
+# NBD (nbd_server): the first byte selects the export and TLS policy
+# (bit 0 writable, bits 4-5 TLS: 0 off, 1 optional, 2 required, bits 6-7
+# the feeding split); the rest are client bytes (doc/proto.md layouts).
+def nbd_opt(option, data=b""):
+    return b"IHAVEOPT" + struct.pack(">II", option, len(data)) + data
+
+
+def nbd_req(flags, cmd, cookie, offset, length):
+    return struct.pack(">IHHQQI", 0x25609513, flags, cmd, cookie, offset, length)
+
+
+NBD_GO = struct.pack(">I", 4) + b"disk" + struct.pack(">HH", 1, 1)
+NBD_META = struct.pack(">I", 4) + b"disk" + struct.pack(">II", 1, 15) + b"base:allocation"
+out("nbd_server", "go-write-read-status",
+    bytes([0x01]) + struct.pack(">I", 3) + nbd_opt(8) + nbd_opt(3) + nbd_opt(10, NBD_META)
+    + nbd_opt(7, NBD_GO) + nbd_req(1, 1, 1, 4096, 4) + b"abcd" + nbd_req(0, 0, 2, 4096, 4)
+    + nbd_req(0, 7, 3, 0, 65536) + nbd_req(0, 6, 4, 0, 512) + nbd_req(0, 3, 5, 0, 0)
+    + nbd_req(0, 2, 6, 0, 0))
+out("nbd_server", "export-name-simple",
+    bytes([0xC1]) + struct.pack(">I", 1) + nbd_opt(1, b"disk") + nbd_req(0, 0, 1, 0, 512)
+    + nbd_req(0, 4, 2, 0, 512) + nbd_req(0, 1, 3, 0, 1 << 20))
+out("nbd_server", "tls-required-starttls",
+    bytes([0x21]) + struct.pack(">I", 3) + nbd_opt(6, NBD_GO) + nbd_opt(5) + nbd_opt(6, NBD_GO)
+    + nbd_opt(2))

@@ -42,7 +42,8 @@
 //! assert!(matches!(server.handle_input(&[], &mut out).unwrap().event, Event::Continue));
 //! assert_eq!(&out[..8], b"NBDMAGIC");
 //! // Client flags: FIXED_NEWSTYLE | NO_ZEROES.
-//! let st = server.handle_input(&3u32.to_be_bytes(), &mut out).unwrap();
+//! let flags = 3u32.to_be_bytes();
+//! let st = server.handle_input(&flags, &mut out).unwrap();
 //! assert_eq!(st.consumed, 4);
 //! // An unknown option is answered NBD_REP_ERR_UNSUP and negotiation goes on.
 //! out.clear();

@@ -103,7 +103,7 @@ impl ExportInfo {
             return bad("block_size.preferred");
         }
         let max = b.maximum.min(MAX_PAYLOAD);
-        if max < b.preferred || max % b.minimum != 0 {
+        if max < b.preferred || !max.is_multiple_of(b.minimum) {
             return bad("block_size.maximum");
         }
         Ok(())
@@ -153,6 +153,7 @@ pub struct Status<'a> {
 
 /// What the caller must do after [`ServerSession::handle_input`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// Nothing more can be done with the input: read until at least
     /// `at_least` unconsumed bytes are buffered, then call again.
@@ -206,6 +207,7 @@ pub struct ReplyTo {
 
 /// A command the caller executes. Offsets and lengths are in bounds.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Command<'a> {
     /// Read `length` bytes at `offset` (`length <= MAX_PAYLOAD`).
     Read {
@@ -756,7 +758,7 @@ impl ServerSession {
             return Err(EINVAL);
         }
         let min = u64::from(e.block_size.minimum);
-        if to.offset % min != 0 || u64::from(to.length) % min != 0 {
+        if !to.offset.is_multiple_of(min) || !u64::from(to.length).is_multiple_of(min) {
             return Err(EINVAL);
         }
         match to.offset.checked_add(u64::from(to.length)) {

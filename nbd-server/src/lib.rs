@@ -167,3 +167,20 @@ pub fn errno_of(e: &io::Error) -> u32 {
         _ => nbd_proto::consts::EIO,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nbd_proto::consts::{EINVAL, EIO, ENOSPC, EPERM};
+
+    #[test]
+    fn io_error_kinds_map_to_nbd_errnos() {
+        let e = |k: io::ErrorKind| errno_of(&io::Error::new(k, "detail stays local"));
+        assert_eq!(e(io::ErrorKind::PermissionDenied), EPERM);
+        assert_eq!(e(io::ErrorKind::InvalidInput), EINVAL);
+        assert_eq!(e(io::ErrorKind::StorageFull), ENOSPC);
+        assert_eq!(e(io::ErrorKind::QuotaExceeded), ENOSPC);
+        assert_eq!(e(io::ErrorKind::NotFound), EIO);
+        assert_eq!(e(io::ErrorKind::Other), EIO);
+    }
+}

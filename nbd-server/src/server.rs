@@ -312,6 +312,12 @@ impl Server {
                 {
                     continue
                 }
+                // Out of descriptors (EMFILE, ENFILE): back off, keep serving.
+                Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
+                    tracing::warn!("nbd: accept: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
                 Err(e) => break Err(e),
             };
             threads.retain(|t| !t.is_finished());

@@ -1,0 +1,6 @@
+//! nbd-proto tests: the published wire bytes, and whole sessions.
+
+mod integration {
+    mod golden;
+    mod pair;
+}
