@@ -6,9 +6,7 @@ use super::support::*;
 
 #[test]
 fn nbdinfo_json_and_map() {
-    if !have("nbdinfo") {
-        return;
-    }
+    need("nbdinfo");
     let disk = MemExport::new(1 << 20, true);
     disk.write_at_pattern();
     let srv = start_one(disk.clone());
@@ -67,9 +65,7 @@ impl MemExport {
 
 #[test]
 fn nbdinfo_lists_exports() {
-    if !have("nbdinfo") {
-        return;
-    }
+    need("nbdinfo");
     let cfg = nbd_server::ServerConfig::new()
         .with_export("", MemExport::new(4096, false))
         .with_export("second", MemExport::new(8192, true));
@@ -101,9 +97,7 @@ fn nbdinfo_lists_exports() {
 
 #[test]
 fn nbdcopy_both_directions() {
-    if !have("nbdcopy") {
-        return;
-    }
+    need("nbdcopy");
     let size = 3 << 20;
     let disk = MemExport::new(size, true);
     let srv = start_one(disk.clone());
@@ -138,9 +132,7 @@ fn nbdcopy_both_directions() {
 
 #[test]
 fn qemu_img_compare_and_convert() {
-    if !have("qemu-img") {
-        return;
-    }
+    need("qemu-img");
     let disk = MemExport::new(2 << 20, false);
     disk.write_at_pattern_readonly();
     let srv = start_one(disk.clone());
@@ -179,9 +171,7 @@ fn qemu_img_compare_and_convert() {
 
 #[test]
 fn qemu_io_writes_zeroes_and_reads() {
-    if !have("qemu-io") {
-        return;
-    }
+    need("qemu-io");
     let disk = MemExport::new(1 << 20, true);
     let srv = start_one(disk.clone());
     let out = run(
@@ -224,9 +214,7 @@ fn qemu_io_writes_zeroes_and_reads() {
 
 #[test]
 fn read_only_export_refuses_writes() {
-    if !have("qemu-io") {
-        return;
-    }
+    need("qemu-io");
     let disk = MemExport::new(1 << 20, false);
     disk.write_at_pattern_readonly();
     let before = disk.contents();
@@ -240,7 +228,8 @@ fn read_only_export_refuses_writes() {
         String::from_utf8_lossy(&res.stdout).into_owned() + &String::from_utf8_lossy(&res.stderr);
     assert!(!text.contains("wrote 65536/65536"), "{text}");
     assert!(disk.contents() == before);
-    if have("nbdsh") {
+    need("nbdsh");
+    {
         // Below qemu's own check: the server answers EPERM.
         let script = "
 import errno
@@ -271,9 +260,7 @@ impl MemExport {
 
 #[test]
 fn nbdsh_block_status_fua_zero_trim_multi_conn() {
-    if !have("nbdsh") {
-        return;
-    }
+    need("nbdsh");
     let disk = MemExport::new(1 << 20, true);
     let srv = start_one(disk.clone());
     let script = r#"
@@ -356,9 +343,8 @@ for o in hs:
 
 #[test]
 fn tcp_loopback_with_nbdinfo_and_nbdcopy() {
-    if !have("nbdinfo") || !have("nbdcopy") {
-        return;
-    }
+    need("nbdinfo");
+    need("nbdcopy");
     let disk = MemExport::new(1 << 20, false);
     disk.write_at_pattern_readonly();
     let cfg = nbd_server::ServerConfig::new().with_export("disk", disk.clone());

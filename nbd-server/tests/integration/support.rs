@@ -221,17 +221,17 @@ pub fn start_one(export: Arc<MemExport>) -> Running {
     start(ServerConfig::new().with_export("disk", export), "disk")
 }
 
-/// Whether `tool` can be run; prints why a test is skipped otherwise.
-pub fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
+/// Fails the test when `tool` cannot be run: the suite needs every peer
+/// (`cargo xtask deps` installs them: libnbd-bin, python3-libnbd,
+/// qemu-utils).
+pub fn need(tool: &str) {
+    if let Err(e) = Command::new(tool)
         .arg("--version")
         .env("PATH", path())
         .output()
-        .is_ok();
-    if !ok {
-        println!("SKIP: `{tool}` is not installed");
+    {
+        panic!("`{tool}` is required by the test suite (cargo xtask deps installs it): {e}");
     }
-    ok
 }
 
 /// PATH with /usr/bin first: nbdsh runs `python3 -m nbd`, and the

@@ -67,9 +67,7 @@ fn pem_errors_are_typed() {
 
 #[test]
 fn tls_required_with_libnbd() {
-    if !have("nbdinfo") {
-        return;
-    }
+    need("nbdinfo");
     let (srv, pki, disk) = tls_server(true);
     assert!(
         srv.uri.starts_with("nbds+unix:///disk?socket="),
@@ -90,7 +88,8 @@ fn tls_required_with_libnbd() {
     let wrong = format!("{}&tls-certificates={}", srv.uri, other.path().display());
     // libnbd checks the chain only when it has a host name, i.e. over TCP.
     assert!(output("nbdinfo", &["--size", &wrong]).status.success());
-    if have("nbdsh") {
+    need("nbdsh");
+    {
         let script = "
 h.set_uri_allow_local_file(True)
 h.connect_uri(URI)
@@ -108,9 +107,7 @@ h.flush()
 
 #[test]
 fn tls_optional_serves_both() {
-    if !have("nbdinfo") {
-        return;
-    }
+    need("nbdinfo");
     let (srv, pki, _disk) = tls_server(false);
     assert!(srv.uri.starts_with("nbd+unix://"), "{}", srv.uri);
     assert_eq!(run("nbdinfo", &["--size", &srv.uri]).trim(), "1048576");
@@ -127,9 +124,7 @@ fn tls_optional_serves_both() {
 
 #[test]
 fn tls_over_tcp_verifies_the_certificate() {
-    if !have("nbdinfo") {
-        return;
-    }
+    need("nbdinfo");
     let (srv, pki, _disk) = tls_server_on(Some(nbd_server::Listen::tcp_loopback(0)), true);
     assert!(srv.uri.starts_with("nbds://127.0.0.1:"), "{}", srv.uri);
     let uri = format!("{}?tls-certificates={}", srv.uri, pki.path().display());
