@@ -12,4 +12,5 @@ mod guest;
 mod malformed;
 mod oracle;
 mod peers;
+mod serve;
 mod sim_cli;
