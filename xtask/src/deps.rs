@@ -209,11 +209,86 @@ pub(crate) const PEERS: &[Peer] = &[
     },
     Peer {
         what: "nbdinfo, nbdcopy",
-        why: "the C ABI tests map, read and write the disk nbdkit serves with them",
+        why: "the C ABI tests map, read and write the disk nbdkit serves with them; the NBD \
+              server tests (nbd-server, vdisk serve) read, map and copy exports with them",
         groups: TEST,
         kind: Kind::Apt(Apt {
             present: Probe::Command("nbdcopy"),
             packages: &["libnbd-bin"],
+        }),
+    },
+    Peer {
+        what: "nbdsh",
+        why: "the NBD server tests (nbd-server, vdisk serve) drive block status, FUA, zero, trim \
+              and TLS through libnbd's Python binding",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("nbdsh"),
+            packages: &["python3-libnbd"],
+        }),
+    },
+    Peer {
+        what: "mkfs.ext4, debugfs",
+        why: "the guest volume tests (guest-volumes, vdisk volumes/ls/get) make ext4 volumes and \
+              check listings against debugfs",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("debugfs"),
+            packages: &["e2fsprogs"],
+        }),
+    },
+    Peer {
+        what: "mkfs.vfat",
+        why: "the guest volume tests make FAT12/16/32 volumes",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("mkfs.vfat"),
+            packages: &["dosfstools"],
+        }),
+    },
+    Peer {
+        what: "mcopy",
+        why: "the guest volume tests copy trees into FAT volumes without mounting them",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("mcopy"),
+            packages: &["mtools"],
+        }),
+    },
+    Peer {
+        what: "mkntfs, ntfscp",
+        why: "the guest volume tests make NTFS volumes and copy files in without mounting them",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("ntfscp"),
+            packages: &["ntfs-3g"],
+        }),
+    },
+    Peer {
+        what: "sfdisk",
+        why: "the guest volume tests partition disks with MBR tables (extended and logical)",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("sfdisk"),
+            packages: &["fdisk"],
+        }),
+    },
+    Peer {
+        what: "sgdisk",
+        why: "the guest volume tests partition disks with GPT (names, types, hybrid MBR)",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("sgdisk"),
+            packages: &["gdisk"],
+        }),
+    },
+    Peer {
+        what: "openssl",
+        why: "vdisk serve's TLS test makes its certificate with it",
+        groups: TEST,
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("openssl"),
+            packages: &["openssl"],
         }),
     },
     Peer {
