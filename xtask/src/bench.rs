@@ -29,7 +29,8 @@ pub(crate) fn run_bench(args: &[String]) -> Result {
             c.args(["bench", "-p", "transport-san", "--bench", "san"]);
             run(c)
         }
-        _ => Err("usage: cargo xtask bench read|write|nbd|backup|san".into()),
+        Some("serve") => serve(),
+        _ => Err("usage: cargo xtask bench read|write|nbd|backup|san|serve".into()),
     }
 }
 
@@ -304,4 +305,217 @@ fn time_with(prepare: &dyn Fn() -> Result, mut make: impl FnMut() -> Command) ->
     }
     v.sort_by(f64::total_cmp);
     Ok(v[RUNS / 2])
+}
+
+/// A child process killed when dropped (the servers `bench serve` starts).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until a Unix socket exists (the server is listening).
+fn wait_for(sock: &Path) -> Result {
+    for _ in 0..500 {
+        if sock.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!("{} never appeared", sock.display()))
+}
+
+/// `vdisk serve DISK` on a Unix socket, and its URI.
+fn vdisk_serve(vdisk: &Path, disk: &Path, sock: &Path) -> Result<(Daemon, String)> {
+    use std::io::BufRead;
+    let _ = std::fs::remove_file(sock);
+    let mut child = Command::new(vdisk)
+        .arg("serve")
+        .arg(disk)
+        .arg("--socket")
+        .arg(sock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let uri = line
+        .trim_end()
+        .strip_prefix("NBD_URI=")
+        .ok_or_else(|| format!("vdisk serve printed {line:?}"))?
+        .to_string();
+    Ok((Daemon(child), uri))
+}
+
+/// A peer server started with `args`, listening on `sock`.
+fn peer_serve(program: &str, args: &[&str], sock: &Path) -> Result<Daemon> {
+    let _ = std::fs::remove_file(sock);
+    let child = Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let d = Daemon(child);
+    wait_for(sock)?;
+    Ok(d)
+}
+
+/// Median seconds of `nbdcopy URI null:`.
+fn nbdcopy_time(uri: &str) -> Result<f64> {
+    time(|| {
+        let mut c = Command::new("nbdcopy");
+        c.args([uri, "null:"]);
+        c
+    })
+}
+
+/// A directory tree of about 1 GiB: 16 directories of 32 files of 2 MiB
+/// (half incompressible, half text-like), with a few small files.
+fn make_tree(root: &Path) -> Result {
+    if root.join(".complete").exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(root);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut buf = vec![0u8; 2 << 20];
+    for d in 0..16 {
+        let dir = root.join(format!("dir{d:02}/sub"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("README"), format!("directory {d}\n")).map_err(|e| e.to_string())?;
+        for f in 0..32 {
+            for b in buf.chunks_exact_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let word = if f % 2 == 0 {
+                    state.to_le_bytes()
+                } else {
+                    *b"text row"
+                };
+                b.copy_from_slice(&word);
+            }
+            std::fs::write(dir.join(format!("file{f:02}.bin")), &buf).map_err(|e| e.to_string())?;
+        }
+    }
+    std::fs::write(root.join(".complete"), b"").map_err(|e| e.to_string())
+}
+
+fn serve() -> Result {
+    deps::ensure(&[deps::Group::Test, deps::Group::Bench])?;
+    let dir = root().join("target/bench-serve");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "vdisk"]);
+    run(c)?;
+    let vdisk = root().join("target/release/vdisk");
+    let raw = dir.join("half.raw");
+    make_raw(&raw)?;
+    let mut failures = Vec::new();
+    let mbs = |s: f64| GIB as f64 / s / 1e6;
+
+    println!("nbdcopy of a 1 GiB disk (half data, half holes) to null:, median of {RUNS} runs");
+    for (sub, peer) in [("monolithicSparse", "qemu-nbd"), ("monolithicFlat", "nbdkit file")] {
+        let img = dir.join(format!("{sub}.vmdk"));
+        if !img.exists() {
+            sh(Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "vmdk", "-o"])
+                .arg(format!("subformat={sub}"))
+                .arg(&raw)
+                .arg(&img))?;
+        }
+        sh(Command::new("cat").arg(&img).stdout(std::process::Stdio::null()))?;
+        let sock = dir.join("ours.sock");
+        let (ours_d, uri) = vdisk_serve(&vdisk, &img, &sock)?;
+        let ours = nbdcopy_time(&uri)?;
+        drop(ours_d);
+        let psock = dir.join("peer.sock");
+        let ps = psock.to_string_lossy().to_string();
+        let (peer_d, target) = if sub == "monolithicFlat" {
+            let flat = img.to_string_lossy().replace(".vmdk", "-flat.vmdk");
+            let d = peer_serve(
+                "nbdkit",
+                &["-f", "-r", "-U", &ps, "file", &format!("file={flat}")],
+                &psock,
+            )?;
+            (d, 0.9)
+        } else {
+            let img_s = img.to_string_lossy().to_string();
+            let d = peer_serve(
+                "qemu-nbd",
+                &["-r", "-t", "-e", "4", "-f", "vmdk", "-k", &ps, &img_s],
+                &psock,
+            )?;
+            (d, 1.5)
+        };
+        let peer_uri = format!("nbd+unix:///?socket={ps}");
+        let theirs = nbdcopy_time(&peer_uri)?;
+        drop(peer_d);
+        let ratio = theirs / ours;
+        println!(
+            "{sub:<18} vdisk serve {:>7.0} MB/s   {peer} {:>7.0} MB/s   ratio {ratio:.2} (target >= {target:.2})",
+            mbs(ours),
+            mbs(theirs)
+        );
+        if ratio < target {
+            failures.push(format!("{sub}: {ratio:.2} x {peer} < {target:.2}"));
+        }
+    }
+
+    // A 1 GiB tree out of an ext4 volume: vdisk get vs debugfs rdump.
+    let tree = dir.join("tree");
+    make_tree(&tree)?;
+    let ext = dir.join("ext4.raw");
+    let ext_vmdk = dir.join("ext4.vmdk");
+    if !ext_vmdk.exists() {
+        let _ = std::fs::remove_file(&ext);
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "bench", "-d"])
+            .arg(&tree)
+            .arg(&ext)
+            .arg("1400M"))?;
+        sh(Command::new(&vdisk)
+            .args(["convert", "-t", "monolithicSparse"])
+            .arg(&ext)
+            .arg(&ext_vmdk))?;
+    }
+    sh(Command::new("cat").arg(&ext).stdout(std::process::Stdio::null()))?;
+    sh(Command::new("cat").arg(&ext_vmdk).stdout(std::process::Stdio::null()))?;
+    let out = dir.join("get-out");
+    let clean = || {
+        let _ = std::fs::remove_dir_all(&out);
+    };
+    let ours = time(|| {
+        clean();
+        let mut c = Command::new(&vdisk);
+        c.arg("get").arg(&ext_vmdk).args(["/", "-o"]).arg(&out);
+        c
+    })?;
+    let theirs = time(|| {
+        clean();
+        let _ = std::fs::create_dir_all(&out);
+        let mut c = Command::new("debugfs");
+        c.args(["-R", &format!("rdump / {}", out.display())]).arg(&ext);
+        c
+    })?;
+    clean();
+    let ratio = theirs / ours;
+    println!(
+        "get a 1 GiB tree from ext4: vdisk get {:>7.0} MB/s   debugfs rdump {:>7.0} MB/s   ratio {ratio:.2} (target >= 2.00)",
+        mbs(ours),
+        mbs(theirs)
+    );
+    if ratio < 2.0 {
+        failures.push(format!("get: {ratio:.2} x debugfs < 2.00"));
+    }
+    if failures.is_empty() {
+        println!("all targets met");
+    } else {
+        println!("targets missed: {}", failures.join("; "));
+    }
+    Ok(())
 }

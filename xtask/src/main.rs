@@ -60,6 +60,10 @@ const TASKS: &[(&str, &str)] = &[
         "bench san",
         "O_DIRECT read of a 1 GiB LUN through the san transport vs fio and qemu-img",
     ),
+    (
+        "bench serve",
+        "nbdcopy from vdisk serve vs qemu-nbd and nbdkit; vdisk get of 1 GiB vs debugfs rdump",
+    ),
     ("doc", "build the docs with warnings denied"),
     (
         "dist",
