@@ -85,7 +85,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-pub const MTIME: &str = "2021-03-04 05:06:07 UTC";
+pub const MTIME: &str = "2021-03-04 05:06:08 UTC";
 
 /// Builds the source tree. `symlinks`: include symlinks (not for FAT).
 pub fn source_tree(root: &Path, symlinks: bool) {
