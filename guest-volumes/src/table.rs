@@ -224,7 +224,10 @@ impl MbrEntry {
     fn byte_range(&self, base: u64, disk_size: u64, index: usize) -> Result<(u64, u64), Error> {
         if self.lba == 0 {
             // Sector 0 of the disk or of an EBR holds the table itself.
-            return Err(Error::corrupt("MBR partition entry starts at its own table", base + 446 + 16 * index as u64));
+            return Err(Error::corrupt(
+                "MBR partition entry starts at its own table",
+                base + 446 + 16 * index as u64,
+            ));
         }
         self.link_range(base, disk_size, index)
     }

@@ -39,10 +39,17 @@ impl ReadAt for FileDisk {
         self.size
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past end"));
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "past end",
+            ));
         }
-        self.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.bytes_read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.file.read_exact_at(buf, offset)
     }
 }
@@ -97,8 +104,17 @@ pub fn source_tree(root: &Path, symlinks: bool) {
     fs::write(root.join("sub/nested.txt"), b"nested file\n").unwrap();
     fs::write(root.join("sub/deeper/deep.dat"), noise(70_000, 9)).unwrap();
     fs::write(root.join("ünïcødé-名前.txt"), "non-ASCII name\n").unwrap();
-    fs::write(root.join("A long file name with spaces.text"), b"long name\n").unwrap();
-    let sparse = fs::OpenOptions::new().create(true).truncate(true).write(true).open(root.join("sparse.img")).unwrap();
+    fs::write(
+        root.join("A long file name with spaces.text"),
+        b"long name\n",
+    )
+    .unwrap();
+    let sparse = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(root.join("sparse.img"))
+        .unwrap();
     sparse.set_len(3 << 20).unwrap();
     sparse.write_all_at(b"data in the middle", 2 << 20).unwrap();
     drop(sparse);
@@ -112,7 +128,12 @@ pub fn source_tree(root: &Path, symlinks: bool) {
         std::os::unix::fs::symlink("../hello.txt", root.join("sub/up-link")).unwrap();
     }
     // Timestamps last (touch -h so symlinks keep their own).
-    let out = Command::new("find").arg(root).arg("-mindepth").arg("1").output().unwrap();
+    let out = Command::new("find")
+        .arg(root)
+        .arg("-mindepth")
+        .arg("1")
+        .output()
+        .unwrap();
     for p in String::from_utf8(out.stdout).unwrap().lines() {
         run("touch", &["-h", "-d", MTIME, p]);
     }
@@ -165,9 +186,16 @@ pub fn compare_tree(fs: &mut dyn GuestFs, guest: &str, host: &Path, checks: &Che
         count += 1;
         let hp = &host_entries[&entry.name];
         let hm = fs::symlink_metadata(hp).unwrap();
-        let gp = if guest == "/" { format!("/{}", entry.name) } else { format!("{guest}/{}", entry.name) };
+        let gp = if guest == "/" {
+            format!("/{}", entry.name)
+        } else {
+            format!("{guest}/{}", entry.name)
+        };
         let gm = fs.metadata(&gp).unwrap();
-        assert_eq!(gm, entry.metadata, "metadata() agrees with read_dir for {gp}");
+        assert_eq!(
+            gm, entry.metadata,
+            "metadata() agrees with read_dir for {gp}"
+        );
         assert_eq!(entry.name_bytes, entry.name.as_bytes());
         if checks.mtime {
             assert_eq!(gm.mtime, Some(hm.mtime()), "mtime of {gp}");
@@ -179,7 +207,10 @@ pub fn compare_tree(fs: &mut dyn GuestFs, guest: &str, host: &Path, checks: &Che
         if hm.file_type().is_symlink() {
             assert_eq!(gm.kind, FileKind::Symlink, "{gp}");
             let target = fs::read_link(hp).unwrap();
-            assert_eq!(fs.read_link(&gp).unwrap(), target.as_os_str().as_encoded_bytes());
+            assert_eq!(
+                fs.read_link(&gp).unwrap(),
+                target.as_os_str().as_encoded_bytes()
+            );
         } else if hm.is_dir() {
             assert_eq!(gm.kind, FileKind::Dir, "{gp}");
             count += compare_tree(fs, &gp, hp, checks);

@@ -14,7 +14,16 @@ fn make(kind: &str, label: &str, size: &str) -> (tempfile::TempDir, std::path::P
     let img = dir.path().join("fs.img");
     run(
         &format!("mkfs.{kind}"),
-        &["-q", "-F", "-d", src.to_str().unwrap(), "-L", label, img.to_str().unwrap(), size],
+        &[
+            "-q",
+            "-F",
+            "-d",
+            src.to_str().unwrap(),
+            "-L",
+            label,
+            img.to_str().unwrap(),
+            size,
+        ],
     );
     (dir, img)
 }
@@ -47,8 +56,8 @@ fn ext4_tree_matches_source() {
         mode: true,
         mtime: true,
         case_insensitive: false,
-            extra: &["lost+found"],
-            skip_content: &[],
+        extra: &["lost+found"],
+        skip_content: &[],
     };
     let n = compare_tree(&mut *fs, "/", &dir.path().join("src"), &checks);
     assert!(n >= 15, "compared {n} entries");
@@ -56,15 +65,32 @@ fn ext4_tree_matches_source() {
     // The root listing has no lost+found? mke2fs -d keeps it; it is a directory.
     assert_eq!(fs.metadata("/").unwrap().kind, FileKind::Dir);
     assert!(matches!(fs.metadata("/nope"), Err(Error::NotFound(_))));
-    assert!(matches!(fs.read_dir("/hello.txt"), Err(Error::NotADirectory(_))));
-    assert!(matches!(fs.read_file_at("/sub", 0, &mut [0; 4]), Err(Error::IsADirectory(_))));
-    assert!(matches!(fs.read_link("/hello.txt"), Err(Error::NotASymlink(_))));
-    assert!(matches!(fs.metadata("relative"), Err(Error::InvalidPath(_))));
-    assert!(matches!(fs.metadata("/sub/../hello.txt"), Err(Error::InvalidPath(_))));
+    assert!(matches!(
+        fs.read_dir("/hello.txt"),
+        Err(Error::NotADirectory(_))
+    ));
+    assert!(matches!(
+        fs.read_file_at("/sub", 0, &mut [0; 4]),
+        Err(Error::IsADirectory(_))
+    ));
+    assert!(matches!(
+        fs.read_link("/hello.txt"),
+        Err(Error::NotASymlink(_))
+    ));
+    assert!(matches!(
+        fs.metadata("relative"),
+        Err(Error::InvalidPath(_))
+    ));
+    assert!(matches!(
+        fs.metadata("/sub/../hello.txt"),
+        Err(Error::InvalidPath(_))
+    ));
     // The final symlink is not followed; read_file_at follows it.
     assert_eq!(fs.metadata("/link").unwrap().kind, FileKind::Symlink);
     let mut b = [0u8; 64];
-    let n = fs.read_file_at("/sparse.img", (2 << 20) - 3, &mut b).unwrap();
+    let n = fs
+        .read_file_at("/sparse.img", (2 << 20) - 3, &mut b)
+        .unwrap();
     assert_eq!(&b[..n.min(21)], b"\0\0\0data in the middle");
     // Reads past the end return 0.
     assert_eq!(fs.read_file_at("/hello.txt", 1000, &mut b).unwrap(), 0);
@@ -72,7 +98,10 @@ fn ext4_tree_matches_source() {
 
 /// debugfs `ls -l` columns: inode, mode, (type), uid, gid, size, date, time, name.
 fn debugfs_ls(img: &std::path::Path, dir: &str) -> Vec<(String, u32, u32, u64)> {
-    let out = run("debugfs", &["-R", &format!("ls -l {dir}"), img.to_str().unwrap()]);
+    let out = run(
+        "debugfs",
+        &["-R", &format!("ls -l {dir}"), img.to_str().unwrap()],
+    );
     let mut rows = Vec::new();
     for line in out.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -103,7 +132,14 @@ fn ext4_listing_matches_debugfs() {
             .read_dir(dir)
             .unwrap()
             .into_iter()
-            .map(|e| (e.name, e.metadata.mode.unwrap(), e.metadata.uid.unwrap(), e.metadata.size))
+            .map(|e| {
+                (
+                    e.name,
+                    e.metadata.mode.unwrap(),
+                    e.metadata.uid.unwrap(),
+                    e.metadata.size,
+                )
+            })
             .collect();
         got.sort();
         assert_eq!(got, want, "{dir}");
@@ -148,7 +184,13 @@ fn reads_are_proportional_on_a_large_volume() {
     sparse_file(&img, 4 << 30);
     run(
         "mkfs.ext4",
-        &["-q", "-F", "-d", src.to_str().unwrap(), img.to_str().unwrap()],
+        &[
+            "-q",
+            "-F",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
     );
     let disk = FileDisk::open(&img);
     let as_dyn: Arc<dyn ReadAt> = disk.clone();
@@ -160,7 +202,11 @@ fn reads_are_proportional_on_a_large_volume() {
     assert_eq!(&b[..n], b"hello, guest\n");
     let total = disk.read();
     assert!(after_open < 8 << 20, "open read {after_open} bytes");
-    assert!(total - after_open < 2 << 20, "list + small read took {} bytes", total - after_open);
+    assert!(
+        total - after_open < 2 << 20,
+        "list + small read took {} bytes",
+        total - after_open
+    );
     // A big file read sequentially reads about its own size.
     let before = disk.read();
     assert_eq!(read_all(&mut *fs, "/big.bin").len(), 1_500_000);

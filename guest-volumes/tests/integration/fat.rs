@@ -6,11 +6,22 @@ use guest_volumes::{open_fs, probe, scan, Error, FileKind, FsKind, TableKind};
 
 use crate::common::*;
 
-const ENV: &[(&str, &str)] = &[("TZ", "UTC"), ("LANG", "C.UTF-8"), ("LC_ALL", "C.UTF-8"), ("MTOOLS_SKIP_CHECK", "1")];
+const ENV: &[(&str, &str)] = &[
+    ("TZ", "UTC"),
+    ("LANG", "C.UTF-8"),
+    ("LC_ALL", "C.UTF-8"),
+    ("MTOOLS_SKIP_CHECK", "1"),
+];
 
 /// Makes a FAT filesystem of `kib` KiB with `fat` bits and copies the
 /// source tree (no symlinks) into it.
-pub fn make_fat(dir: &Path, fat: &str, kib: u64, label: &str, extra: &[&str]) -> std::path::PathBuf {
+pub fn make_fat(
+    dir: &Path,
+    fat: &str,
+    kib: u64,
+    label: &str,
+    extra: &[&str],
+) -> std::path::PathBuf {
     let src = dir.join("src");
     if !src.exists() {
         source_tree(&src, false);
@@ -59,9 +70,18 @@ fn check(img: &Path, src: &Path, kind: FsKind, label: &str) {
     let n = compare_tree(&mut *fs, "/", src, &checks);
     assert!(n >= 13, "{n}");
     assert!(matches!(fs.metadata("/missing"), Err(Error::NotFound(_))));
-    assert!(matches!(fs.read_dir("/hello.txt"), Err(Error::NotADirectory(_))));
-    assert!(matches!(fs.read_file_at("/sub", 0, &mut [0; 1]), Err(Error::IsADirectory(_))));
-    assert!(matches!(fs.read_link("/hello.txt"), Err(Error::NotASymlink(_))));
+    assert!(matches!(
+        fs.read_dir("/hello.txt"),
+        Err(Error::NotADirectory(_))
+    ));
+    assert!(matches!(
+        fs.read_file_at("/sub", 0, &mut [0; 1]),
+        Err(Error::IsADirectory(_))
+    ));
+    assert!(matches!(
+        fs.read_link("/hello.txt"),
+        Err(Error::NotASymlink(_))
+    ));
     assert_eq!(fs.metadata("/SUB/DEEPER").unwrap().kind, FileKind::Dir);
     // Reads in the middle of a multi-cluster file, backwards then forwards.
     let want = noise(1_500_000, 7);
@@ -76,7 +96,13 @@ fn check(img: &Path, src: &Path, kind: FsKind, label: &str) {
 #[test]
 fn fat32_tree_matches_source() {
     let dir = tempfile::tempdir().unwrap();
-    let img = make_fat(dir.path(), "32", 40 * 1024, "FAT32VOL", &["-S", "512", "-s", "1"]);
+    let img = make_fat(
+        dir.path(),
+        "32",
+        40 * 1024,
+        "FAT32VOL",
+        &["-S", "512", "-s", "1"],
+    );
     check(&img, &dir.path().join("src"), FsKind::Fat32, "FAT32VOL");
 }
 

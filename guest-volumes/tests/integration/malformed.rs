@@ -31,8 +31,14 @@ fn backup_at(d: &[u8]) -> usize {
     d.len() - 512
 }
 
-fn used_backup(d: &Vec<u8>) -> bool {
-    matches!(scan(d).unwrap().table, TableKind::Gpt { used_backup: true, .. })
+fn used_backup(d: &[u8]) -> bool {
+    matches!(
+        scan(&d).unwrap().table,
+        TableKind::Gpt {
+            used_backup: true,
+            ..
+        }
+    )
 }
 
 #[test]
@@ -54,7 +60,13 @@ fn gpt_primary_damage_falls_back_to_the_backup() {
     assert!(used_backup(&d));
 
     // Huge entry count and entry size, with CRCs made consistent.
-    for (field, value) in [(80usize, u32::MAX), (80, 1_000_000), (84, 1 << 20), (84, 100), (84, 0)] {
+    for (field, value) in [
+        (80usize, u32::MAX),
+        (80, 1_000_000),
+        (84, 1 << 20),
+        (84, 100),
+        (84, 0),
+    ] {
         let mut d = good.clone();
         d[512 + field..512 + field + 4].copy_from_slice(&value.to_le_bytes());
         fix_crcs(&mut d, 512);
@@ -103,18 +115,37 @@ fn gpt_entry_past_the_disk_end_is_corrupt() {
 #[test]
 fn truncated_gpt_images() {
     let good = gpt_bytes();
-    for len in [0usize, 511, 512, 1000, 1024, 17 * 1024, 1 << 20, 20 << 20, good.len() - 512] {
+    for len in [
+        0usize,
+        511,
+        512,
+        1000,
+        1024,
+        17 * 1024,
+        1 << 20,
+        20 << 20,
+        good.len() - 512,
+    ] {
         let d = good[..len].to_vec();
         // Typed result either way; cut inside the table it is an error.
         match scan(&d) {
             Ok(l) => assert!(l.volumes.iter().all(|v| v.start + v.size <= len as u64)),
-            Err(e) => assert!(matches!(e, Error::Corrupt { .. } | Error::Io { .. } | Error::OutOfBounds { .. }), "{e}"),
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    Error::Corrupt { .. } | Error::Io { .. } | Error::OutOfBounds { .. }
+                ),
+                "{e}"
+            ),
         }
     }
     // Without its last 512 bytes the primary header (which names the old
     // last LBA) is still consistent but the partitions all fit.
     assert!(scan(&good[..good.len() - 512].to_vec()).is_ok());
-    assert!(matches!(scan(&good[..1 << 20].to_vec()), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        scan(&good[..1 << 20].to_vec()),
+        Err(Error::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -124,7 +155,9 @@ fn ebr_loops_and_bad_links_are_corrupt() {
     assert_eq!(scan(&good).unwrap().volumes.len(), 4);
     let first_ebr = 18432 * 512;
     // The first EBR's link points at the second EBR; find it.
-    let link = |d: &[u8], at: usize| u32::from_le_bytes(d[at + 462 + 8..at + 462 + 12].try_into().unwrap());
+    let link = |d: &[u8], at: usize| {
+        u32::from_le_bytes(d[at + 462 + 8..at + 462 + 12].try_into().unwrap())
+    };
     let second_ebr = first_ebr + link(&good, first_ebr) as usize * 512;
     assert_eq!(&good[second_ebr + 510..second_ebr + 512], &[0x55, 0xAA]);
 
@@ -133,13 +166,25 @@ fn ebr_loops_and_bad_links_are_corrupt() {
     d[second_ebr + 462 + 4] = 0x05;
     d[second_ebr + 462 + 8..second_ebr + 462 + 12].copy_from_slice(&0u32.to_le_bytes());
     d[second_ebr + 462 + 12..second_ebr + 462 + 16].copy_from_slice(&1u32.to_le_bytes());
-    assert!(matches!(scan(&d), Err(Error::Corrupt { what: "EBR chain loops", .. })));
+    assert!(matches!(
+        scan(&d),
+        Err(Error::Corrupt {
+            what: "EBR chain loops",
+            ..
+        })
+    ));
 
     // Second EBR links to itself.
     let mut d2 = d.clone();
     let rel = ((second_ebr - first_ebr) / 512) as u32;
     d2[second_ebr + 462 + 8..second_ebr + 462 + 12].copy_from_slice(&rel.to_le_bytes());
-    assert!(matches!(scan(&d2), Err(Error::Corrupt { what: "EBR chain loops", .. })));
+    assert!(matches!(
+        scan(&d2),
+        Err(Error::Corrupt {
+            what: "EBR chain loops",
+            ..
+        })
+    ));
 
     // Link outside the extended partition / the disk.
     let mut d3 = d.clone();
@@ -149,7 +194,13 @@ fn ebr_loops_and_bad_links_are_corrupt() {
     // Missing EBR signature.
     let mut d4 = good.clone();
     d4[second_ebr + 510] = 0;
-    assert!(matches!(scan(&d4), Err(Error::Corrupt { what: "EBR signature", .. })));
+    assert!(matches!(
+        scan(&d4),
+        Err(Error::Corrupt {
+            what: "EBR signature",
+            ..
+        })
+    ));
 
     // A primary partition past the end of the disk.
     let mut d5 = good.clone();
@@ -175,7 +226,13 @@ fn ebr_loops_and_bad_links_are_corrupt() {
         d7[at + 462 + 12..at + 462 + 16].copy_from_slice(&1u32.to_le_bytes());
         d7[at + 510..at + 512].copy_from_slice(&[0x55, 0xAA]);
     }
-    assert!(matches!(scan(&d7), Err(Error::TooLarge { what: "EBR chain", .. })));
+    assert!(matches!(
+        scan(&d7),
+        Err(Error::TooLarge {
+            what: "EBR chain",
+            ..
+        })
+    ));
 }
 
 /// Minimal FAT32 geometry read back from the boot sector.
@@ -197,13 +254,24 @@ fn first_cluster(img: &std::path::Path, path: &str) -> usize {
         &[("MTOOLS_SKIP_CHECK", "1")],
     );
     let start = out.find('<').unwrap() + 1;
-    out[start..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    out[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn fat_cluster_loops_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let img = crate::fat::make_fat(dir.path(), "32", 40 * 1024, "LOOPS", &["-S", "512", "-s", "1"]);
+    let img = crate::fat::make_fat(
+        dir.path(),
+        "32",
+        40 * 1024,
+        "LOOPS",
+        &["-S", "512", "-s", "1"],
+    );
     let good = std::fs::read(&img).unwrap();
     let (fat_at, data_at, cluster) = fat32_geometry(&good);
 
@@ -226,14 +294,23 @@ fn fat_cluster_loops_are_bounded() {
         d[fat_at + big * 4..fat_at + big * 4 + 4].copy_from_slice(&bad.to_le_bytes());
         let mut fs = open_fs(Arc::new(d)).unwrap();
         let mut b = vec![0u8; 4096];
-        assert!(matches!(fs.read_file_at("/big.bin", 0, &mut b), Err(Error::Corrupt { .. })), "{bad:#x}");
+        assert!(
+            matches!(
+                fs.read_file_at("/big.bin", 0, &mut b),
+                Err(Error::Corrupt { .. })
+            ),
+            "{bad:#x}"
+        );
     }
     // A chain that ends before the file does.
     let mut d = good.clone();
     d[fat_at + big * 4..fat_at + big * 4 + 4].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
     let mut fs = open_fs(Arc::new(d)).unwrap();
     let mut b = vec![0u8; 4096];
-    assert!(matches!(fs.read_file_at("/big.bin", 0, &mut b), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        fs.read_file_at("/big.bin", 0, &mut b),
+        Err(Error::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -270,7 +347,17 @@ fn ext4_superblock_and_truncation() {
     let src = dir.path().join("src");
     source_tree(&src, true);
     let img = dir.path().join("e.img");
-    run("mkfs.ext4", &["-q", "-F", "-d", src.to_str().unwrap(), img.to_str().unwrap(), "16M"]);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "16M",
+        ],
+    );
     let good = std::fs::read(&img).unwrap();
     // Truncated: the superblock says 16 MiB, the volume is 1 MiB.
     let short = good[..1 << 20].to_vec();
@@ -283,7 +370,14 @@ fn ext4_superblock_and_truncation() {
     }
     // Superblock fields: blocks count, log block size, inodes per group,
     // first data block, blocks per group.
-    for (off, value) in [(4usize, u32::MAX), (24, 30), (40, 0), (20, 1000), (32, 0), (32, 7)] {
+    for (off, value) in [
+        (4usize, u32::MAX),
+        (24, 30),
+        (40, 0),
+        (20, 1000),
+        (32, 0),
+        (32, 7),
+    ] {
         let mut d = good.clone();
         d[1024 + off..1024 + off + 4].copy_from_slice(&value.to_le_bytes());
         if let Ok(mut fs) = open_fs(Arc::new(d)) {
@@ -299,7 +393,9 @@ fn random_bytes_never_panic() {
     for round in 0..300u64 {
         let len = [512usize, 4096, 70_000, 200_000][round as usize % 4];
         let mut d = noise(len, seed);
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         // Plant signatures so the parsers get past their first checks.
         match round % 6 {
             0 => d[510..512].copy_from_slice(&[0x55, 0xAA]),

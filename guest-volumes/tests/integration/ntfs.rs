@@ -7,10 +7,17 @@ use guest_volumes::{open_fs, scan, Error, FileKind, FsKind, TableKind};
 
 use crate::common::*;
 
-pub fn make_ntfs(dir: &Path, size: u64, label: &str) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
+pub fn make_ntfs(
+    dir: &Path,
+    size: u64,
+    label: &str,
+) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
     let img = dir.join("ntfs.img");
     sparse_file(&img, size);
-    run("mkntfs", &["-F", "-Q", "-q", "-L", label, img.to_str().unwrap()]);
+    run(
+        "mkntfs",
+        &["-F", "-Q", "-q", "-L", label, img.to_str().unwrap()],
+    );
     let files: Vec<(String, Vec<u8>)> = vec![
         ("hello.txt".into(), b"hello, ntfs\n".to_vec()),
         ("zero".into(), Vec::new()),
@@ -22,7 +29,10 @@ pub fn make_ntfs(dir: &Path, size: u64, label: &str) -> (std::path::PathBuf, Vec
     for (name, data) in &files {
         let host = dir.join("payload");
         std::fs::write(&host, data).unwrap();
-        run("ntfscp", &["-f", img.to_str().unwrap(), host.to_str().unwrap(), name]);
+        run(
+            "ntfscp",
+            &["-f", img.to_str().unwrap(), host.to_str().unwrap(), name],
+        );
     }
     (img, files)
 }
@@ -37,7 +47,11 @@ fn ntfs_root_files_match_source() {
     let info = layout.volumes[0].filesystem.clone().unwrap();
     assert_eq!(info.kind, FsKind::Ntfs);
     assert_eq!(info.label.as_deref(), Some("NtfsLabel"));
-    assert_eq!(info.size, Some((32 << 20) - 512), "mkntfs leaves the last sector for the backup boot sector");
+    assert_eq!(
+        info.size,
+        Some((32 << 20) - 512),
+        "mkntfs leaves the last sector for the backup boot sector"
+    );
 
     let mut fs = open_fs(disk).unwrap();
     assert_eq!(fs.kind(), FsKind::Ntfs);
@@ -49,7 +63,10 @@ fn ntfs_root_files_match_source() {
 
     // ntfsls agrees on the names.
     let out = run("ntfsls", &[img.to_str().unwrap()]);
-    let mut ls: Vec<&str> = out.lines().filter(|l| !l.starts_with('$') && *l != ".").collect();
+    let mut ls: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('$') && *l != ".")
+        .collect();
     ls.sort();
     assert_eq!(ls, want);
 
@@ -61,14 +78,23 @@ fn ntfs_root_files_match_source() {
         assert!(m.mtime.unwrap() > 1_600_000_000);
         assert_eq!(&read_all(&mut *fs, &p), data, "{name}");
         // Case-insensitive lookup through the $UpCase table.
-        assert_eq!(fs.metadata(&p.to_ascii_uppercase()).unwrap().size, data.len() as u64);
+        assert_eq!(
+            fs.metadata(&p.to_ascii_uppercase()).unwrap().size,
+            data.len() as u64
+        );
         let e = listing.iter().find(|e| e.name == *name).unwrap();
         assert_eq!(e.metadata, m);
     }
     assert!(matches!(fs.metadata("/$MFT"), Err(Error::NotFound(_))));
     assert!(matches!(fs.metadata("/nope"), Err(Error::NotFound(_))));
-    assert!(matches!(fs.read_dir("/hello.txt"), Err(Error::NotADirectory(_))));
-    assert!(matches!(fs.read_file_at("/", 0, &mut [0; 1]), Err(Error::IsADirectory(_))));
+    assert!(matches!(
+        fs.read_dir("/hello.txt"),
+        Err(Error::NotADirectory(_))
+    ));
+    assert!(matches!(
+        fs.read_file_at("/", 0, &mut [0; 1]),
+        Err(Error::IsADirectory(_))
+    ));
     assert_eq!(fs.metadata("/").unwrap().kind, FileKind::Dir);
 
     // Random access into the non-resident file.
@@ -76,7 +102,10 @@ fn ntfs_root_files_match_source() {
     let mut b = vec![0u8; 10_000];
     for off in [1_999_000u64, 5, 1_000_000] {
         let n = fs.read_file_at("/Große Datei.bin", off, &mut b).unwrap();
-        assert_eq!(&b[..n], &big[off as usize..(off as usize + 10_000).min(big.len())]);
+        assert_eq!(
+            &b[..n],
+            &big[off as usize..(off as usize + 10_000).min(big.len())]
+        );
     }
 }
 

@@ -28,7 +28,16 @@ fn ext4_image(dir: &Path, name: &str, mib: u64, label: &str) -> std::path::PathB
     let img = dir.join(name);
     run(
         "mkfs.ext4",
-        &["-q", "-F", "-d", src.to_str().unwrap(), "-L", label, img.to_str().unwrap(), &format!("{mib}M")],
+        &[
+            "-q",
+            "-F",
+            "-d",
+            src.to_str().unwrap(),
+            "-L",
+            label,
+            img.to_str().unwrap(),
+            &format!("{mib}M"),
+        ],
     );
     img
 }
@@ -51,7 +60,12 @@ pub fn mbr_disk() -> (tempfile::TempDir, std::path::PathBuf) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(child.wait().unwrap().success());
     (dir, disk)
 }
@@ -87,17 +101,46 @@ fn mbr_with_logical_partitions() {
         let v = layout.volumes.iter().find(|v| v.number == number).unwrap();
         assert_eq!(v.start, p["start"].as_u64().unwrap() * 512, "{node}");
         assert_eq!(v.size, p["size"].as_u64().unwrap() * 512, "{node}");
-        assert_eq!(v.bootable, p["bootable"].as_bool().unwrap_or(false), "{node}");
+        assert_eq!(
+            v.bootable,
+            p["bootable"].as_bool().unwrap_or(false),
+            "{node}"
+        );
         assert!(matches!(v.kind, PartitionKind::Mbr { type_byte, .. } if type_byte == ty));
     }
 
-    let fs_of = |n: u32| layout.volumes.iter().find(|v| v.number == n).unwrap().filesystem.clone().unwrap();
-    assert_eq!((fs_of(1).kind, fs_of(1).label.as_deref()), (FsKind::Ext4, Some("first")));
-    assert_eq!((fs_of(6).kind, fs_of(6).label.as_deref()), (FsKind::Ext4, Some("sixth")));
-    assert_eq!((fs_of(5).kind, fs_of(5).label.as_deref()), (FsKind::Fat16, Some("LOGICAL")));
+    let fs_of = |n: u32| {
+        layout
+            .volumes
+            .iter()
+            .find(|v| v.number == n)
+            .unwrap()
+            .filesystem
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        (fs_of(1).kind, fs_of(1).label.as_deref()),
+        (FsKind::Ext4, Some("first"))
+    );
+    assert_eq!(
+        (fs_of(6).kind, fs_of(6).label.as_deref()),
+        (FsKind::Ext4, Some("sixth"))
+    );
+    assert_eq!(
+        (fs_of(5).kind, fs_of(5).label.as_deref()),
+        (FsKind::Fat16, Some("LOGICAL"))
+    );
     let swap_info = fs_of(3);
-    assert_eq!((swap_info.kind, swap_info.label.as_deref()), (FsKind::Swap, Some("swappy")));
-    let uuid = out.lines().find_map(|l| l.split("UUID=").nth(1)).unwrap().trim();
+    assert_eq!(
+        (swap_info.kind, swap_info.label.as_deref()),
+        (FsKind::Swap, Some("swappy"))
+    );
+    let uuid = out
+        .lines()
+        .find_map(|l| l.split("UUID=").nth(1))
+        .unwrap()
+        .trim();
     assert_eq!(swap_info.uuid.as_deref(), Some(uuid));
 
     // Files of the logical FAT partition, through a window.
@@ -113,7 +156,10 @@ fn mbr_with_logical_partitions() {
         skip_content: &[],
     };
     compare_tree(&mut *fs, "/", &d.join("src"), &checks);
-    let mut fs6 = open_fs(Arc::new(Window::new(file.clone(), 55296 * 512, 16384 * 512).unwrap())).unwrap();
+    let mut fs6 = open_fs(Arc::new(
+        Window::new(file.clone(), 55296 * 512, 16384 * 512).unwrap(),
+    ))
+    .unwrap();
     let mut b = [0u8; 32];
     let n = fs6.read_file_at("/sub/nested.txt", 0, &mut b).unwrap();
     assert_eq!(&b[..n], b"nested file\n");
@@ -193,9 +239,14 @@ fn gpt_matches_sfdisk_and_holds_filesystems() {
     for (v, p) in layout.volumes.iter().zip(&parts) {
         assert_eq!(v.start, p["start"].as_u64().unwrap() * 512);
         assert_eq!(v.size, p["size"].as_u64().unwrap() * 512);
-        assert_eq!(v.guid.as_deref().unwrap().to_uppercase(), p["uuid"].as_str().unwrap());
+        assert_eq!(
+            v.guid.as_deref().unwrap().to_uppercase(),
+            p["uuid"].as_str().unwrap()
+        );
         assert_eq!(v.name.as_deref(), p["name"].as_str());
-        let PartitionKind::Gpt { type_guid, .. } = &v.kind else { panic!() };
+        let PartitionKind::Gpt { type_guid, .. } = &v.kind else {
+            panic!()
+        };
         assert_eq!(type_guid.to_uppercase(), p["type"].as_str().unwrap());
     }
     let names: Vec<Option<&str>> = layout
@@ -208,17 +259,41 @@ fn gpt_matches_sfdisk_and_holds_filesystems() {
         .collect();
     assert_eq!(
         names,
-        [Some("EFI System"), Some("Linux filesystem"), Some("Linux swap"), Some("Microsoft basic data")]
+        [
+            Some("EFI System"),
+            Some("Linux filesystem"),
+            Some("Linux swap"),
+            Some("Microsoft basic data")
+        ]
     );
     assert_eq!(layout.volumes[1].attributes, (1 << 2) | (1 << 60));
     assert!(layout.volumes[1].bootable);
-    let kinds: Vec<Option<FsKind>> = layout.volumes.iter().map(|v| v.filesystem.as_ref().map(|f| f.kind)).collect();
-    assert_eq!(kinds, [Some(FsKind::Fat12), Some(FsKind::Ext4), None, Some(FsKind::Ntfs)]);
+    let kinds: Vec<Option<FsKind>> = layout
+        .volumes
+        .iter()
+        .map(|v| v.filesystem.as_ref().map(|f| f.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Some(FsKind::Fat12),
+            Some(FsKind::Ext4),
+            None,
+            Some(FsKind::Ntfs)
+        ]
+    );
 
     // A hybrid MBR: sgdisk -h keeps the GPT authoritative.
     run("sgdisk", &["-h", "2", disk.to_str().unwrap()]);
     let hybrid = scan(&*FileDisk::open(&disk)).unwrap();
-    assert!(matches!(hybrid.table, TableKind::Gpt { protective_mbr: true, hybrid_mbr: true, .. }));
+    assert!(matches!(
+        hybrid.table,
+        TableKind::Gpt {
+            protective_mbr: true,
+            hybrid_mbr: true,
+            ..
+        }
+    ));
     assert_eq!(hybrid.volumes.len(), 4);
 }
 
@@ -255,7 +330,20 @@ fn gpt_with_4k_sectors() {
     d[4096..4096 + 92].copy_from_slice(&h);
     d[8192..8192 + entries.len()].copy_from_slice(&entries);
     let layout = scan(&d).unwrap();
-    assert!(matches!(layout.table, TableKind::Gpt { sector_size: 4096, .. }), "{:?}", layout.table);
-    assert_eq!((layout.volumes[0].start, layout.volumes[0].size), (2048 * 512, 8 << 20));
+    assert!(
+        matches!(
+            layout.table,
+            TableKind::Gpt {
+                sector_size: 4096,
+                ..
+            }
+        ),
+        "{:?}",
+        layout.table
+    );
+    assert_eq!(
+        (layout.volumes[0].start, layout.volumes[0].size),
+        (2048 * 512, 8 << 20)
+    );
     assert_eq!(layout.volumes[1].name.as_deref(), Some("Linux root ü"));
 }
