@@ -16,7 +16,7 @@ use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek};
 
 use super::{components, filetime_to_unix, DirEntry, FileKind, GuestFs, Metadata, MAX_DIR_ENTRIES};
-use crate::read::ReadSeekAdapter;
+use crate::read::{is_budget_exceeded, ReadSeekAdapter};
 use crate::{Error, FsKind, ReadAt};
 
 /// Record number of the root directory.
@@ -26,8 +26,17 @@ const FIRST_USER_RECORD: u64 = 16;
 /// Index entries examined in one directory walk (also bounds lookups).
 const MAX_INDEX_ENTRIES: usize = MAX_DIR_ENTRIES * 2;
 
+/// `read` calls one operation may make (each is served by the block
+/// cache when it repeats).
+const READ_BUDGET: u64 = 4_000_000;
+
 fn map_err(e: NtfsError) -> Error {
     match e {
+        NtfsError::Io(source) if is_budget_exceeded(&source) => Error::TooLarge {
+            what: "NTFS metadata walk (looping index or runs?)",
+            size: READ_BUDGET,
+            max: READ_BUDGET,
+        },
         NtfsError::Io(source) => Error::Io {
             context: "NTFS",
             offset: 0,
@@ -53,7 +62,11 @@ fn guarded<R>(f: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
 /// The volume label from `$Volume`, best effort (used by `probe`).
 pub(crate) fn volume_label(vol: &dyn ReadAt) -> Option<String> {
     // Reads the boot sector and a few MFT records.
-    let mut io = BorrowedSeek { r: vol, pos: 0 };
+    let mut io = BorrowedSeek {
+        r: vol,
+        pos: 0,
+        reads: 0,
+    };
     let label = guarded(|| {
         let ntfs = Ntfs::new(&mut io).map_err(map_err)?;
         match ntfs.volume_name(&mut io) {
@@ -68,10 +81,15 @@ pub(crate) fn volume_label(vol: &dyn ReadAt) -> Option<String> {
 struct BorrowedSeek<'a> {
     r: &'a dyn ReadAt,
     pos: u64,
+    reads: u64,
 }
 
 impl std::io::Read for BorrowedSeek<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads += 1;
+        if self.reads > 10_000 {
+            return Err(std::io::Error::other(crate::read::BudgetExceeded));
+        }
         let size = self.r.size();
         if self.pos >= size || buf.is_empty() {
             return Ok(0);
@@ -148,7 +166,7 @@ fn file_metadata(file: &NtfsFile<'_>, io: &mut ReadSeekAdapter) -> Result<Metada
 impl NtfsFs {
     /// Opens the NTFS filesystem in `vol` and loads its `$UpCase` table.
     pub(crate) fn open(vol: Arc<dyn ReadAt>) -> Result<Self, Error> {
-        let mut io = ReadSeekAdapter::new(vol);
+        let mut io = ReadSeekAdapter::new(vol, READ_BUDGET);
         guarded(move || {
             let mut ntfs = Ntfs::new(&mut io).map_err(map_err)?;
             ntfs.read_upcase_table(&mut io).map_err(map_err)?;
@@ -298,6 +316,7 @@ impl GuestFs for NtfsFs {
     }
 
     fn metadata(&mut self, path: &str) -> Result<Metadata, Error> {
+        self.io.reset_budget();
         guarded(|| {
             let rec = self.lookup(path)?;
             let file = self.ntfs.file(&mut self.io, rec).map_err(map_err)?;
@@ -306,10 +325,12 @@ impl GuestFs for NtfsFs {
     }
 
     fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.io.reset_budget();
         guarded(|| self.list(path))
     }
 
     fn read_link(&mut self, path: &str) -> Result<Vec<u8>, Error> {
+        self.io.reset_budget();
         guarded(|| {
             let rec = self.lookup(path)?;
             let file = self.ntfs.file(&mut self.io, rec).map_err(map_err)?;
@@ -328,6 +349,7 @@ impl GuestFs for NtfsFs {
     }
 
     fn read_file_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        self.io.reset_budget();
         let r = guarded(|| self.read_at(path, offset, buf));
         if r.is_err() {
             self.open = None;
