@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
-use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek};
+use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek};
 
 use super::{components, filetime_to_unix, DirEntry, FileKind, GuestFs, Metadata, MAX_DIR_ENTRIES};
 use crate::read::{is_budget_exceeded, ReadSeekAdapter};
@@ -128,26 +128,126 @@ impl std::fmt::Debug for NtfsFs {
     }
 }
 
+/// The longest symlink data read (reparse buffer or Interix file).
+const MAX_LINK_DATA: u64 = 16 * 1024;
+/// `IO_REPARSE_TAG_SYMLINK`.
+const TAG_SYMLINK: u32 = 0xA000_000C;
+/// `IO_REPARSE_TAG_MOUNT_POINT` (junction).
+const TAG_MOUNT_POINT: u32 = 0xA000_0003;
+
+/// Reads the whole value of `attr` (at most [`MAX_LINK_DATA`] bytes).
+fn small_value(
+    attr: &ntfs::NtfsAttribute<'_, '_>,
+    io: &mut ReadSeekAdapter,
+) -> Result<Vec<u8>, Error> {
+    let len = attr.value_length();
+    if len > MAX_LINK_DATA {
+        return Err(Error::TooLarge {
+            what: "NTFS symlink data",
+            size: len,
+            max: MAX_LINK_DATA,
+        });
+    }
+    let mut out = vec![0u8; len as usize];
+    let mut value = attr.value(io).map_err(map_err)?;
+    let mut done = 0;
+    while done < out.len() {
+        let n = value.read(io, &mut out[done..]).map_err(map_err)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    out.truncate(done);
+    Ok(out)
+}
+
+/// Decodes a symlink or junction reparse buffer to a `/`-separated target.
+fn reparse_target(b: &[u8]) -> Option<Vec<u8>> {
+    use crate::bytes::{slice, u16_le, u32_le};
+    let tag = u32_le(b, 0)?;
+    let base = match tag {
+        TAG_SYMLINK => 20,
+        TAG_MOUNT_POINT => 16,
+        _ => return None,
+    };
+    let sub_off = usize::from(u16_le(b, 8)?);
+    let sub_len = usize::from(u16_le(b, 10)?);
+    let print_off = usize::from(u16_le(b, 12)?);
+    let print_len = usize::from(u16_le(b, 14)?);
+    let print = slice(b, base + print_off, print_len)?;
+    let name = if print.is_empty() {
+        slice(b, base + sub_off, sub_len)?
+    } else {
+        print
+    };
+    let units: Vec<u16> = name
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let text = String::from_utf16_lossy(&units);
+    let text = text.strip_prefix("\\??\\").unwrap_or(&text);
+    Some(text.replace('\\', "/").into_bytes())
+}
+
+/// The symlink target of `file`, if it is one: an NTFS symlink or junction
+/// reparse point, or an Interix symlink (what ntfs-3g writes: a SYSTEM
+/// file whose data is `IntxLNK\x01` and a UTF-16LE target).
+fn symlink_target(file: &NtfsFile<'_>, io: &mut ReadSeekAdapter) -> Result<Option<Vec<u8>>, Error> {
+    let attrs = file.info().map_err(map_err)?.file_attributes();
+    if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+        let mut iter = file.attributes();
+        while let Some(item) = iter.next(io) {
+            let item = item.map_err(map_err)?;
+            let attr = item.to_attribute().map_err(map_err)?;
+            if attr.ty().map_err(map_err)? == NtfsAttributeType::ReparsePoint {
+                return Ok(reparse_target(&small_value(&attr, io)?));
+            }
+        }
+        return Ok(None);
+    }
+    if !attrs.contains(NtfsFileAttributeFlags::SYSTEM) || file.is_directory() {
+        return Ok(None);
+    }
+    let Some(item) = file.data(io, "") else {
+        return Ok(None);
+    };
+    let item = item.map_err(map_err)?;
+    let attr = item.to_attribute().map_err(map_err)?;
+    let len = attr.value_length();
+    if !(8..=MAX_LINK_DATA).contains(&len) || len % 2 != 0 {
+        return Ok(None);
+    }
+    let data = small_value(&attr, io)?;
+    let Some(target) = data.strip_prefix(b"IntxLNK\x01") else {
+        return Ok(None);
+    };
+    let units: Vec<u16> = target
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    Ok(Some(String::from_utf16_lossy(&units).into_bytes()))
+}
+
 fn file_metadata(file: &NtfsFile<'_>, io: &mut ReadSeekAdapter) -> Result<Metadata, Error> {
     let info = file.info().map_err(map_err)?;
     let attrs = info.file_attributes();
-    let kind = if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
-        FileKind::Other
+    let link = symlink_target(file, io)?;
+    let (kind, size) = if let Some(target) = &link {
+        (FileKind::Symlink, target.len() as u64)
+    } else if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+        (FileKind::Other, 0)
     } else if file.is_directory() {
-        FileKind::Dir
+        (FileKind::Dir, 0)
     } else {
-        FileKind::File
-    };
-    let size = if kind == FileKind::File {
-        match file.data(io, "") {
+        let size = match file.data(io, "") {
             Some(item) => {
                 let item = item.map_err(map_err)?;
                 item.to_attribute().map_err(map_err)?.value_length()
             }
             None => 0,
-        }
-    } else {
-        0
+        };
+        (FileKind::File, size)
     };
     let (mtime, mtime_nsec) = filetime_to_unix(info.modification_time().nt_timestamp());
     let (atime, _) = filetime_to_unix(info.access_time().nt_timestamp());
@@ -273,6 +373,7 @@ impl NtfsFs {
         if info
             .file_attributes()
             .contains(NtfsFileAttributeFlags::REPARSE_POINT)
+            || symlink_target(&file, &mut self.io)?.is_some()
         {
             return Err(Error::NotAFile(path.to_string()));
         }
@@ -334,17 +435,7 @@ impl GuestFs for NtfsFs {
         guarded(|| {
             let rec = self.lookup(path)?;
             let file = self.ntfs.file(&mut self.io, rec).map_err(map_err)?;
-            let info = file.info().map_err(map_err)?;
-            if info
-                .file_attributes()
-                .contains(NtfsFileAttributeFlags::REPARSE_POINT)
-            {
-                Err(Error::UnsupportedFeature(format!(
-                    "{path}: NTFS reparse points"
-                )))
-            } else {
-                Err(Error::NotASymlink(path.to_string()))
-            }
+            symlink_target(&file, &mut self.io)?.ok_or_else(|| Error::NotASymlink(path.to_string()))
         })
     }
 

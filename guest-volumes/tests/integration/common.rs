@@ -93,6 +93,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub const MTIME: &str = "2021-03-04 05:06:08 UTC";
+pub const MTIME_UNIX: i64 = 1_614_834_368;
 
 /// Builds the source tree. `symlinks`: include symlinks (not for FAT).
 pub fn source_tree(root: &Path, symlinks: bool) {
