@@ -433,3 +433,36 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+/// The fuzz seeds are what they claim to be, so the fuzzer starts past
+/// the magic checks.
+#[test]
+fn fuzz_seeds_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/guest_volumes");
+    let read = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
+
+    let fat = read("seed-fat12");
+    let mut fs = open_fs(Arc::new(fat)).unwrap();
+    assert_eq!(fs.kind(), guest_volumes::FsKind::Fat12);
+    let names: Vec<String> = fs
+        .read_dir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["a.txt", "d"]);
+    assert_eq!(read_all(&mut *fs, "/d/Long Name.txt"), b"nested\n");
+
+    let ext = read("seed-ext2");
+    let mut fs = open_fs(Arc::new(ext)).unwrap();
+    assert_eq!(fs.kind(), guest_volumes::FsKind::Ext2);
+    assert_eq!(read_all(&mut *fs, "/a.txt"), b"hi\n");
+
+    let gpt = scan(&read("seed-gpt")).unwrap();
+    assert!(matches!(gpt.table, TableKind::Gpt { .. }));
+    assert_eq!(gpt.volumes.len(), 2);
+    let mbr = scan(&read("seed-mbr")).unwrap();
+    assert_eq!(mbr.table, TableKind::Mbr);
+    let numbers: Vec<u32> = mbr.volumes.iter().map(|v| v.number).collect();
+    assert_eq!(numbers, [1, 5, 6]);
+}
