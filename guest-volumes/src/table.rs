@@ -430,7 +430,8 @@ fn parse_gpt(
             let Some(array_at) = h.entries_lba.checked_mul(sector_size) else {
                 continue;
             };
-            if array_at.checked_add(array_len).is_none_or(|e| e > size) {
+            if array_len > MAX_GPT_ARRAY || array_at.checked_add(array_len).is_none_or(|e| e > size)
+            {
                 continue;
             }
             let array = read_vec(disk, array_at, array_len, MAX_GPT_ARRAY, "GPT entry array")?;

@@ -60,6 +60,12 @@ fn gpt_primary_damage_falls_back_to_the_backup() {
     assert!(used_backup(&d));
 
     // Huge entry count and entry size, with CRCs made consistent.
+    // 1024 entries of 4096 bytes: each within its cap, the array (4 MiB) not.
+    let mut d = good.clone();
+    d[512 + 80..512 + 84].copy_from_slice(&1024u32.to_le_bytes());
+    d[512 + 84..512 + 88].copy_from_slice(&4096u32.to_le_bytes());
+    fix_crcs(&mut d, 512);
+    assert!(used_backup(&d));
     for (field, value) in [
         (80usize, u32::MAX),
         (80, 1_000_000),
