@@ -230,3 +230,51 @@ fn unescape(s: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+#[test]
+fn ext4_non_utf8_names_keep_their_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let raw: &[u8] = b"latin1-\xe9t\xe9.txt";
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(raw)), b"bytes\n").unwrap();
+    let img = dir.path().join("fs.img");
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "8M",
+        ],
+    );
+    let mut fs = open_fs(FileDisk::open(&img)).unwrap();
+    let entries = fs.read_dir("/").unwrap();
+    let e = entries
+        .iter()
+        .find(|e| e.name_bytes.starts_with(b"latin1-"))
+        .unwrap();
+    assert_eq!(e.name_bytes, raw);
+    assert_eq!(e.name, "latin1-\u{fffd}t\u{fffd}.txt");
+    assert_eq!(e.metadata.size, 6);
+    let safe = guest_volumes::safe_relative_path(&e.name_bytes).unwrap();
+    assert_eq!(safe.as_bytes(), raw);
+    // Reachable by its bytes.
+    let path = [b"/".as_slice(), raw].concat();
+    assert_eq!(fs.metadata_bytes(&path).unwrap(), e.metadata);
+    let mut b = [0u8; 16];
+    assert_eq!(fs.read_file_at_bytes(&path, 0, &mut b).unwrap(), 6);
+    assert_eq!(&b[..6], b"bytes\n");
+    assert_eq!(fs.read_dir_bytes(b"/").unwrap(), entries);
+    assert!(matches!(
+        fs.read_link_bytes(&path),
+        Err(guest_volumes::Error::NotASymlink(_))
+    ));
+    assert!(matches!(
+        fs.metadata_bytes(b"/../x"),
+        Err(guest_volumes::Error::InvalidPath(_))
+    ));
+}

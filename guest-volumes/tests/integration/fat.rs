@@ -83,6 +83,12 @@ fn check(img: &Path, src: &Path, kind: FsKind, label: &str) {
         Err(Error::NotASymlink(_))
     ));
     assert_eq!(fs.metadata("/SUB/DEEPER").unwrap().kind, FileKind::Dir);
+    // Byte paths: UTF-8 ones work, others are invalid paths.
+    assert_eq!(fs.metadata_bytes(b"/sub/nested.txt").unwrap().size, 12);
+    assert!(matches!(
+        fs.metadata_bytes(b"/\xff"),
+        Err(Error::InvalidPath(_))
+    ));
     // Reads in the middle of a multi-cluster file, backwards then forwards.
     let want = noise(1_500_000, 7);
     let mut b = vec![0u8; 5000];
