@@ -109,6 +109,7 @@ fn convert(m: &ExtMeta) -> Metadata {
 impl ExtFs {
     /// Loads the filesystem on a new worker thread.
     pub(crate) fn open(vol: Arc<dyn ReadAt>, kind: FsKind) -> Result<Self, Error> {
+        check_superblock(&*vol)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
         std::thread::Builder::new()
@@ -147,6 +148,31 @@ impl ExtFs {
             }))
             .map_err(|_| lost(self.kind))?;
         rx.recv().map_err(|_| lost(self.kind))
+    }
+}
+
+/// Checks what `ext4_view::Ext4::load` sizes its allocations by: the block
+/// count (which it always reads as `hi << 32 | lo`, whatever the 64bit
+/// feature says) times the block size must fit in the volume, so the
+/// block group descriptor table it loads is bounded by the input.
+fn check_superblock(vol: &dyn ReadAt) -> Result<(), Error> {
+    use crate::bytes::u32_le;
+    let mut sb = [0u8; 1024];
+    crate::read::read_exact(vol, 1024, &mut sb, "ext superblock")?;
+    let bad = |what, at: usize| Error::corrupt(what, 1024 + at as u64);
+    let lo = u32_le(&sb, 4).ok_or_else(|| bad("ext superblock", 4))?;
+    let hi = u32_le(&sb, 0x150).ok_or_else(|| bad("ext superblock", 0x150))?;
+    let log = u32_le(&sb, 24).ok_or_else(|| bad("ext superblock", 24))?;
+    if log > 6 {
+        return Err(bad("ext block size", 24));
+    }
+    let blocks = (u64::from(hi) << 32) | u64::from(lo);
+    match blocks.checked_mul(1024u64 << log) {
+        Some(bytes) if bytes <= vol.size() => Ok(()),
+        _ => Err(bad(
+            "ext block count (filesystem larger than its volume)",
+            4,
+        )),
     }
 }
 

@@ -472,3 +472,20 @@ fn fuzz_seeds_are_valid() {
     let numbers: Vec<u32> = mbr.volumes.iter().map(|v| v.number).collect();
     assert_eq!(numbers, [1, 5, 6]);
 }
+
+/// Regression (fuzzer): a block count with garbage in its high half made
+/// ext4-view allocate a 53 GB descriptor table.
+#[test]
+fn ext_block_count_high_half_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("e.img");
+    sparse_file(&img, 4 << 20);
+    run(
+        "mkfs.ext4",
+        &["-q", "-F", "-O", "^64bit", img.to_str().unwrap()],
+    );
+    let mut d = std::fs::read(&img).unwrap();
+    assert!(open_fs(Arc::new(d.clone())).is_ok());
+    d[1024 + 0x150..1024 + 0x154].copy_from_slice(&0x0000_0fffu32.to_le_bytes());
+    assert!(matches!(open_fs(Arc::new(d)), Err(Error::Corrupt { .. })));
+}
