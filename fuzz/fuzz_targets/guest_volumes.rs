@@ -40,7 +40,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let disk: Arc<dyn ReadAt> = Arc::new(data.to_vec());
     if let Ok(layout) = scan(&*disk) {
         for v in layout.volumes.iter().take(8) {
-            let Ok(w) = Window::new(disk.clone(), v.start, v.size) else { continue };
+            let Ok(w) = Window::new(disk.clone(), v.start, v.size) else {
+                continue;
+            };
             let _ = probe(&w);
             if let Ok(mut fs) = open_fs(Arc::new(w)) {
                 exercise(&mut *fs);
