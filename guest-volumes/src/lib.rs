@@ -20,6 +20,21 @@
 //! and listing a directory or reading a file only reads the metadata
 //! and data it needs.
 //!
+//! Notes on the libraries:
+//! - `ext4_view::Ext4` is not `Send`, so an opened ext filesystem lives on
+//!   a worker thread of its own (ended when the [`GuestFs`] is dropped); a
+//!   panic inside the library ends that thread and shows up as
+//!   [`Error::Filesystem`]. Before loading, the superblock's block count
+//!   is checked against the volume size, which bounds what the library
+//!   allocates.
+//! - NTFS operations each get a budget of reads (a looping index fails
+//!   with [`Error::TooLarge`]) and run under `catch_unwind` as a last
+//!   resort; fuzzing has not produced a panic there.
+//! - Symlinks: ext symlinks; on NTFS, ntfs-3g (Interix) symlinks and
+//!   Windows symlink/junction reparse points (targets with `/`).
+//! - Names that are not UTF-8 (ext) are in [`DirEntry::name_bytes`] and
+//!   reachable through the `*_bytes` methods of [`GuestFs`].
+//!
 //! Also here: [`safe_relative_path`] and [`symlink_target_is_contained`],
 //! the pure checks an extractor applies before writing guest files to
 //! the host.

@@ -36,6 +36,15 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     }
 }
 
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
 impl ReadAt for [u8] {
     fn size(&self) -> u64 {
         self.len() as u64
@@ -253,21 +262,58 @@ impl ReadAt for CachedReader {
     }
 }
 
+/// The error a [`ReadSeekAdapter`] returns once an operation has used up
+/// its read budget: a library is walking metadata in circles.
+#[derive(Debug)]
+pub(crate) struct BudgetExceeded;
+
+impl std::fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("read budget of one operation exceeded (looping metadata?)")
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
+/// True when `e` is a [`BudgetExceeded`].
+pub(crate) fn is_budget_exceeded(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<BudgetExceeded>())
+}
+
 /// A bounded `Read + Seek` cursor over a [`ReadAt`], for libraries that
 /// want one. Reads stop at the reader's end; nothing is ever written.
+/// Each operation gets a budget of `read` calls, so a library that loops
+/// over cyclic on-disk references fails instead of hanging.
 pub(crate) struct ReadSeekAdapter {
     inner: Arc<dyn ReadAt>,
     pos: u64,
+    reads: u64,
+    budget: u64,
 }
 
 impl ReadSeekAdapter {
-    pub(crate) fn new(inner: Arc<dyn ReadAt>) -> Self {
-        ReadSeekAdapter { inner, pos: 0 }
+    pub(crate) fn new(inner: Arc<dyn ReadAt>, budget: u64) -> Self {
+        ReadSeekAdapter {
+            inner,
+            pos: 0,
+            reads: 0,
+            budget,
+        }
+    }
+
+    /// Starts a new operation with a fresh budget.
+    pub(crate) fn reset_budget(&mut self) {
+        self.reads = 0;
     }
 }
 
 impl io::Read for ReadSeekAdapter {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads += 1;
+        if self.reads > self.budget {
+            return Err(io::Error::other(BudgetExceeded));
+        }
         let size = self.inner.size();
         if self.pos >= size || buf.is_empty() {
             return Ok(0);

@@ -222,12 +222,25 @@ impl MbrEntry {
     /// The entry's byte range, relative to `base` (bytes), checked
     /// against the disk size.
     fn byte_range(&self, base: u64, disk_size: u64, index: usize) -> Result<(u64, u64), Error> {
+        if self.lba == 0 {
+            // Sector 0 of the disk or of an EBR holds the table itself.
+            return Err(Error::corrupt(
+                "MBR partition entry starts at its own table",
+                base + 446 + 16 * index as u64,
+            ));
+        }
+        self.link_range(base, disk_size, index)
+    }
+
+    /// Like `byte_range`, but an EBR link may point back at the first EBR
+    /// (relative sector 0): that is a loop, reported as such by the walk.
+    fn link_range(&self, base: u64, disk_size: u64, index: usize) -> Result<(u64, u64), Error> {
         let start = u64::from(self.lba)
             .checked_mul(SECTOR)
             .and_then(|s| s.checked_add(base));
         let len = u64::from(self.sectors) * SECTOR;
         match start.and_then(|s| Some((s, s.checked_add(len)?))) {
-            Some((s, end)) if end <= disk_size && self.lba != 0 => Ok((s, len)),
+            Some((s, end)) if end <= disk_size => Ok((s, len)),
             _ => Err(Error::corrupt(
                 "MBR partition entry outside the disk",
                 base + 446 + 16 * index as u64,
@@ -330,7 +343,7 @@ fn logical_partitions(
         if !is_extended(next.type_byte) {
             return Err(Error::corrupt("EBR link type", ebr_at + 462));
         }
-        let (next_at, _) = next.byte_range(ext_start, size, 1)?;
+        let (next_at, _) = next.link_range(ext_start, size, 1)?;
         if next_at >= ext_end {
             return Err(Error::corrupt(
                 "EBR link outside the extended partition",
@@ -417,7 +430,8 @@ fn parse_gpt(
             let Some(array_at) = h.entries_lba.checked_mul(sector_size) else {
                 continue;
             };
-            if array_at.checked_add(array_len).is_none_or(|e| e > size) {
+            if array_len > MAX_GPT_ARRAY || array_at.checked_add(array_len).is_none_or(|e| e > size)
+            {
                 continue;
             }
             let array = read_vec(disk, array_at, array_len, MAX_GPT_ARRAY, "GPT entry array")?;

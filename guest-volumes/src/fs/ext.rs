@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read, File, Metadata as ExtMeta};
 
-use super::{components, DirEntry, FileKind, GuestFs, Metadata, MAX_DIR_ENTRIES};
+use super::{components_bytes, DirEntry, FileKind, GuestFs, Metadata, MAX_DIR_ENTRIES};
 use crate::{Error, FsKind, ReadAt};
 
 struct Reader(Arc<dyn ReadAt>);
@@ -37,7 +37,7 @@ impl Ext4Read for Reader {
 struct State {
     fs: Ext4,
     /// The last file read, for sequential `read_file_at` calls.
-    open: Option<(String, File)>,
+    open: Option<(Vec<u8>, File)>,
 }
 
 type Job = Box<dyn FnOnce(&mut State) + Send>;
@@ -56,7 +56,9 @@ impl std::fmt::Debug for ExtFs {
     }
 }
 
-fn map_err(kind: FsKind, path: &str, e: Ext4Error) -> Error {
+fn map_err(kind: FsKind, path: &[u8], e: Ext4Error) -> Error {
+    let path = String::from_utf8_lossy(path);
+    let path = path.as_ref();
     match e {
         Ext4Error::NotFound => Error::NotFound(path.to_string()),
         Ext4Error::NotADirectory => Error::NotADirectory(path.to_string()),
@@ -107,6 +109,7 @@ fn convert(m: &ExtMeta) -> Metadata {
 impl ExtFs {
     /// Loads the filesystem on a new worker thread.
     pub(crate) fn open(vol: Arc<dyn ReadAt>, kind: FsKind) -> Result<Self, Error> {
+        check_superblock(&*vol)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
         std::thread::Builder::new()
@@ -115,7 +118,7 @@ impl ExtFs {
                 let fs = match Ext4::load(Box::new(Reader(vol))) {
                     Ok(fs) => fs,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(map_err(kind, "/", e)));
+                        let _ = ready_tx.send(Err(map_err(kind, b"/", e)));
                         return;
                     }
                 };
@@ -148,6 +151,31 @@ impl ExtFs {
     }
 }
 
+/// Checks what `ext4_view::Ext4::load` sizes its allocations by: the block
+/// count (which it always reads as `hi << 32 | lo`, whatever the 64bit
+/// feature says) times the block size must fit in the volume, so the
+/// block group descriptor table it loads is bounded by the input.
+fn check_superblock(vol: &dyn ReadAt) -> Result<(), Error> {
+    use crate::bytes::u32_le;
+    let mut sb = [0u8; 1024];
+    crate::read::read_exact(vol, 1024, &mut sb, "ext superblock")?;
+    let bad = |what, at: usize| Error::corrupt(what, 1024 + at as u64);
+    let lo = u32_le(&sb, 4).ok_or_else(|| bad("ext superblock", 4))?;
+    let hi = u32_le(&sb, 0x150).ok_or_else(|| bad("ext superblock", 0x150))?;
+    let log = u32_le(&sb, 24).ok_or_else(|| bad("ext superblock", 24))?;
+    if log > 6 {
+        return Err(bad("ext block size", 24));
+    }
+    let blocks = (u64::from(hi) << 32) | u64::from(lo);
+    match blocks.checked_mul(1024u64 << log) {
+        Some(bytes) if bytes <= vol.size() => Ok(()),
+        _ => Err(bad(
+            "ext block count (filesystem larger than its volume)",
+            4,
+        )),
+    }
+}
+
 fn lost(kind: FsKind) -> Error {
     Error::Filesystem {
         kind,
@@ -155,9 +183,17 @@ fn lost(kind: FsKind) -> Error {
     }
 }
 
-fn ext_path(path: &str) -> Result<String, Error> {
-    let parts = components(path)?;
-    Ok(format!("/{}", parts.join("/")))
+fn ext_path(path: &[u8]) -> Result<Vec<u8>, Error> {
+    let parts = components_bytes(path)?;
+    let mut out = Vec::with_capacity(path.len() + 1);
+    for part in parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Ok(out)
 }
 
 impl GuestFs for ExtFs {
@@ -166,24 +202,32 @@ impl GuestFs for ExtFs {
     }
 
     fn metadata(&mut self, path: &str) -> Result<Metadata, Error> {
+        self.metadata_bytes(path.as_bytes())
+    }
+
+    fn metadata_bytes(&mut self, path: &[u8]) -> Result<Metadata, Error> {
         let p = ext_path(path)?;
         let kind = self.kind;
         self.call(move |st| {
             st.fs
-                .symlink_metadata(p.as_str())
+                .symlink_metadata(p.as_slice())
                 .map(|m| convert(&m))
                 .map_err(|e| map_err(kind, &p, e))
         })?
     }
 
     fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.read_dir_bytes(path.as_bytes())
+    }
+
+    fn read_dir_bytes(&mut self, path: &[u8]) -> Result<Vec<DirEntry>, Error> {
         let p = ext_path(path)?;
         let kind = self.kind;
         self.call(move |st| {
             let mut out = Vec::new();
             let iter = st
                 .fs
-                .read_dir(p.as_str())
+                .read_dir(p.as_slice())
                 .map_err(|e| map_err(kind, &p, e))?;
             for entry in iter {
                 let entry = entry.map_err(|e| map_err(kind, &p, e))?;
@@ -212,17 +256,30 @@ impl GuestFs for ExtFs {
     }
 
     fn read_link(&mut self, path: &str) -> Result<Vec<u8>, Error> {
+        self.read_link_bytes(path.as_bytes())
+    }
+
+    fn read_link_bytes(&mut self, path: &[u8]) -> Result<Vec<u8>, Error> {
         let p = ext_path(path)?;
         let kind = self.kind;
         self.call(move |st| {
             st.fs
-                .read_link(p.as_str())
+                .read_link(p.as_slice())
                 .map(|t| t.as_ref().to_vec())
                 .map_err(|e| map_err(kind, &p, e))
         })?
     }
 
     fn read_file_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        self.read_file_at_bytes(path.as_bytes(), offset, buf)
+    }
+
+    fn read_file_at_bytes(
+        &mut self,
+        path: &[u8],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Error> {
         let p = ext_path(path)?;
         let kind = self.kind;
         let want = buf.len();
@@ -231,15 +288,17 @@ impl GuestFs for ExtFs {
             if !cached {
                 let meta = st
                     .fs
-                    .symlink_metadata(p.as_str())
+                    .symlink_metadata(p.as_slice())
                     .map_err(|e| map_err(kind, &p, e))?;
                 if meta.is_dir() {
-                    return Err(Error::IsADirectory(p));
+                    return Err(Error::IsADirectory(
+                        String::from_utf8_lossy(&p).into_owned(),
+                    ));
                 }
                 if !meta.file_type().is_regular_file() {
-                    return Err(Error::NotAFile(p));
+                    return Err(Error::NotAFile(String::from_utf8_lossy(&p).into_owned()));
                 }
-                let f = st.fs.open(p.as_str()).map_err(|e| map_err(kind, &p, e))?;
+                let f = st.fs.open(p.as_slice()).map_err(|e| map_err(kind, &p, e))?;
                 st.open = Some((p.clone(), f));
             }
             let Some((_, file)) = st.open.as_mut() else {

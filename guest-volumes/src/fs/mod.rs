@@ -81,6 +81,36 @@ pub trait GuestFs: Send {
     /// Reads up to `buf.len()` bytes of the regular file `path` at
     /// `offset`; returns the bytes read (0 at the end).
     fn read_file_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Error>;
+
+    /// [`metadata`](GuestFs::metadata) for a path given as raw bytes, so
+    /// names that are not UTF-8 (see [`DirEntry::name_bytes`]) can be
+    /// reached. Filesystems whose names are always Unicode accept only
+    /// UTF-8 here.
+    fn metadata_bytes(&mut self, path: &[u8]) -> Result<Metadata, Error> {
+        self.metadata(utf8_path(path)?)
+    }
+    /// [`read_dir`](GuestFs::read_dir) for a raw-byte path.
+    fn read_dir_bytes(&mut self, path: &[u8]) -> Result<Vec<DirEntry>, Error> {
+        self.read_dir(utf8_path(path)?)
+    }
+    /// [`read_link`](GuestFs::read_link) for a raw-byte path.
+    fn read_link_bytes(&mut self, path: &[u8]) -> Result<Vec<u8>, Error> {
+        self.read_link(utf8_path(path)?)
+    }
+    /// [`read_file_at`](GuestFs::read_file_at) for a raw-byte path.
+    fn read_file_at_bytes(
+        &mut self,
+        path: &[u8],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Error> {
+        self.read_file_at(utf8_path(path)?, offset, buf)
+    }
+}
+
+fn utf8_path(path: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(path)
+        .map_err(|_| Error::InvalidPath(format!("{} is not UTF-8", String::from_utf8_lossy(path))))
 }
 
 /// Opens the filesystem in `vol` for reading (ext2/3/4, FAT12/16/32,
@@ -97,6 +127,34 @@ pub fn open_fs(vol: Arc<dyn ReadAt>) -> Result<Box<dyn GuestFs>, Error> {
         FsKind::Ntfs => Ok(Box::new(ntfs::NtfsFs::open(cached)?)),
         other => Err(Error::Unsupported(other)),
     }
+}
+
+/// [`components`] for a raw-byte path.
+pub(crate) fn components_bytes(path: &[u8]) -> Result<Vec<&[u8]>, Error> {
+    let shown = || String::from_utf8_lossy(path).into_owned();
+    if path.first() != Some(&b'/') {
+        return Err(Error::InvalidPath(format!("{:?} is not absolute", shown())));
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(Error::InvalidPath("path too long".into()));
+    }
+    let parts: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    if parts.len() > MAX_PATH_COMPONENTS {
+        return Err(Error::InvalidPath("too many path components".into()));
+    }
+    if parts
+        .iter()
+        .any(|&c| c == b"." || c == b".." || c.contains(&0))
+    {
+        return Err(Error::InvalidPath(format!(
+            "{:?} has a . or .. component",
+            shown()
+        )));
+    }
+    Ok(parts)
 }
 
 /// Splits an absolute path into its non-empty components, rejecting `.`

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
-use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek};
+use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek};
 
 use super::{components, filetime_to_unix, DirEntry, FileKind, GuestFs, Metadata, MAX_DIR_ENTRIES};
-use crate::read::ReadSeekAdapter;
+use crate::read::{is_budget_exceeded, ReadSeekAdapter};
 use crate::{Error, FsKind, ReadAt};
 
 /// Record number of the root directory.
@@ -26,8 +26,17 @@ const FIRST_USER_RECORD: u64 = 16;
 /// Index entries examined in one directory walk (also bounds lookups).
 const MAX_INDEX_ENTRIES: usize = MAX_DIR_ENTRIES * 2;
 
+/// `read` calls one operation may make (each is served by the block
+/// cache when it repeats).
+const READ_BUDGET: u64 = 4_000_000;
+
 fn map_err(e: NtfsError) -> Error {
     match e {
+        NtfsError::Io(source) if is_budget_exceeded(&source) => Error::TooLarge {
+            what: "NTFS metadata walk (looping index or runs?)",
+            size: READ_BUDGET,
+            max: READ_BUDGET,
+        },
         NtfsError::Io(source) => Error::Io {
             context: "NTFS",
             offset: 0,
@@ -53,7 +62,11 @@ fn guarded<R>(f: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
 /// The volume label from `$Volume`, best effort (used by `probe`).
 pub(crate) fn volume_label(vol: &dyn ReadAt) -> Option<String> {
     // Reads the boot sector and a few MFT records.
-    let mut io = BorrowedSeek { r: vol, pos: 0 };
+    let mut io = BorrowedSeek {
+        r: vol,
+        pos: 0,
+        reads: 0,
+    };
     let label = guarded(|| {
         let ntfs = Ntfs::new(&mut io).map_err(map_err)?;
         match ntfs.volume_name(&mut io) {
@@ -68,10 +81,15 @@ pub(crate) fn volume_label(vol: &dyn ReadAt) -> Option<String> {
 struct BorrowedSeek<'a> {
     r: &'a dyn ReadAt,
     pos: u64,
+    reads: u64,
 }
 
 impl std::io::Read for BorrowedSeek<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads += 1;
+        if self.reads > 10_000 {
+            return Err(std::io::Error::other(crate::read::BudgetExceeded));
+        }
         let size = self.r.size();
         if self.pos >= size || buf.is_empty() {
             return Ok(0);
@@ -110,26 +128,126 @@ impl std::fmt::Debug for NtfsFs {
     }
 }
 
+/// The longest symlink data read (reparse buffer or Interix file).
+const MAX_LINK_DATA: u64 = 16 * 1024;
+/// `IO_REPARSE_TAG_SYMLINK`.
+const TAG_SYMLINK: u32 = 0xA000_000C;
+/// `IO_REPARSE_TAG_MOUNT_POINT` (junction).
+const TAG_MOUNT_POINT: u32 = 0xA000_0003;
+
+/// Reads the whole value of `attr` (at most [`MAX_LINK_DATA`] bytes).
+fn small_value(
+    attr: &ntfs::NtfsAttribute<'_, '_>,
+    io: &mut ReadSeekAdapter,
+) -> Result<Vec<u8>, Error> {
+    let len = attr.value_length();
+    if len > MAX_LINK_DATA {
+        return Err(Error::TooLarge {
+            what: "NTFS symlink data",
+            size: len,
+            max: MAX_LINK_DATA,
+        });
+    }
+    let mut out = vec![0u8; len as usize];
+    let mut value = attr.value(io).map_err(map_err)?;
+    let mut done = 0;
+    while done < out.len() {
+        let n = value.read(io, &mut out[done..]).map_err(map_err)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    out.truncate(done);
+    Ok(out)
+}
+
+/// Decodes a symlink or junction reparse buffer to a `/`-separated target.
+fn reparse_target(b: &[u8]) -> Option<Vec<u8>> {
+    use crate::bytes::{slice, u16_le, u32_le};
+    let tag = u32_le(b, 0)?;
+    let base = match tag {
+        TAG_SYMLINK => 20,
+        TAG_MOUNT_POINT => 16,
+        _ => return None,
+    };
+    let sub_off = usize::from(u16_le(b, 8)?);
+    let sub_len = usize::from(u16_le(b, 10)?);
+    let print_off = usize::from(u16_le(b, 12)?);
+    let print_len = usize::from(u16_le(b, 14)?);
+    let print = slice(b, base + print_off, print_len)?;
+    let name = if print.is_empty() {
+        slice(b, base + sub_off, sub_len)?
+    } else {
+        print
+    };
+    let units: Vec<u16> = name
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let text = String::from_utf16_lossy(&units);
+    let text = text.strip_prefix("\\??\\").unwrap_or(&text);
+    Some(text.replace('\\', "/").into_bytes())
+}
+
+/// The symlink target of `file`, if it is one: an NTFS symlink or junction
+/// reparse point, or an Interix symlink (what ntfs-3g writes: a SYSTEM
+/// file whose data is `IntxLNK\x01` and a UTF-16LE target).
+fn symlink_target(file: &NtfsFile<'_>, io: &mut ReadSeekAdapter) -> Result<Option<Vec<u8>>, Error> {
+    let attrs = file.info().map_err(map_err)?.file_attributes();
+    if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+        let mut iter = file.attributes();
+        while let Some(item) = iter.next(io) {
+            let item = item.map_err(map_err)?;
+            let attr = item.to_attribute().map_err(map_err)?;
+            if attr.ty().map_err(map_err)? == NtfsAttributeType::ReparsePoint {
+                return Ok(reparse_target(&small_value(&attr, io)?));
+            }
+        }
+        return Ok(None);
+    }
+    if !attrs.contains(NtfsFileAttributeFlags::SYSTEM) || file.is_directory() {
+        return Ok(None);
+    }
+    let Some(item) = file.data(io, "") else {
+        return Ok(None);
+    };
+    let item = item.map_err(map_err)?;
+    let attr = item.to_attribute().map_err(map_err)?;
+    let len = attr.value_length();
+    if !(8..=MAX_LINK_DATA).contains(&len) || len % 2 != 0 {
+        return Ok(None);
+    }
+    let data = small_value(&attr, io)?;
+    let Some(target) = data.strip_prefix(b"IntxLNK\x01") else {
+        return Ok(None);
+    };
+    let units: Vec<u16> = target
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    Ok(Some(String::from_utf16_lossy(&units).into_bytes()))
+}
+
 fn file_metadata(file: &NtfsFile<'_>, io: &mut ReadSeekAdapter) -> Result<Metadata, Error> {
     let info = file.info().map_err(map_err)?;
     let attrs = info.file_attributes();
-    let kind = if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
-        FileKind::Other
+    let link = symlink_target(file, io)?;
+    let (kind, size) = if let Some(target) = &link {
+        (FileKind::Symlink, target.len() as u64)
+    } else if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+        (FileKind::Other, 0)
     } else if file.is_directory() {
-        FileKind::Dir
+        (FileKind::Dir, 0)
     } else {
-        FileKind::File
-    };
-    let size = if kind == FileKind::File {
-        match file.data(io, "") {
+        let size = match file.data(io, "") {
             Some(item) => {
                 let item = item.map_err(map_err)?;
                 item.to_attribute().map_err(map_err)?.value_length()
             }
             None => 0,
-        }
-    } else {
-        0
+        };
+        (FileKind::File, size)
     };
     let (mtime, mtime_nsec) = filetime_to_unix(info.modification_time().nt_timestamp());
     let (atime, _) = filetime_to_unix(info.access_time().nt_timestamp());
@@ -148,7 +266,7 @@ fn file_metadata(file: &NtfsFile<'_>, io: &mut ReadSeekAdapter) -> Result<Metada
 impl NtfsFs {
     /// Opens the NTFS filesystem in `vol` and loads its `$UpCase` table.
     pub(crate) fn open(vol: Arc<dyn ReadAt>) -> Result<Self, Error> {
-        let mut io = ReadSeekAdapter::new(vol);
+        let mut io = ReadSeekAdapter::new(vol, READ_BUDGET);
         guarded(move || {
             let mut ntfs = Ntfs::new(&mut io).map_err(map_err)?;
             ntfs.read_upcase_table(&mut io).map_err(map_err)?;
@@ -255,6 +373,7 @@ impl NtfsFs {
         if info
             .file_attributes()
             .contains(NtfsFileAttributeFlags::REPARSE_POINT)
+            || symlink_target(&file, &mut self.io)?.is_some()
         {
             return Err(Error::NotAFile(path.to_string()));
         }
@@ -298,6 +417,7 @@ impl GuestFs for NtfsFs {
     }
 
     fn metadata(&mut self, path: &str) -> Result<Metadata, Error> {
+        self.io.reset_budget();
         guarded(|| {
             let rec = self.lookup(path)?;
             let file = self.ntfs.file(&mut self.io, rec).map_err(map_err)?;
@@ -306,28 +426,21 @@ impl GuestFs for NtfsFs {
     }
 
     fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.io.reset_budget();
         guarded(|| self.list(path))
     }
 
     fn read_link(&mut self, path: &str) -> Result<Vec<u8>, Error> {
+        self.io.reset_budget();
         guarded(|| {
             let rec = self.lookup(path)?;
             let file = self.ntfs.file(&mut self.io, rec).map_err(map_err)?;
-            let info = file.info().map_err(map_err)?;
-            if info
-                .file_attributes()
-                .contains(NtfsFileAttributeFlags::REPARSE_POINT)
-            {
-                Err(Error::UnsupportedFeature(format!(
-                    "{path}: NTFS reparse points"
-                )))
-            } else {
-                Err(Error::NotASymlink(path.to_string()))
-            }
+            symlink_target(&file, &mut self.io)?.ok_or_else(|| Error::NotASymlink(path.to_string()))
         })
     }
 
     fn read_file_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        self.io.reset_budget();
         let r = guarded(|| self.read_at(path, offset, buf));
         if r.is_err() {
             self.open = None;
