@@ -203,7 +203,15 @@ pub fn extract(fs: &mut dyn GuestFs, path: &str, out: &Path) -> Result<ExtractSu
     let meta = fs.metadata(path)?;
     let mut summary = ExtractSummary::default();
     let mut dir_times = Vec::new();
-    extract_one(fs, path, &meta, out, 0, &mut summary, &mut dir_times)?;
+    extract_one(
+        fs,
+        path.as_bytes(),
+        &meta,
+        out,
+        0,
+        &mut summary,
+        &mut dir_times,
+    )?;
     // Directory times last: creating entries inside changes them.
     for (dir, meta) in dir_times.iter().rev() {
         set_times(dir, meta)?;
@@ -211,9 +219,15 @@ pub fn extract(fs: &mut dyn GuestFs, path: &str, out: &Path) -> Result<ExtractSu
     Ok(summary)
 }
 
+/// A guest path for messages.
+fn shown(guest: &[u8]) -> String {
+    String::from_utf8_lossy(guest).into_owned()
+}
+
+/// Walks with byte paths so names that are not UTF-8 (ext) are reached.
 fn extract_one(
     fs: &mut dyn GuestFs,
-    guest: &str,
+    guest: &[u8],
     meta: &Metadata,
     out: &Path,
     depth: usize,
@@ -235,21 +249,22 @@ fn extract_one(
         FileKind::Dir => {
             if depth > MAX_EXTRACT_DEPTH {
                 return Err(Error::InvalidArgument(format!(
-                    "{guest}: directories nest deeper than {MAX_EXTRACT_DEPTH}"
+                    "{}: directories nest deeper than {MAX_EXTRACT_DEPTH}",
+                    shown(guest)
                 )));
             }
             std::fs::create_dir(out).map_err(|e| Error::io(out, e))?;
             summary.dirs += 1;
-            for entry in fs.read_dir(guest)? {
-                let child_guest = if guest.ends_with('/') {
-                    format!("{guest}{}", entry.name)
-                } else {
-                    format!("{guest}/{}", entry.name)
-                };
+            for entry in fs.read_dir_bytes(guest)? {
+                let mut child_guest = guest.to_vec();
+                if !child_guest.ends_with(b"/") {
+                    child_guest.push(b'/');
+                }
+                child_guest.extend_from_slice(&entry.name_bytes);
                 let name = match safe_relative_path(&entry.name_bytes) {
                     Ok(n) => n,
                     Err(e) => {
-                        summary.skipped.push((child_guest, e.to_string()));
+                        summary.skipped.push((shown(&child_guest), e.to_string()));
                         continue;
                     }
                 };
@@ -268,13 +283,13 @@ fn extract_one(
             dir_times.push((out.to_path_buf(), meta.clone()));
         }
         FileKind::Symlink => {
-            let target = fs.read_link(guest)?;
+            let target = fs.read_link_bytes(guest)?;
             // The link sits `depth` directories below `out`'s root when
             // the extraction started at a directory (0 for a lone link).
             let base = depth.saturating_sub(1);
             if depth == 0 || !symlink_target_is_contained(base, &target) {
                 summary.skipped.push((
-                    guest.to_string(),
+                    shown(guest),
                     format!(
                         "symlink to {:?} points outside the destination",
                         String::from_utf8_lossy(&target)
@@ -287,7 +302,7 @@ fn extract_one(
         }
         FileKind::Other => summary
             .skipped
-            .push((guest.to_string(), "not a file, directory or symlink".into())),
+            .push((shown(guest), "not a file, directory or symlink".into())),
     }
     Ok(())
 }
@@ -299,7 +314,7 @@ fn bytes_path(b: &[u8]) -> PathBuf {
 
 /// Copies one regular file (creating `out` new), reading 1 MiB at a time
 /// up to the size the metadata gives.
-fn copy_file(fs: &mut dyn GuestFs, guest: &str, meta: &Metadata, out: &Path) -> Result<u64> {
+fn copy_file(fs: &mut dyn GuestFs, guest: &[u8], meta: &Metadata, out: &Path) -> Result<u64> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -312,10 +327,11 @@ fn copy_file(fs: &mut dyn GuestFs, guest: &str, meta: &Metadata, out: &Path) -> 
     let mut off = 0u64;
     while off < meta.size {
         let want = (meta.size - off).min(buf.len() as u64) as usize;
-        let n = fs.read_file_at(guest, off, &mut buf[..want])?;
+        let n = fs.read_file_at_bytes(guest, off, &mut buf[..want])?;
         if n == 0 {
             return Err(Error::InvalidArgument(format!(
-                "{guest}: the file ends at byte {off}, before its size {}",
+                "{}: the file ends at byte {off}, before its size {}",
+                shown(guest),
                 meta.size
             )));
         }
@@ -370,4 +386,126 @@ fn set_times(out: &Path, meta: &Metadata) -> Result<()> {
     // its times.
     let f = std::fs::File::open(out).map_err(|e| Error::io(out, e))?;
     f.set_times(times).map_err(|e| Error::io(out, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_volumes::{DirEntry, FsKind};
+
+    /// A filesystem whose names and links try to leave the destination.
+    struct Hostile;
+
+    fn meta(kind: FileKind, size: u64) -> Metadata {
+        Metadata {
+            kind,
+            size,
+            mode: Some(0o6755),
+            uid: None,
+            gid: None,
+            mtime: Some(1_600_000_000),
+            mtime_nsec: Some(5),
+            atime: None,
+        }
+    }
+
+    fn entry(name: &[u8], kind: FileKind) -> DirEntry {
+        DirEntry {
+            name: String::from_utf8_lossy(name).into_owned(),
+            name_bytes: name.to_vec(),
+            metadata: meta(kind, 3),
+        }
+    }
+
+    impl GuestFs for Hostile {
+        fn kind(&self) -> FsKind {
+            FsKind::Ext4
+        }
+        fn metadata(&mut self, path: &str) -> std::result::Result<Metadata, guest_volumes::Error> {
+            Ok(meta(
+                if path == "/" || path == "/d" {
+                    FileKind::Dir
+                } else {
+                    FileKind::File
+                },
+                3,
+            ))
+        }
+        fn read_dir(
+            &mut self,
+            path: &str,
+        ) -> std::result::Result<Vec<DirEntry>, guest_volumes::Error> {
+            Ok(match path {
+                "/" => vec![
+                    entry(b"..", FileKind::File),
+                    entry(b".", FileKind::Dir),
+                    entry(b"", FileKind::File),
+                    entry(b"a/../../b", FileKind::File),
+                    entry(b"nul\0x", FileKind::File),
+                    entry(b"up", FileKind::Symlink),
+                    entry(b"abs", FileKind::Symlink),
+                    entry(b"ok", FileKind::File),
+                    entry(b"d", FileKind::Dir),
+                    entry(b"dev", FileKind::Other),
+                ],
+                "/d" => vec![
+                    entry(b"in", FileKind::Symlink),
+                    entry(b"out", FileKind::Symlink),
+                ],
+                _ => vec![],
+            })
+        }
+        fn read_link(&mut self, path: &str) -> std::result::Result<Vec<u8>, guest_volumes::Error> {
+            Ok(match path {
+                "/up" => b"../../etc/passwd".to_vec(),
+                "/abs" => b"/etc/shadow".to_vec(),
+                "/d/in" => b"../ok".to_vec(),
+                _ => b"../../ok".to_vec(),
+            })
+        }
+        fn read_file_at(
+            &mut self,
+            _: &str,
+            offset: u64,
+            buf: &mut [u8],
+        ) -> std::result::Result<usize, guest_volumes::Error> {
+            let data = b"abc";
+            let at = (offset as usize).min(3);
+            let n = buf.len().min(3 - at);
+            buf[..n].copy_from_slice(&data[at..at + n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn hostile_names_and_links_stay_inside() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let s = extract(&mut Hostile, "/", &out).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["d", "ok"]);
+        assert_eq!(
+            std::fs::read_link(out.join("d/in")).unwrap(),
+            Path::new("../ok")
+        );
+        assert!(std::fs::symlink_metadata(out.join("d/out")).is_err());
+        // Five unsafe names, three links leaving the destination, a device.
+        assert_eq!(s.skipped.len(), 9, "{:?}", s.skipped);
+        assert_eq!((s.files, s.dirs, s.symlinks), (1, 2, 1));
+        // Set-id bits are dropped; the time is kept.
+        let m = std::fs::metadata(out.join("ok")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(
+            m.modified().unwrap(),
+            std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 5)
+        );
+        // Nothing is written through an existing path.
+        assert!(extract(&mut Hostile, "/", &out).is_err());
+        assert!(std::fs::read_dir(dir.path()).unwrap().count() == 1);
+    }
 }

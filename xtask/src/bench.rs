@@ -386,7 +386,8 @@ fn make_tree(root: &Path) -> Result {
     for d in 0..16 {
         let dir = root.join(format!("dir{d:02}/sub"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("README"), format!("directory {d}\n")).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("README"), format!("directory {d}\n"))
+            .map_err(|e| e.to_string())?;
         for f in 0..32 {
             for b in buf.chunks_exact_mut(8) {
                 state ^= state << 13;
@@ -419,7 +420,10 @@ fn serve() -> Result {
     let mbs = |s: f64| GIB as f64 / s / 1e6;
 
     println!("nbdcopy of a 1 GiB disk (half data, half holes) to null:, median of {RUNS} runs");
-    for (sub, peer) in [("monolithicSparse", "qemu-nbd"), ("monolithicFlat", "nbdkit file")] {
+    for (sub, peer) in [
+        ("monolithicSparse", "qemu-nbd"),
+        ("monolithicFlat", "nbdkit file"),
+    ] {
         let img = dir.join(format!("{sub}.vmdk"));
         if !img.exists() {
             sh(Command::new("qemu-img")
@@ -428,7 +432,9 @@ fn serve() -> Result {
                 .arg(&raw)
                 .arg(&img))?;
         }
-        sh(Command::new("cat").arg(&img).stdout(std::process::Stdio::null()))?;
+        sh(Command::new("cat")
+            .arg(&img)
+            .stdout(std::process::Stdio::null()))?;
         let sock = dir.join("ours.sock");
         let (ours_d, uri) = vdisk_serve(&vdisk, &img, &sock)?;
         let ours = nbdcopy_time(&uri)?;
@@ -483,8 +489,12 @@ fn serve() -> Result {
             .arg(&ext)
             .arg(&ext_vmdk))?;
     }
-    sh(Command::new("cat").arg(&ext).stdout(std::process::Stdio::null()))?;
-    sh(Command::new("cat").arg(&ext_vmdk).stdout(std::process::Stdio::null()))?;
+    sh(Command::new("cat")
+        .arg(&ext)
+        .stdout(std::process::Stdio::null()))?;
+    sh(Command::new("cat")
+        .arg(&ext_vmdk)
+        .stdout(std::process::Stdio::null()))?;
     let out = dir.join("get-out");
     let clean = || {
         let _ = std::fs::remove_dir_all(&out);
@@ -499,7 +509,8 @@ fn serve() -> Result {
         clean();
         let _ = std::fs::create_dir_all(&out);
         let mut c = Command::new("debugfs");
-        c.args(["-R", &format!("rdump / {}", out.display())]).arg(&ext);
+        c.args(["-R", &format!("rdump / {}", out.display())])
+            .arg(&ext);
         c
     })?;
     clean();
