@@ -193,7 +193,36 @@ pub const MAX_EXTRACT_ENTRIES: u64 = 10_000_000;
 /// not one safe path component (`..`, `/`, NUL) are skipped too. Nothing
 /// is ever written through an existing path: every file, directory and
 /// link is created new.
+///
+/// Like `cp` and `tar`, this leaves writing back to the kernel; use
+/// [`extract_with`] and [`ExtractOptions::sync`] to have everything on
+/// disk before it returns.
 pub fn extract(fs: &mut dyn GuestFs, path: &str, out: &Path) -> Result<ExtractSummary> {
+    extract_with(fs, path, out, &ExtractOptions::default())
+}
+
+/// How [`extract_with`] writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExtractOptions {
+    /// Make every file and directory durable (fsync) before returning.
+    pub sync: bool,
+}
+
+impl ExtractOptions {
+    /// Options with `sync` set as given.
+    pub fn sync(sync: bool) -> Self {
+        Self { sync }
+    }
+}
+
+/// [`extract`] with options.
+pub fn extract_with(
+    fs: &mut dyn GuestFs,
+    path: &str,
+    out: &Path,
+    options: &ExtractOptions,
+) -> Result<ExtractSummary> {
     if std::fs::symlink_metadata(out).is_ok() {
         return Err(Error::InvalidArgument(format!(
             "{} exists: extraction only creates new files",
@@ -203,6 +232,7 @@ pub fn extract(fs: &mut dyn GuestFs, path: &str, out: &Path) -> Result<ExtractSu
     let meta = fs.metadata(path)?;
     let mut summary = ExtractSummary::default();
     let mut dir_times = Vec::new();
+    let mut files = Vec::new();
     extract_one(
         fs,
         path.as_bytes(),
@@ -211,10 +241,25 @@ pub fn extract(fs: &mut dyn GuestFs, path: &str, out: &Path) -> Result<ExtractSu
         0,
         &mut summary,
         &mut dir_times,
+        &mut files,
     )?;
     // Directory times last: creating entries inside changes them.
     for (dir, meta) in dir_times.iter().rev() {
         set_times(dir, meta)?;
+    }
+    if options.sync {
+        // Files first, then the directories naming them, then the
+        // directory naming `out`.
+        for f in files.iter().chain(dir_times.iter().map(|(d, _)| d)) {
+            let h = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+            h.sync_all().map_err(|e| Error::io(f, e))?;
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let h = std::fs::File::open(parent).map_err(|e| Error::io(parent, e))?;
+        h.sync_all().map_err(|e| Error::io(parent, e))?;
     }
     Ok(summary)
 }
@@ -225,6 +270,7 @@ fn shown(guest: &[u8]) -> String {
 }
 
 /// Walks with byte paths so names that are not UTF-8 (ext) are reached.
+#[allow(clippy::too_many_arguments)]
 fn extract_one(
     fs: &mut dyn GuestFs,
     guest: &[u8],
@@ -233,6 +279,7 @@ fn extract_one(
     depth: usize,
     summary: &mut ExtractSummary,
     dir_times: &mut Vec<(PathBuf, Metadata)>,
+    files: &mut Vec<PathBuf>,
 ) -> Result<()> {
     let entries = summary.files + summary.dirs + summary.symlinks;
     if entries >= MAX_EXTRACT_ENTRIES {
@@ -243,6 +290,7 @@ fn extract_one(
     match meta.kind {
         FileKind::File => {
             let n = copy_file(fs, guest, meta, out)?;
+            files.push(out.to_path_buf());
             summary.files += 1;
             summary.bytes += n;
         }
@@ -277,6 +325,7 @@ fn extract_one(
                     depth + 1,
                     summary,
                     dir_times,
+                    files,
                 )?;
             }
             set_mode(out, meta)?;
@@ -345,7 +394,6 @@ fn copy_file(fs: &mut dyn GuestFs, guest: &[u8], meta: &Metadata, out: &Path) ->
         }
         off += n as u64;
     }
-    f.sync_all().map_err(|e| Error::io(out, e))?;
     drop(f);
     set_mode(out, meta)?;
     set_times(out, meta)?;

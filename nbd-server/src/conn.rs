@@ -109,6 +109,9 @@ pub(crate) fn serve(sock: Sock, setup: Setup) -> io::Result<()> {
     let mut input: Vec<u8> = Vec::new();
     let mut start = 0usize;
     let mut out: Vec<u8> = Vec::new();
+    // Read payloads land here (grown once, never zeroed again) and go to
+    // the socket from here, without passing through `out`.
+    let mut scratch: Vec<u8> = Vec::new();
     let mut export: Option<Arc<dyn BlockExport>> = None;
     let result = loop {
         let st = match session.handle_input(&input[start..], &mut out) {
@@ -158,7 +161,14 @@ pub(crate) fn serve(sock: Sock, setup: Setup) -> io::Result<()> {
                 let Some(ex) = export.as_deref() else {
                     break Err(io::Error::other("request before an export was selected"));
                 };
-                execute(&session, ex, &req.reply, req.command, &mut out);
+                let mut sink = Sink {
+                    stream: &mut stream,
+                    out: &mut out,
+                    scratch: &mut scratch,
+                };
+                if let Err(e) = execute(&session, ex, &req.reply, req.command, &mut sink) {
+                    break Err(e);
+                }
                 if out.len() >= SEND_THRESHOLD {
                     send(&mut stream, &mut out)?;
                 }
@@ -224,17 +234,52 @@ fn fill(stream: &mut Stream, input: &mut Vec<u8>, at_least: usize) -> io::Result
     Ok(true)
 }
 
-/// Runs one validated command and appends its reply.
+/// Where replies go: small ones are queued in `out`; large read payloads
+/// are read into `scratch` and written from there.
+struct Sink<'a> {
+    stream: &'a mut Stream,
+    out: &'a mut Vec<u8>,
+    scratch: &'a mut Vec<u8>,
+}
+
+/// Payloads at least this long skip the copy into `out`.
+const DIRECT: usize = 64 << 10;
+
+impl Sink<'_> {
+    /// Reads `n` bytes at `pos` into the scratch buffer.
+    fn read(&mut self, export: &dyn BlockExport, pos: u64, n: usize) -> io::Result<()> {
+        if self.scratch.len() < n {
+            self.scratch.resize(n, 0);
+        }
+        export.read_at(pos, &mut self.scratch[..n])
+    }
+
+    /// Queues the header already in `out` and the `n` bytes read.
+    fn payload(&mut self, n: usize) -> io::Result<()> {
+        if n < DIRECT {
+            self.out.extend_from_slice(&self.scratch[..n]);
+            return Ok(());
+        }
+        if !self.out.is_empty() {
+            self.stream.write_all(self.out)?;
+            self.out.clear();
+        }
+        self.stream.write_all(&self.scratch[..n])
+    }
+}
+
+/// Runs one validated command and queues (or sends) its reply.
 fn execute(
     session: &ServerSession,
     export: &dyn BlockExport,
     to: &ReplyTo,
     command: Command<'_>,
-    out: &mut Vec<u8>,
-) {
+    sink: &mut Sink<'_>,
+) -> io::Result<()> {
+    let out = &mut *sink.out;
     let result = match command {
         Command::Read { offset, length, df } => {
-            return read(session, export, to, offset, length, df, out);
+            return read(session, export, to, offset, length, df, sink);
         }
         Command::Write { offset, data, fua } => export.write_at(offset, data, fua),
         Command::Flush => export.flush(),
@@ -258,7 +303,7 @@ fn execute(
                         .map(|e| (e.length, status_flags(e.hole, e.zero)))
                         .collect();
                     session.reply_block_status(to, &descs, out);
-                    return;
+                    return Ok(());
                 }
                 Err(e) => Err(e),
             }
@@ -273,6 +318,7 @@ fn execute(
             session.reply_error(to, errno_of(&e), out);
         }
     }
+    Ok(())
 }
 
 fn status_flags(hole: bool, zero: bool) -> u32 {
@@ -288,19 +334,23 @@ fn read(
     offset: u64,
     length: u32,
     df: bool,
-    out: &mut Vec<u8>,
-) {
+    sink: &mut Sink<'_>,
+) -> io::Result<()> {
     let len = length as usize;
     if !session.structured() {
-        let base = out.len();
-        wire::simple_reply(out, 0, to.cookie);
-        out.resize(base + 16 + len, 0);
-        if let Err(e) = export.read_at(offset, &mut out[base + 16..]) {
-            out.truncate(base);
-            tracing::debug!("nbd: read failed: {e}");
-            session.reply_error(to, errno_of(&e), out);
+        // The data is read before the header is queued, so a failed read
+        // is answered with an error reply alone.
+        match sink.read(export, offset, len) {
+            Ok(()) => {
+                wire::simple_reply(sink.out, 0, to.cookie);
+                sink.payload(len)?;
+            }
+            Err(e) => {
+                tracing::debug!("nbd: read failed: {e}");
+                session.reply_error(to, errno_of(&e), sink.out);
+            }
         }
-        return;
+        return Ok(());
     }
     let extents = if df || to.flags & CMD_FLAG_DF != 0 {
         Vec::new()
@@ -320,49 +370,45 @@ fn read(
             continue;
         }
         let ok = if e.hole && e.zero {
-            wire::chunk_offset_hole(out, to.cookie, false, pos, n as u32);
+            wire::chunk_offset_hole(sink.out, to.cookie, false, pos, n as u32);
             true
         } else {
-            data_chunk(export, to, pos, n as usize, out)
+            data_chunk(export, to, pos, n as usize, sink)?
         };
         if !ok {
-            return;
+            return Ok(());
         }
         pos += n;
     }
-    if pos < end && !data_chunk(export, to, pos, (end - pos) as usize, out) {
-        return;
+    if pos < end && !data_chunk(export, to, pos, (end - pos) as usize, sink)? {
+        return Ok(());
     }
-    wire::chunk_none(out, to.cookie);
+    wire::chunk_none(sink.out, to.cookie);
+    Ok(())
 }
 
-/// Appends one `OFFSET_DATA` chunk; on a read error an `ERROR_OFFSET`
+/// Sends one `OFFSET_DATA` chunk; on a read error an `ERROR_OFFSET`
 /// chunk ending the reply instead, and `false`.
 fn data_chunk(
     export: &dyn BlockExport,
     to: &ReplyTo,
     pos: u64,
     n: usize,
-    out: &mut Vec<u8>,
-) -> bool {
-    let base = out.len();
+    sink: &mut Sink<'_>,
+) -> io::Result<bool> {
+    if let Err(e) = sink.read(export, pos, n) {
+        tracing::debug!("nbd: read failed: {e}");
+        wire::chunk_error(sink.out, to.cookie, true, errno_of(&e), "", Some(pos));
+        return Ok(false);
+    }
     wire::chunk_header(
-        out,
+        sink.out,
         0,
         nbd_proto::consts::REPLY_TYPE_OFFSET_DATA,
         to.cookie,
         8 + n as u32,
     );
-    out.extend_from_slice(&pos.to_be_bytes());
-    let data = out.len();
-    out.resize(data + n, 0);
-    match export.read_at(pos, &mut out[data..]) {
-        Ok(()) => true,
-        Err(e) => {
-            out.truncate(base);
-            tracing::debug!("nbd: read failed: {e}");
-            wire::chunk_error(out, to.cookie, true, errno_of(&e), "", Some(pos));
-            false
-        }
-    }
+    sink.out.extend_from_slice(&pos.to_be_bytes());
+    sink.payload(n)?;
+    Ok(true)
 }

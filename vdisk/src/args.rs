@@ -414,6 +414,10 @@ pub(crate) enum Command {
         /// Where to write it (must not exist).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+        /// Make everything written durable (fsync) before exiting; like
+        /// cp and tar, the default leaves writing back to the kernel.
+        #[arg(long)]
+        sync: bool,
     },
     /// Delete a disk and all its files (not its parents).
     Delete {

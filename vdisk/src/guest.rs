@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use disklib::guest::guest_volumes::{self, FileKind, Metadata, PartitionKind, TableKind};
-use disklib::guest::{extract, open_volume};
+use disklib::guest::{extract_with, open_volume, ExtractOptions};
 use serde_json::json;
 
 use crate::source::SourceArgs;
@@ -254,9 +254,9 @@ pub(crate) fn ls(a: FilesArgs, long: bool, json_out: bool) -> Result<ExitCode, A
 }
 
 /// `vdisk get`.
-pub(crate) fn get(a: FilesArgs, output: PathBuf) -> Result<ExitCode, AnyError> {
+pub(crate) fn get(a: FilesArgs, output: PathBuf, sync: bool) -> Result<ExitCode, AnyError> {
     let (opened, mut fs, path) = a.open_fs()?;
-    let summary = extract(&mut *fs, &path, &output)?;
+    let summary = extract_with(&mut *fs, &path, &output, &ExtractOptions::sync(sync))?;
     for (p, why) in &summary.skipped {
         eprintln!("vdisk: skipped {p}: {why}");
     }

@@ -258,7 +258,11 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         Command::Serve(a) => serve::serve(a),
         Command::Volumes(a) => guest::volumes(a),
         Command::Ls { files, long, json } => guest::ls(files, long, json),
-        Command::Get { files, output } => guest::get(files, output),
+        Command::Get {
+            files,
+            output,
+            sync,
+        } => guest::get(files, output, sync),
         Command::Snapshot { disk, child } => {
             vmdk_file::maintain::create_child(&disk, &child)?;
             Ok(ExitCode::SUCCESS)

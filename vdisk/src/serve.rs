@@ -159,7 +159,7 @@ impl BlockExport for LocalExport {
     fn block_status(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
         let map = self
             .disk
-            .map_range(offset, length.min(STATUS_WINDOW))
+            .allocation_range(offset, length.min(STATUS_WINDOW))
             .map_err(io_err)?;
         Ok(map
             .iter()

@@ -526,3 +526,41 @@ fn tls_required_over_tcp() {
     assert!(!out.status.success(), "a plain client was served");
     srv.stop();
 }
+
+/// A flat disk's file holes are holes over NBD (what nbdkit's file
+/// plugin reports for the same file), so copies skip them.
+#[test]
+fn holes_of_a_flat_extent_are_holes() {
+    let dir = tempdir();
+    let disk = dir.path().join("flat.vmdk");
+    vdisk_ok(&["create", "-t", "monolithicFlat", s(&disk), "8M"]);
+    vdisk_ok(&[
+        "write",
+        s(&disk),
+        "--offset",
+        "1M",
+        "--pattern",
+        "0x42",
+        "--length",
+        "64K",
+    ]);
+    let srv = serve_local(&[s(&disk), "--socket", s(&dir.path().join("s"))]);
+    let map = nbd_map(&srv.uri);
+    let data: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|m| m.2 == 0)
+        .map(|m| (m.0, m.1))
+        .collect();
+    // The filesystem may allocate a little around the write, never the
+    // whole disk.
+    assert!(
+        data.iter()
+            .any(|&(s2, l)| s2 <= 1 << 20 && (1 << 20) + 65536 <= s2 + l),
+        "{map:?}"
+    );
+    assert!(data.iter().map(|d| d.1).sum::<u64>() < 4 << 20, "{map:?}");
+    let mut want = vec![0u8; 8 << 20];
+    want[1 << 20..(1 << 20) + 65536].fill(0x42);
+    assert!(nbdcopy_out(&srv.uri, &dir.path().join("c.raw")) == want);
+    srv.stop();
+}

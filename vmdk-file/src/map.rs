@@ -44,7 +44,7 @@ impl LocalDisk {
         let mut out = Vec::new();
         let cap = self.capacity();
         if cap > 0 {
-            self.map_link(0, 0, cap, &mut out)?;
+            self.map_link(0, 0, cap, false, &mut out)?;
         }
         Ok(out)
     }
@@ -56,16 +56,84 @@ impl LocalDisk {
         let mut out = Vec::new();
         let end = offset.saturating_add(length).min(self.capacity());
         if offset < end {
-            self.map_link(0, offset, end - offset, &mut out)?;
+            self.map_link(0, offset, end - offset, false, &mut out)?;
         }
         Ok(out)
     }
 
-    fn map_link(&self, li: usize, offset: u64, len: u64, out: &mut Vec<MapEntry>) -> Result<()> {
+    /// [`map_range`](Self::map_range), with the holes of the files under
+    /// the data as well: stored bytes whose file region is a filesystem
+    /// hole (a sparse flat extent, say) are reported as
+    /// [`AllocKind::Unallocated`], since they take no space and read as
+    /// zero. For block-status answers (NBD's `base:allocation`), where a
+    /// client skips what it is told holds nothing.
+    pub fn allocation_range(&self, offset: u64, length: u64) -> Result<Vec<MapEntry>> {
+        let mut out = Vec::new();
+        let end = offset.saturating_add(length).min(self.capacity());
+        if offset < end {
+            self.map_link(0, offset, end - offset, true, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Splits a data segment at the holes of its extent file.
+    fn push_data_with_holes(
+        &self,
+        li: usize,
+        extent: usize,
+        file_offset: u64,
+        cur: u64,
+        len: u64,
+        out: &mut Vec<MapEntry>,
+    ) {
+        use rustix::fs::{seek, SeekFrom};
+        let Some(Some(file)) = self.links[li].extent_files().get(extent) else {
+            push_entry(out, cur, len, AllocKind::Data);
+            return;
+        };
+        let end = file_offset + len;
+        let mut pos = file_offset;
+        while pos < end {
+            let data = match seek(&file.file, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(end),
+                Err(rustix::io::Errno::NXIO) => end,
+                // No hole support: all data.
+                Err(_) => pos,
+            };
+            if data > pos {
+                push_entry(
+                    out,
+                    cur + (pos - file_offset),
+                    data - pos,
+                    AllocKind::Unallocated,
+                );
+                pos = data;
+                continue;
+            }
+            let hole = seek(&file.file, SeekFrom::Hole(pos)).map_or(end, |h| h.min(end));
+            let hole = hole.max(pos + 1).min(end);
+            push_entry(out, cur + (pos - file_offset), hole - pos, AllocKind::Data);
+            pos = hole;
+        }
+    }
+
+    fn map_link(
+        &self,
+        li: usize,
+        offset: u64,
+        len: u64,
+        holes: bool,
+        out: &mut Vec<MapEntry>,
+    ) -> Result<()> {
         let mut pos = 0u64;
         while pos < len {
             let cur = offset + pos;
             let seg = self.next_step(li, cur, len - pos)?;
+            if let (true, SegmentKind::Data { file_offset }) = (holes, seg.kind) {
+                self.push_data_with_holes(li, seg.extent, file_offset, cur, seg.len, out);
+                pos += seg.len;
+                continue;
+            }
             let kind = match seg.kind {
                 SegmentKind::Data { .. } | SegmentKind::Compressed { .. } => Some(AllocKind::Data),
                 SegmentKind::Zero => Some(AllocKind::Zero),
@@ -77,7 +145,7 @@ impl LocalDisk {
                     Some(parent) => {
                         let inside = parent.capacity().saturating_sub(cur).min(seg.len);
                         if inside > 0 {
-                            self.map_link(li + 1, cur, inside, out)?;
+                            self.map_link(li + 1, cur, inside, holes, out)?;
                         }
                         if inside < seg.len {
                             push_entry(out, cur + inside, seg.len - inside, AllocKind::Unallocated);
