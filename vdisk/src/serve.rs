@@ -45,7 +45,10 @@ pub(crate) struct ServeArgs {
     /// non-loopback one).
     #[arg(long, requires = "listen")]
     pub(crate) allow_remote: bool,
-    /// The export name (default: the empty name, the default export).
+    /// The export name (default: the empty name, the default export). A
+    /// backup point of several disks served without --disk gives one
+    /// export per disk, named this followed by the disk key, and one
+    /// `NBD_URI=` line each.
     #[arg(long, default_value = "")]
     pub(crate) export_name: String,
     /// Allow writes. A local disk is written in place; a backup point is
@@ -497,19 +500,49 @@ pub(crate) fn export_of(opened: &Opened, writable: bool) -> Arc<dyn BlockExport>
 
 /// `vdisk serve`.
 pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode, AnyError> {
-    let opened = a
-        .source
-        .open(a.disk.as_deref(), a.writable, a.delta.as_deref())?;
-    let mut export = export_of(&opened, a.writable);
-    if let Some(n) = a.partition {
-        let (v, _) = disklib::guest::open_volume(opened.reader(), Some(n))?;
-        export = Arc::new(PartitionExport {
-            inner: export,
-            start: v.start,
-            size: v.size,
-        });
+    // Every disk of a backup point, one export each (named by disk key),
+    // when no disk is named and the point holds several.
+    let mut opened_all: Vec<(String, Opened)> = Vec::new();
+    if let (Some(repo), Some(id), None) = (&a.source.from, a.source.backup, a.source.disk_key) {
+        let catalog = disklib::backup::RepoCatalog::load(repo)?;
+        let keys: Vec<i32> = catalog
+            .backups
+            .iter()
+            .find(|b| b.id == id)
+            .map(|b| b.disks.iter().map(|d| d.key).collect())
+            .unwrap_or_default();
+        if keys.len() > 1 {
+            if a.writable || a.partition.is_some() {
+                return Err("--writable and --partition need one disk (--disk KEY)".into());
+            }
+            for key in keys {
+                let p = BackupPoint::open(repo, id, Some(key))?;
+                opened_all.push((
+                    format!("{}{key}", a.export_name),
+                    Opened::Point(Arc::new(p)),
+                ));
+            }
+        }
     }
-    let mut config = ServerConfig::new().with_export(&a.export_name, export);
+    if opened_all.is_empty() {
+        let opened = a
+            .source
+            .open(a.disk.as_deref(), a.writable, a.delta.as_deref())?;
+        opened_all.push((a.export_name.clone(), opened));
+    }
+    let mut config = ServerConfig::new();
+    for (name, opened) in &opened_all {
+        let mut export = export_of(opened, a.writable);
+        if let Some(n) = a.partition {
+            let (v, _) = disklib::guest::open_volume(opened.reader(), Some(n))?;
+            export = Arc::new(PartitionExport {
+                inner: export,
+                start: v.start,
+                size: v.size,
+            });
+        }
+        config = config.with_export(name, export);
+    }
     if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
         let c = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
         let k = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
@@ -539,12 +572,19 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode, AnyError> {
     {
         use std::io::Write;
         let mut out = io::stdout().lock();
-        writeln!(out, "NBD_URI={}", server.uri(&a.export_name))?;
+        for (name, _) in &opened_all {
+            writeln!(out, "NBD_URI={}", server.uri(name))?;
+        }
         out.flush()?;
     }
     let served = server.serve();
     signal_handle.close();
-    let closed = opened.close();
+    let mut closed = Ok(());
+    for (_, opened) in opened_all {
+        if let Err(e) = opened.close() {
+            closed = Err(e);
+        }
+    }
     served?;
     closed?;
     Ok(ExitCode::SUCCESS)

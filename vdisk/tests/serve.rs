@@ -14,6 +14,8 @@ use crate::support::*;
 struct Served {
     child: Option<Child>,
     uri: String,
+    /// Kept open: the server may print more lines (one per export).
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Served {
@@ -24,9 +26,8 @@ impl Served {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let uri = match line.trim_end().strip_prefix("NBD_URI=") {
             Some(u) => u.to_string(),
             None => {
@@ -40,6 +41,7 @@ impl Served {
         Served {
             child: Some(child),
             uri,
+            _stdout: stdout,
         }
     }
 
@@ -471,6 +473,34 @@ fn a_backup_point_and_a_writable_delta_over_it() {
         .filter(|e| e.file_name().to_string_lossy().ends_with("-b2-d2001.vmdk"))
         .collect();
     assert!(leftovers.is_empty(), "a temporary delta was left behind");
+
+    // Without --disk, every disk of the point is its own export.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vdisk"));
+    c.args([
+        "serve",
+        "--from",
+        s(&repo),
+        "--backup",
+        "2",
+        "--export-name",
+        "disk-",
+    ]);
+    c.args(["--socket", s(&dir.path().join("all"))]);
+    let srv = Served::start(c);
+    assert!(srv.uri.starts_with("nbd+unix:///disk-2000?"), "{}", srv.uri);
+    let list =
+        String::from_utf8(nbd_tool("nbdinfo", &["--list", "--json", &srv.uri]).stdout).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["disk-2000", "disk-2001"]);
+    let second = srv.uri.replacen("disk-2000", "disk-2001", 1);
+    assert!(nbdcopy_out(&second, &dir.path().join("all.raw")) == want);
+    srv.stop();
 }
 
 #[test]
