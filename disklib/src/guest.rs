@@ -233,7 +233,8 @@ pub fn extract_with(
     let mut summary = ExtractSummary::default();
     let mut dir_times = Vec::new();
     let mut files = Vec::new();
-    extract_one(
+    let mut writer = Writer::start()?;
+    let walked = extract_one(
         fs,
         path.as_bytes(),
         &meta,
@@ -242,9 +243,16 @@ pub fn extract_with(
         &mut summary,
         &mut dir_times,
         &mut files,
-    )?;
-    // Directory times last: creating entries inside changes them.
+        &mut writer,
+    );
+    // Every write done (or failed) before directory times and syncs.
+    let written = writer.finish();
+    walked?;
+    written?;
+    // Directory modes and times last, deepest first: creating entries
+    // inside changes the times, and a read-only mode would refuse them.
     for (dir, meta) in dir_times.iter().rev() {
+        set_mode(dir, meta)?;
         set_times(dir, meta)?;
     }
     if options.sync {
@@ -280,6 +288,7 @@ fn extract_one(
     summary: &mut ExtractSummary,
     dir_times: &mut Vec<(PathBuf, Metadata)>,
     files: &mut Vec<PathBuf>,
+    writer: &mut Writer,
 ) -> Result<()> {
     let entries = summary.files + summary.dirs + summary.symlinks;
     if entries >= MAX_EXTRACT_ENTRIES {
@@ -289,7 +298,7 @@ fn extract_one(
     }
     match meta.kind {
         FileKind::File => {
-            let n = copy_file(fs, guest, meta, out)?;
+            let n = copy_file(fs, guest, meta, out, writer)?;
             files.push(out.to_path_buf());
             summary.files += 1;
             summary.bytes += n;
@@ -326,9 +335,9 @@ fn extract_one(
                     summary,
                     dir_times,
                     files,
+                    writer,
                 )?;
             }
-            set_mode(out, meta)?;
             dir_times.push((out.to_path_buf(), meta.clone()));
         }
         FileKind::Symlink => {
@@ -361,20 +370,149 @@ fn bytes_path(b: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(b))
 }
 
+/// What the writer thread is asked to do, in order.
+enum Job {
+    /// Create this file (new, not through a symlink).
+    Open(PathBuf),
+    /// Append these bytes (the first `usize` of the buffer).
+    Data(Vec<u8>, usize),
+    /// Leave a hole: the file grows to this length, writing resumes there.
+    Hole(u64),
+    /// Close the file and give it this mode and these times.
+    Close(Metadata),
+}
+
+/// Writes extracted files on a thread of its own, so reading the next
+/// piece of the guest file overlaps writing the last one.
+struct Writer {
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Buffers handed back once written.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// Read (and write) size.
+const PIECE: usize = 1 << 20;
+
+impl Writer {
+    fn start() -> Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(4);
+        let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::Builder::new()
+            .name("vdisk-extract-writer".into())
+            .spawn(move || -> Result<()> {
+                let mut first_err: Option<Error> = None;
+                let mut cur: Option<(std::fs::File, PathBuf)> = None;
+                for job in rx {
+                    if first_err.is_some() {
+                        // Keep draining so the reader never blocks.
+                        if let Job::Data(buf, _) = job {
+                            let _ = give_back.send(buf);
+                        }
+                        continue;
+                    }
+                    let r = Self::run(job, &mut cur, &give_back);
+                    if let Err(e) = r {
+                        first_err = Some(e);
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            })
+            .map_err(|e| Error::io("extract writer thread", e))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            spare,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(
+        job: Job,
+        cur: &mut Option<(std::fs::File, PathBuf)>,
+        give_back: &std::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let not_open = || Error::InvalidArgument("extract: no file open".into());
+        match job {
+            Job::Open(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?;
+                *cur = Some((f, path));
+            }
+            Job::Data(buf, n) => {
+                let (f, path) = cur.as_mut().ok_or_else(not_open)?;
+                let r = f.write_all(&buf[..n]).map_err(|e| Error::io(&*path, e));
+                let _ = give_back.send(buf);
+                r?;
+            }
+            Job::Hole(len) => {
+                // Keep the file sparse where the guest's was zero.
+                let (f, path) = cur.as_mut().ok_or_else(not_open)?;
+                f.set_len(len).map_err(|e| Error::io(&*path, e))?;
+                f.seek(SeekFrom::Start(len))
+                    .map_err(|e| Error::io(&*path, e))?;
+            }
+            Job::Close(meta) => {
+                let (f, path) = cur.take().ok_or_else(not_open)?;
+                drop(f);
+                set_mode(&path, &meta)?;
+                set_times(&path, &meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, job: Job) -> Result<()> {
+        let sent = self.jobs.as_ref().map(|j| j.send(job));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread is gone: its error is what matters.
+            _ => Err(self
+                .finish()
+                .err()
+                .unwrap_or_else(|| Error::InvalidArgument("extract writer stopped".into()))),
+        }
+    }
+
+    fn buffer(&self) -> Vec<u8> {
+        self.spare.try_recv().unwrap_or_else(|_| vec![0u8; PIECE])
+    }
+
+    /// Waits for every write; the first error any of them met.
+    fn finish(&mut self) -> Result<()> {
+        self.jobs.take();
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::InvalidArgument("extract writer panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Copies one regular file (creating `out` new), reading 1 MiB at a time
-/// up to the size the metadata gives.
-fn copy_file(fs: &mut dyn GuestFs, guest: &[u8], meta: &Metadata, out: &Path) -> Result<u64> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(out)
-        .map_err(|e| Error::io(out, e))?;
-    let mut buf = vec![0u8; 1 << 20];
+/// up to the size the metadata gives; the writer thread writes it.
+fn copy_file(
+    fs: &mut dyn GuestFs,
+    guest: &[u8],
+    meta: &Metadata,
+    out: &Path,
+    writer: &mut Writer,
+) -> Result<u64> {
+    writer.send(Job::Open(out.to_path_buf()))?;
     let mut off = 0u64;
     while off < meta.size {
+        let mut buf = writer.buffer();
         let want = (meta.size - off).min(buf.len() as u64) as usize;
         let n = fs.read_file_at_bytes(guest, off, &mut buf[..want])?;
         if n == 0 {
@@ -384,19 +522,14 @@ fn copy_file(fs: &mut dyn GuestFs, guest: &[u8], meta: &Metadata, out: &Path) ->
                 meta.size
             )));
         }
-        if buf[..n].iter().all(|&b| b == 0) {
-            // Keep the file sparse where the guest's was zero.
-            f.set_len(off + n as u64).map_err(|e| Error::io(out, e))?;
-            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(off + n as u64))
-                .map_err(|e| Error::io(out, e))?;
-        } else {
-            f.write_all(&buf[..n]).map_err(|e| Error::io(out, e))?;
-        }
         off += n as u64;
+        if buf[..n].iter().all(|&b| b == 0) {
+            writer.send(Job::Hole(off))?;
+        } else {
+            writer.send(Job::Data(buf, n))?;
+        }
     }
-    drop(f);
-    set_mode(out, meta)?;
-    set_times(out, meta)?;
+    writer.send(Job::Close(meta.clone()))?;
     Ok(off)
 }
 

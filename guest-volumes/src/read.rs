@@ -191,6 +191,8 @@ pub(crate) struct CachedReader {
 struct Lru {
     tick: u64,
     blocks: HashMap<u64, (u64, Arc<Vec<u8>>)>,
+    /// Evicted blocks kept for reuse.
+    spare: Vec<Vec<u8>>,
 }
 
 impl CachedReader {
@@ -215,14 +217,34 @@ impl CachedReader {
             }
         }
         let start = index * CACHE_BLOCK;
-        let len = CACHE_BLOCK.min(self.size - start);
-        let mut data = vec![0u8; len as usize];
+        let len = CACHE_BLOCK.min(self.size - start) as usize;
+        // An evicted block nobody holds any more is refilled in place
+        // rather than allocated and zeroed again.
+        let recycled = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spare
+            .pop();
+        let mut data = match recycled {
+            Some(mut v) if v.len() == len => {
+                v.shrink_to(len);
+                v
+            }
+            _ => vec![0u8; len],
+        };
         self.inner.read_at(start, &mut data)?;
         let data = Arc::new(data);
         let mut lru = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if lru.blocks.len() >= CACHE_BLOCKS {
             if let Some(oldest) = lru.blocks.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
-                lru.blocks.remove(&oldest);
+                if let Some((_, old)) = lru.blocks.remove(&oldest) {
+                    if let Ok(v) = Arc::try_unwrap(old) {
+                        if lru.spare.len() < 4 {
+                            lru.spare.push(v);
+                        }
+                    }
+                }
             }
         }
         let tick = lru.tick;

@@ -46,6 +46,8 @@ type Job = Box<dyn FnOnce(&mut State) + Send>;
 pub(crate) struct ExtFs {
     kind: FsKind,
     jobs: mpsc::Sender<Job>,
+    /// The buffer `read_file_at` lends the worker (kept between calls).
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for ExtFs {
@@ -134,7 +136,11 @@ impl ExtFs {
                 source,
             })?;
         ready_rx.recv().map_err(|_| lost(kind))??;
-        Ok(ExtFs { kind, jobs })
+        Ok(ExtFs {
+            kind,
+            jobs,
+            spare: Vec::new(),
+        })
     }
 
     fn call<R: Send + 'static>(
@@ -283,7 +289,11 @@ impl GuestFs for ExtFs {
         let p = ext_path(path)?;
         let kind = self.kind;
         let want = buf.len();
-        let data = self.call(move |st| -> Result<Vec<u8>, Error> {
+        // The worker reads into a buffer that travels with the job and
+        // comes back, so each call neither allocates nor zero-fills one.
+        let out = std::mem::take(&mut self.spare);
+        let (out, n) = self.call(move |st| -> Result<(Vec<u8>, usize), Error> {
+            let mut out = out;
             let cached = matches!(&st.open, Some((cp, _)) if *cp == p);
             if !cached {
                 let meta = st
@@ -306,27 +316,29 @@ impl GuestFs for ExtFs {
             };
             let size = file.metadata().len();
             if offset >= size || want == 0 {
-                return Ok(Vec::new());
+                return Ok((out, 0));
             }
             let n = (size - offset).min(want as u64) as usize;
             if file.position() != offset {
                 file.seek_to(offset).map_err(|e| map_err(kind, &p, e))?;
             }
-            let mut out = vec![0u8; n];
+            if out.len() < n {
+                out.resize(n, 0);
+            }
             let mut done = 0;
             while done < n {
                 let got = file
-                    .read_bytes(&mut out[done..])
+                    .read_bytes(&mut out[done..n])
                     .map_err(|e| map_err(kind, &p, e))?;
                 if got == 0 {
                     break;
                 }
                 done += got;
             }
-            out.truncate(done);
-            Ok(out)
+            Ok((out, done))
         })??;
-        buf[..data.len()].copy_from_slice(&data);
-        Ok(data.len())
+        buf[..n].copy_from_slice(&out[..n]);
+        self.spare = out;
+        Ok(n)
     }
 }
