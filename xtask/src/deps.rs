@@ -966,7 +966,8 @@ mod tests {
 
     /// The table covers what `.ci/run` used to install, the Go toolchain
     /// and govmomi's sources for vcsim, python3-venv for pyVmomi's
-    /// virtualenv, fio only for the benches.
+    /// virtualenv, the NBD and guest-filesystem tools, fio only for the
+    /// benches.
     #[test]
     fn table_covers_the_debian_peers() {
         let (test, _) = plan_with(PEERS, &[Group::Test], &[]);
@@ -976,14 +977,22 @@ mod tests {
             got,
             [
                 "binutils",
+                "dosfstools",
+                "e2fsprogs",
+                "fdisk",
                 "gcc",
+                "gdisk",
                 "golang-github-vmware-govmomi-dev",
                 "golang-go",
                 "libc6-dev",
                 "libnbd-bin",
                 "libvmdk-utils",
+                "mtools",
                 "nbdkit",
                 "nbdkit-plugin-python",
+                "ntfs-3g",
+                "openssl",
+                "python3-libnbd",
                 "python3-venv",
                 "qemu-utils",
                 "valgrind"
