@@ -45,7 +45,10 @@ type Job = Box<dyn FnOnce(&mut State) + Send>;
 /// An ext2/3/4 filesystem.
 pub(crate) struct ExtFs {
     kind: FsKind,
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    /// Joined on drop, so no worker outlives its filesystem.
+    worker: Option<std::thread::JoinHandle<()>>,
     /// The buffer `read_file_at` lends the worker (kept between calls).
     spare: Vec<u8>,
 }
@@ -114,7 +117,7 @@ impl ExtFs {
         check_superblock(&*vol)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("guest-volumes-ext".into())
             .spawn(move || {
                 let fs = match Ext4::load(Box::new(Reader(vol))) {
@@ -135,10 +138,16 @@ impl ExtFs {
                 offset: 0,
                 source,
             })?;
-        ready_rx.recv().map_err(|_| lost(kind))??;
+        let ready = ready_rx.recv().map_err(|_| lost(kind)).and_then(|r| r);
+        if let Err(e) = ready {
+            drop(jobs);
+            let _ = worker.join();
+            return Err(e);
+        }
         Ok(ExtFs {
             kind,
-            jobs,
+            jobs: Some(jobs),
+            worker: Some(worker),
             spare: Vec::new(),
         })
     }
@@ -149,11 +158,23 @@ impl ExtFs {
     ) -> Result<R, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.jobs
+            .as_ref()
+            .ok_or_else(|| lost(self.kind))?
             .send(Box::new(move |st: &mut State| {
                 let _ = tx.send(f(st));
             }))
             .map_err(|_| lost(self.kind))?;
         rx.recv().map_err(|_| lost(self.kind))
+    }
+}
+
+impl Drop for ExtFs {
+    fn drop(&mut self) {
+        // Closing the queue ends the worker's loop.
+        self.jobs.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
