@@ -232,8 +232,7 @@ pub fn extract_with(
     let meta = fs.metadata(path)?;
     let mut summary = ExtractSummary::default();
     let mut dir_times = Vec::new();
-    let mut files = Vec::new();
-    let mut writer = Writer::start()?;
+    let mut writer = Writer::start(options.sync)?;
     let walked = extract_one(
         fs,
         path.as_bytes(),
@@ -242,26 +241,23 @@ pub fn extract_with(
         0,
         &mut summary,
         &mut dir_times,
-        &mut files,
         &mut writer,
     );
     // Every write done (or failed) before directory times and syncs.
     let written = writer.finish();
     walked?;
     written?;
-    // Directory modes and times last, deepest first: creating entries
-    // inside changes the times, and a read-only mode would refuse them.
-    for (dir, meta) in dir_times.iter().rev() {
-        set_mode(dir, meta)?;
-        set_times(dir, meta)?;
+    // Directories last, deepest first (the walk lists a directory after
+    // everything under it): creating entries inside changes the times, and
+    // a mode without `x` on a parent would refuse reaching its children.
+    // Times, sync and mode all go through one handle, opened while the
+    // directory still has the mode it was created with.
+    for (dir, meta) in &dir_times {
+        let h = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+        finish_node(&h, dir, meta, options.sync)?;
     }
+    // Files were synced by the writer (with `sync`) before their close.
     if options.sync {
-        // Files first, then the directories naming them, then the
-        // directory naming `out`.
-        for f in files.iter().chain(dir_times.iter().map(|(d, _)| d)) {
-            let h = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
-            h.sync_all().map_err(|e| Error::io(f, e))?;
-        }
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -287,7 +283,6 @@ fn extract_one(
     depth: usize,
     summary: &mut ExtractSummary,
     dir_times: &mut Vec<(PathBuf, Metadata)>,
-    files: &mut Vec<PathBuf>,
     writer: &mut Writer,
 ) -> Result<()> {
     let entries = summary.files + summary.dirs + summary.symlinks;
@@ -299,7 +294,6 @@ fn extract_one(
     match meta.kind {
         FileKind::File => {
             let n = copy_file(fs, guest, meta, out, writer)?;
-            files.push(out.to_path_buf());
             summary.files += 1;
             summary.bytes += n;
         }
@@ -334,7 +328,6 @@ fn extract_one(
                     depth + 1,
                     summary,
                     dir_times,
-                    files,
                     writer,
                 )?;
             }
@@ -395,7 +388,8 @@ struct Writer {
 const PIECE: usize = 1 << 20;
 
 impl Writer {
-    fn start() -> Result<Self> {
+    /// `sync`: each file is made durable before it is closed.
+    fn start(sync: bool) -> Result<Self> {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(4);
         let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let thread = std::thread::Builder::new()
@@ -411,7 +405,7 @@ impl Writer {
                         }
                         continue;
                     }
-                    let r = Self::run(job, &mut cur, &give_back);
+                    let r = Self::run(job, &mut cur, &give_back, sync);
                     if let Err(e) = r {
                         first_err = Some(e);
                     }
@@ -430,6 +424,7 @@ impl Writer {
         job: Job,
         cur: &mut Option<(std::fs::File, PathBuf)>,
         give_back: &std::sync::mpsc::Sender<Vec<u8>>,
+        sync: bool,
     ) -> Result<()> {
         use std::io::{Seek, SeekFrom, Write};
         use std::os::unix::fs::OpenOptionsExt;
@@ -459,9 +454,9 @@ impl Writer {
             }
             Job::Close(meta) => {
                 let (f, path) = cur.take().ok_or_else(not_open)?;
-                drop(f);
-                set_mode(&path, &meta)?;
-                set_times(&path, &meta)?;
+                // Through the handle still open for writing: a mode such
+                // as 0o000 cannot then keep the times from being set.
+                finish_node(&f, &path, &meta, sync)?;
             }
         }
         Ok(())
@@ -533,21 +528,31 @@ fn copy_file(
     Ok(off)
 }
 
-fn set_mode(out: &Path, meta: &Metadata) -> Result<()> {
+/// Gives a created file or directory its times, then (with `sync`) makes
+/// it durable, then gives it its mode: permission bits only, so a
+/// restored file never gains set-id bits. All through `handle`, so a mode
+/// without read or write permission applies last and blocks nothing.
+fn finish_node(handle: &std::fs::File, out: &Path, meta: &Metadata, sync: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if let Some(times) = file_times(meta) {
+        handle.set_times(times).map_err(|e| Error::io(out, e))?;
+    }
+    if sync {
+        handle.sync_all().map_err(|e| Error::io(out, e))?;
+    }
     if let Some(mode) = meta.mode {
-        // Permission bits only: a restored file never gains set-id bits.
-        let mode = mode & 0o777;
-        std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode))
+        handle
+            .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
             .map_err(|e| Error::io(out, e))?;
+        if sync {
+            handle.sync_all().map_err(|e| Error::io(out, e))?;
+        }
     }
     Ok(())
 }
 
-fn set_times(out: &Path, meta: &Metadata) -> Result<()> {
-    let Some(secs) = meta.mtime else {
-        return Ok(());
-    };
+/// The modification (and access) times the guest recorded.
+fn file_times(meta: &Metadata) -> Option<std::fs::FileTimes> {
     let at = |s: i64, ns: u32| {
         let d = std::time::Duration::new(s.unsigned_abs(), ns.min(999_999_999));
         if s >= 0 {
@@ -556,17 +561,12 @@ fn set_times(out: &Path, meta: &Metadata) -> Result<()> {
             std::time::UNIX_EPOCH.checked_sub(d)
         }
     };
-    let Some(mtime) = at(secs, meta.mtime_nsec.unwrap_or(0)) else {
-        return Ok(());
-    };
+    let mtime = at(meta.mtime?, meta.mtime_nsec.unwrap_or(0))?;
     let mut times = std::fs::FileTimes::new().set_modified(mtime);
     if let Some(a) = meta.atime.and_then(|a| at(a, 0)) {
         times = times.set_accessed(a);
     }
-    // A directory made read-only by its mode can still be opened to set
-    // its times.
-    let f = std::fs::File::open(out).map_err(|e| Error::io(out, e))?;
-    f.set_times(times).map_err(|e| Error::io(out, e))
+    Some(times)
 }
 
 #[cfg(test)]
@@ -596,6 +596,11 @@ mod tests {
             name_bytes: name.to_vec(),
             metadata: meta(kind, 3),
         }
+    }
+
+    fn with_mode(mut e: DirEntry, mode: u32) -> DirEntry {
+        e.metadata.mode = Some(mode);
+        e
     }
 
     impl GuestFs for Hostile {
@@ -628,7 +633,10 @@ mod tests {
                     entry(b"ok", FileKind::File),
                     entry(b"d", FileKind::Dir),
                     entry(b"dev", FileKind::Other),
+                    with_mode(entry(b"locked", FileKind::File), 0),
+                    with_mode(entry(b"ro", FileKind::Dir), 0o500),
                 ],
+                "/ro" => vec![entry(b"inner", FileKind::File)],
                 "/d" => vec![
                     entry(b"in", FileKind::Symlink),
                     entry(b"out", FileKind::Symlink),
@@ -669,7 +677,18 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["d", "ok"]);
+        assert_eq!(names, ["d", "locked", "ok", "ro"]);
+        // Modes that forbid reading or entering apply last, after the
+        // times and the contents.
+        let locked = std::fs::metadata(out.join("locked")).unwrap();
+        assert_eq!(locked.permissions().mode() & 0o7777, 0);
+        assert_eq!(
+            locked.modified().unwrap(),
+            std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 5)
+        );
+        let ro = std::fs::metadata(out.join("ro")).unwrap();
+        assert_eq!(ro.permissions().mode() & 0o7777, 0o500);
+        assert_eq!(std::fs::metadata(out.join("ro/inner")).unwrap().len(), 3);
         assert_eq!(
             std::fs::read_link(out.join("d/in")).unwrap(),
             Path::new("../ok")
@@ -677,7 +696,7 @@ mod tests {
         assert!(std::fs::symlink_metadata(out.join("d/out")).is_err());
         // Five unsafe names, three links leaving the destination, a device.
         assert_eq!(s.skipped.len(), 9, "{:?}", s.skipped);
-        assert_eq!((s.files, s.dirs, s.symlinks), (1, 2, 1));
+        assert_eq!((s.files, s.dirs, s.symlinks), (3, 3, 1));
         // Set-id bits are dropped; the time is kept.
         let m = std::fs::metadata(out.join("ok")).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o755);

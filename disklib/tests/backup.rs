@@ -884,4 +884,26 @@ fn backup_points_read_in_place_and_through_a_delta() {
     let mut got = vec![0u8; model.len()];
     d.read_at(0, &mut got).unwrap();
     assert!(got == model, "a reopened delta lost writes");
+    d.close().unwrap();
+    // A delta belongs to one point: another point refuses it, and a new
+    // delta is never made over an existing file.
+    let other = backup::BackupPoint::open(&repo, 1, None).unwrap();
+    let err = backup::PointDelta::open(other, &delta_path).unwrap_err();
+    assert!(err.to_string().contains("not a delta of"), "{err}");
+    let again = backup::BackupPoint::open(&repo, 2, None).unwrap();
+    assert!(backup::PointDelta::create(again, &delta_path).is_err());
+    let plain = e.root.join("plain.vmdk");
+    vmdk_file::create::create(
+        &plain,
+        &vmdk_file::create::CreateOptions::new(
+            vmdk_file::create::DiskType::MonolithicSparse,
+            at_incr.len() as u64,
+        ),
+    )
+    .unwrap();
+    let again = backup::BackupPoint::open(&repo, 2, None).unwrap();
+    assert!(
+        backup::PointDelta::open(again, &plain).is_err(),
+        "a VMDK that is no delta was overlaid"
+    );
 }

@@ -43,8 +43,12 @@ pub fn safe_relative_path(guest_name: &[u8]) -> Result<PathComponent, Error> {
 
 /// Whether a symlink found `base_depth` directories below the extraction
 /// root, pointing at `target`, resolves inside that root. Absolute and
-/// empty targets are never contained; `..` may not climb above the root
-/// at any point.
+/// empty targets are never contained; `..` may not climb above the root,
+/// and may only lead the target: after a name, `..` would climb from
+/// wherever that name resolves, and a name may itself be a link (`a ->
+/// .` beside `b -> a/..` leaves the root). With only leading `..`s, each
+/// link climbs real directories, then descends through names that are
+/// themselves contained, so every link, alone or chained, stays inside.
 ///
 /// ```
 /// use guest_volumes::symlink_target_is_contained;
@@ -57,14 +61,16 @@ pub fn symlink_target_is_contained(base_depth: usize, target: &[u8]) -> bool {
         return false;
     }
     let mut depth = base_depth;
+    let mut named = false;
     for part in target.split(|&b| b == b'/') {
         match part {
             b"" | b"." => {}
+            b".." if named => return false,
             b".." => match depth.checked_sub(1) {
                 Some(d) => depth = d,
                 None => return false,
             },
-            _ => depth = depth.saturating_add(1),
+            _ => named = true,
         }
     }
     true
@@ -93,7 +99,12 @@ mod tests {
 
     #[test]
     fn symlinks() {
-        assert!(symlink_target_is_contained(0, b"a/b/../c"));
+        assert!(!symlink_target_is_contained(0, b"a/b/../c"));
+        // `a -> .` beside `b -> a/..`: `a/..` leaves the root.
+        assert!(symlink_target_is_contained(0, b"."));
+        assert!(!symlink_target_is_contained(0, b"a/.."));
+        assert!(!symlink_target_is_contained(3, b"a/../x"));
+        assert!(symlink_target_is_contained(2, b"../../a/b"));
         assert!(symlink_target_is_contained(0, b"./a"));
         assert!(!symlink_target_is_contained(0, b".."));
         assert!(!symlink_target_is_contained(0, b"a/../../b"));

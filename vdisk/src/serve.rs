@@ -179,6 +179,10 @@ impl BlockExport for LocalExport {
 pub(crate) struct RemoteExport {
     disk: Arc<disklib::api::Disk>,
     writable: bool,
+    /// Read as of a snapshot: the host's allocation map cannot change
+    /// under us. Without one, the VM may allocate at any time, so every
+    /// byte is reported as data.
+    frozen: bool,
     /// Allocated ranges: asked of the host on the first block-status
     /// request, plus everything written since (`None` until asked).
     allocated: Mutex<Option<ExtentList>>,
@@ -189,7 +193,9 @@ impl RemoteExport {
         let mut a = self.allocated.lock().unwrap_or_else(|p| p.into_inner());
         if a.is_none() {
             let sectors = self.disk.capacity() / 512;
-            let list = if sectors == 0 {
+            let list = if !self.frozen {
+                ExtentList::from_sorted([Range::new(0, self.disk.capacity())])
+            } else if sectors == 0 {
                 ExtentList::default()
             } else {
                 match self.disk.query_allocated_blocks(0, sectors, 128) {
@@ -481,8 +487,9 @@ impl BlockExport for PartitionExport {
     }
 }
 
-/// The export for an opened disk.
-pub(crate) fn export_of(opened: &Opened, writable: bool) -> Arc<dyn BlockExport> {
+/// The export for an opened disk (`frozen`: a remote disk read as of a
+/// snapshot).
+pub(crate) fn export_of(opened: &Opened, writable: bool, frozen: bool) -> Arc<dyn BlockExport> {
     match opened {
         Opened::Local(d) => Arc::new(LocalExport {
             disk: Arc::clone(d),
@@ -491,6 +498,7 @@ pub(crate) fn export_of(opened: &Opened, writable: bool) -> Arc<dyn BlockExport>
         Opened::Remote(d) => Arc::new(RemoteExport {
             disk: Arc::clone(d),
             writable,
+            frozen,
             allocated: Mutex::new(None),
         }),
         Opened::Point(p) => Arc::new(PointExport(Arc::clone(p))),
@@ -532,7 +540,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode, AnyError> {
     }
     let mut config = ServerConfig::new();
     for (name, opened) in &opened_all {
-        let mut export = export_of(opened, a.writable);
+        let mut export = export_of(opened, a.writable, a.source.snapshot.is_some());
         if let Some(n) = a.partition {
             let (v, _) = disklib::guest::open_volume(opened.reader(), Some(n))?;
             export = Arc::new(PartitionExport {

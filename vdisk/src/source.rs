@@ -92,19 +92,23 @@ impl SourceArgs {
                 }
                 return Ok(Opened::Point(Arc::new(point)));
             }
-            let (path, temp) = match delta {
-                Some(p) => (p.to_path_buf(), TempDelta(None)),
+            let (d, temp) = match delta {
+                Some(p) => (PointDelta::open(point, p)?, TempDelta(None)),
                 None => {
+                    // A new name each time, created exclusively: a file
+                    // left by a killed run (or planted) is never reused.
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
                     let p = std::env::temp_dir().join(format!(
-                        "vdisk-delta-{}-b{}-d{}.vmdk",
+                        "vdisk-delta-{}-{nanos:x}-b{}-d{}.vmdk",
                         std::process::id(),
                         point.id(),
                         point.key()
                     ));
-                    (p.clone(), TempDelta(Some(p)))
+                    (PointDelta::create(point, &p)?, TempDelta(Some(p)))
                 }
             };
-            let d = PointDelta::open(point, &path)?;
             return Ok(Opened::Delta(Arc::new(d), temp));
         }
         if delta.is_some() {

@@ -69,6 +69,12 @@ pub struct OpenOptions {
     /// delta opened so cannot be written: a partial grain would need its
     /// parent's bytes.
     pub single_link: bool,
+    /// Make each new grain's data durable before its table entry, as for
+    /// a delta, even when the disk has no parent: for a disk that stands
+    /// over data kept elsewhere (a writable overlay of a backup point),
+    /// where a table entry naming unwritten data would show zeros in
+    /// place of that data after a power cut.
+    pub ordered_allocation: bool,
 }
 
 impl Default for OpenOptions {
@@ -85,6 +91,7 @@ impl Default for OpenOptions {
             writable: false,
             storage: std_storage(),
             single_link: false,
+            ordered_allocation: false,
         }
     }
 }
@@ -193,6 +200,8 @@ pub struct LocalDisk {
     pub(crate) inflate_threads: usize,
     pub(crate) writer: Option<std::sync::Mutex<crate::write::WriteState>>,
     pub(crate) storage: SharedStorage,
+    /// [`OpenOptions::ordered_allocation`].
+    pub(crate) ordered_allocation: bool,
 }
 
 impl std::fmt::Debug for LocalDisk {
@@ -543,6 +552,7 @@ impl LocalDisk {
             inflate_threads: opts.inflate_threads.max(1),
             writer: None,
             storage: opts.storage.clone(),
+            ordered_allocation: opts.ordered_allocation,
         };
         if opts.writable {
             disk.writer = Some(std::sync::Mutex::new(crate::write::WriteState::begin(

@@ -593,12 +593,13 @@ impl LocalDisk {
         // Data first: a crash before the table update leaves an
         // unreferenced grain, never a table entry pointing at garbage.
         write_all(&*self.storage, file, bytes, sector * SECTOR)?;
-        if self.links.len() > 1 {
+        if self.links.len() > 1 || self.ordered_allocation {
             // After a power cut the page cache may have written the
             // table before the grain: the entry would show zeros where
             // the parent's data was (the old value of every byte of the
             // grain). Without a parent, zeros are the old value and the
-            // order may stay loose until the next flush.
+            // order may stay loose until the next flush (unless the disk
+            // overlays data kept elsewhere: `ordered_allocation`).
             self.storage
                 .sync_data(&file.file)
                 .map_err(|e| Error::io(&file.path, e))?;

@@ -1,4 +1,5 @@
 //! The `vmdk-file` integration suite: one binary.
 
 mod concurrency;
+mod ordered;
 mod power_loss;

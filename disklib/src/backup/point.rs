@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use cbt::{Extent, ExtentList};
 use vmdk_file::create::{create, CreateOptions, DiskType};
 use vmdk_file::local::{AllocKind, LocalDisk, OpenOptions};
+use vmdk_format::descriptor::CreateType;
 
 use super::{repo_err, DiskEntry, RepoCatalog, MAX_BLOCK};
 use crate::error::{Error, Result};
@@ -340,6 +341,9 @@ impl BackupPoint {
 /// The grain a [`PointDelta`] copies up on a partial write.
 const DELTA_GRAIN: u64 = 64 << 10;
 
+/// The DDB key naming the point a delta belongs to.
+const DELTA_OF: &str = "ddb.vddkrs.deltaOf";
+
 /// A writable view of a backup point: writes go to a delta disk (a local
 /// monolithicSparse VMDK of the point's capacity), reads come from the
 /// delta where it was written and from the point elsewhere. The point
@@ -369,10 +373,29 @@ impl std::fmt::Debug for PointDelta {
 
 impl PointDelta {
     /// Opens `point` writable through the delta at `path`: created when
-    /// missing, reopened when it exists (its capacity must match).
+    /// missing, reopened when it exists (it must be a delta of this very
+    /// point: its `ddb.vddkrs.deltaOf` names the repository, backup and
+    /// disk, and its capacity matches).
     pub fn open(point: BackupPoint, path: &Path) -> Result<Self> {
-        let fresh = std::fs::symlink_metadata(path).is_err();
+        Self::open_with(point, path, std::fs::symlink_metadata(path).is_err())
+    }
+
+    /// Opens `point` writable through a new delta at `path`, which must
+    /// not exist (it is created exclusively).
+    pub fn create(point: BackupPoint, path: &Path) -> Result<Self> {
+        Self::open_with(point, path, true)
+    }
+
+    fn open_with(point: BackupPoint, path: &Path, fresh: bool) -> Result<Self> {
+        let owner = format!(
+            "{} backup {} disk {}",
+            point.repo.display(),
+            point.id,
+            point.key
+        );
         if fresh {
+            // `create` refuses an existing file: a leftover or planted
+            // file is never taken for a new delta.
             create(
                 path,
                 &CreateOptions::new(DiskType::MonolithicSparse, point.capacity()),
@@ -382,6 +405,9 @@ impl PointDelta {
             path,
             &OpenOptions {
                 writable: true,
+                // The delta stands over the point's data: a grain's
+                // table entry must never reach the disk before the grain.
+                ordered_allocation: true,
                 ..OpenOptions::default()
             },
         )?;
@@ -394,15 +420,22 @@ impl PointDelta {
             )));
         }
         if fresh {
-            delta.set_metadata(
-                "ddb.vddkrs.deltaOf",
-                &format!(
-                    "{} backup {} disk {}",
-                    point.repo.display(),
-                    point.id,
-                    point.key
-                ),
-            )?;
+            delta.set_metadata(DELTA_OF, &owner)?;
+        } else {
+            let desc = delta.descriptor();
+            let of = desc.ddb_get(DELTA_OF);
+            if of != Some(owner.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not a delta of {owner} ({DELTA_OF} = {of:?})",
+                    path.display()
+                )));
+            }
+            if desc.extents.len() != 1 || desc.create_type != CreateType::MonolithicSparse {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: a delta is one monolithicSparse file",
+                    path.display()
+                )));
+            }
         }
         let written: ExtentList = delta
             .map()?

@@ -6,7 +6,7 @@ use vmdk_file::local::{LocalDisk, OpenOptions};
 
 use crate::error::Result;
 
-use super::{contained, repo_err, RepoCatalog};
+use super::{contained, repo_err, RepoCatalog, MAX_BLOCK};
 
 /// A stored block whose checksum does not match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +35,15 @@ pub fn verify(repo: &Path, only: Option<u64>) -> Result<(u64, Vec<BadBlock>)> {
             let disk = LocalDisk::open(contained(repo, &d.file)?, &OpenOptions::default())?;
             let mut buf = Vec::new();
             for &(off, len, crc) in &d.crcs {
+                if len == 0 || len > MAX_BLOCK || off.checked_add(len).is_none() {
+                    return Err(repo_err(
+                        repo,
+                        format!(
+                            "backup {}, disk {}: the catalog's block at byte {off} has length {len}",
+                            b.id, d.key
+                        ),
+                    ));
+                }
                 buf.resize(len as usize, 0);
                 let ok = disk.read_at(off, &mut buf).is_ok() && crc32fast::hash(&buf) == crc;
                 checked += 1;
