@@ -431,3 +431,401 @@ pub fn decode_blob(
     }
     ctx.decode(kind, bytes, &[], max_plain)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Encryption;
+    use crate::keys::tests::keys;
+
+    fn plain_ctx(level: Option<i32>) -> ObjectContext {
+        let c = RepoConfig::new([0x11; 16], 1 << 16, level, Encryption::None).unwrap();
+        ObjectContext::new(&c, None).unwrap()
+    }
+
+    fn sealed_ctx(level: Option<i32>) -> ObjectContext {
+        let k = keys();
+        let c = RepoConfig::new(
+            [0x11; 16],
+            1 << 16,
+            level,
+            Encryption::KeyFile {
+                check: k.check_value(&[0x11; 16]),
+            },
+        )
+        .unwrap();
+        ObjectContext::new(&c, Some(&k)).unwrap()
+    }
+
+    /// Deterministic incompressible bytes.
+    fn noise(len: usize, seed: u8) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(&[seed])
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    fn hex(b: &[u8]) -> String {
+        crate::hex::encode(b)
+    }
+
+    // Golden bytes: an unencrypted, uncompressed chunk "abc" in repository
+    // 11…11 (id key = derive_key("vddk-rs repository 2 chunk id", repo id)).
+    const GOLDEN_PLAIN: &str = concat!(
+        "5644524f",
+        "01",
+        "01",
+        "00",
+        "00",
+        "0300000000000000",                 // header
+        "616263",                           // body
+        "9bb20e2ce39046832ab599a590a7dce4"  // keyed BLAKE3 checksum
+    );
+
+    #[test]
+    fn golden_unencrypted_chunk() {
+        let ctx = plain_ctx(Some(3));
+        let e = encode_chunk(b"abc", &ctx, [0; 24]).unwrap();
+        assert_eq!(hex(&e.bytes), GOLDEN_PLAIN);
+        assert_eq!(
+            e.id,
+            ChunkId::compute(&crate::public_id_key(&[0x11; 16]), b"abc")
+        );
+        assert_eq!(decode_chunk(&e.bytes, &ctx, &e.id, 3).unwrap(), b"abc");
+    }
+
+    // Golden bytes: the same chunk sealed under keys() with nonce 24 × 0x42.
+    const GOLDEN_SEALED: &str = concat!(
+        "5644524f",
+        "01",
+        "01",
+        "02",
+        "00",
+        "0300000000000000", // header, flag encrypted
+        "424242424242424242424242424242424242424242424242", // nonce
+        "5dacab",           // ciphertext
+        "d13d2ace11d0ef8310ee3e8a64c79ee2"  // Poly1305 tag
+    );
+
+    #[test]
+    fn golden_sealed_chunk() {
+        let ctx = sealed_ctx(None);
+        let e = encode_chunk(b"abc", &ctx, [0x42; 24]).unwrap();
+        assert_eq!(hex(&e.bytes), GOLDEN_SEALED);
+        assert_eq!(e.id, ChunkId::compute(&keys().id_key, b"abc"));
+        assert_eq!(decode_chunk(&e.bytes, &ctx, &e.id, 3).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn round_trips() {
+        let compressible: Vec<u8> = (0..65536u32).map(|i| (i / 1000) as u8).collect();
+        let random = noise(65536, 1);
+        for ctx in [
+            plain_ctx(None),
+            plain_ctx(Some(3)),
+            sealed_ctx(None),
+            sealed_ctx(Some(19)),
+        ] {
+            for data in [&b""[..], b"x", &compressible, &random] {
+                let e = encode_chunk(data, &ctx, [7; 24]).unwrap();
+                let h = ObjectHeader::parse(&e.bytes).unwrap();
+                assert_eq!(h.plain_len, data.len() as u64);
+                assert_eq!(h.flags.contains(ObjectFlags::ENCRYPTED), ctx.is_encrypted());
+                let compressed = h.flags.contains(ObjectFlags::COMPRESSED);
+                // Only worthwhile compression is kept: never for noise.
+                assert_eq!(
+                    compressed,
+                    ctx.compression.is_some() && data.len() == 65536 && data != &random[..]
+                );
+                if compressed {
+                    assert!(e.bytes.len() < data.len() / 2);
+                }
+                assert_eq!(decode_chunk(&e.bytes, &ctx, &e.id, 65536).unwrap(), data);
+                let blob = encode_blob(ObjectKind::Index, data, &ctx, [8; 24]).unwrap();
+                assert_eq!(
+                    decode_blob(&blob, ObjectKind::Index, &ctx, 65536).unwrap(),
+                    data
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_plaintext_in_sealed_object() {
+        let ctx = sealed_ctx(None);
+        let data: Vec<u8> = b"SECRET-PAYLOAD-0123456789"
+            .iter()
+            .copied()
+            .cycle()
+            .take(4096)
+            .collect();
+        let e = encode_chunk(&data, &ctx, [1; 24]).unwrap();
+        assert!(!e.bytes.windows(8).any(|w| data.windows(8).any(|d| d == w)));
+        let sealed = encode_blob(ObjectKind::Other, &data, &sealed_ctx(Some(3)), [2; 24]).unwrap();
+        assert!(!sealed.windows(8).any(|w| data.windows(8).any(|d| d == w)));
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        for ctx in [plain_ctx(Some(3)), sealed_ctx(Some(3)), sealed_ctx(None)] {
+            let data: Vec<u8> = (0..3000u32).map(|i| (i % 7) as u8).collect();
+            let e = encode_chunk(&data, &ctx, [3; 24]).unwrap();
+            for i in 0..e.bytes.len() {
+                for bit in [0x01u8, 0x80] {
+                    let mut b = e.bytes.clone();
+                    b[i] ^= bit;
+                    assert!(
+                        decode_chunk(&b, &ctx, &e.id, 1 << 16).is_err(),
+                        "byte {i} bit {bit:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_header_field_mutated() {
+        for ctx in [plain_ctx(None), sealed_ctx(None)] {
+            let e = encode_chunk(b"hello world", &ctx, [5; 24]).unwrap();
+            let dec = |b: &[u8]| decode_chunk(b, &ctx, &e.id, 1 << 16);
+            let mutate = |i: usize, v: u8| {
+                let mut b = e.bytes.clone();
+                b[i] = v;
+                b
+            };
+            assert_eq!(
+                dec(&mutate(0, b'X')),
+                Err(Error::BadMagic { what: "object" })
+            );
+            assert_eq!(
+                dec(&mutate(3, b'X')),
+                Err(Error::BadMagic { what: "object" })
+            );
+            assert_eq!(
+                dec(&mutate(4, 2)),
+                Err(Error::UnsupportedVersion {
+                    what: "object",
+                    version: 2
+                })
+            );
+            assert_eq!(
+                dec(&mutate(5, 2)),
+                Err(Error::WrongKind {
+                    expected: 1,
+                    found: 2
+                })
+            );
+            let flags = e.bytes[6];
+            assert!(matches!(
+                dec(&mutate(6, flags | 4)),
+                Err(Error::InvalidField {
+                    field: "object flags",
+                    ..
+                })
+            ));
+            assert_eq!(dec(&mutate(6, flags ^ 2)), Err(Error::EncryptionMismatch));
+            // Claiming compression changes the authenticated header.
+            assert!(matches!(
+                dec(&mutate(6, flags | 1)),
+                Err(Error::Corrupt { .. })
+            ));
+            assert!(matches!(
+                dec(&mutate(7, 1)),
+                Err(Error::InvalidField {
+                    field: "object reserved byte",
+                    ..
+                })
+            ));
+            assert!(matches!(dec(&mutate(8, 10)), Err(Error::Corrupt { .. })));
+            assert!(matches!(
+                dec(&mutate(10, 1)),
+                Err(Error::TooLarge { size: 65547, .. })
+            ));
+            assert!(matches!(
+                dec(&mutate(15, 0x80)),
+                Err(Error::TooLarge {
+                    what: "object plaintext",
+                    max: MAX_OBJECT_PLAIN,
+                    ..
+                })
+            ));
+            // A tighter max_plain than the object is refused before decoding.
+            assert!(matches!(
+                decode_chunk(&e.bytes, &ctx, &e.id, 10),
+                Err(Error::TooLarge {
+                    size: 11,
+                    max: 10,
+                    ..
+                })
+            ));
+            for len in 0..e.bytes.len() {
+                let err = dec(&e.bytes[..len]).unwrap_err();
+                if len < HEADER_LEN {
+                    assert_eq!(
+                        err,
+                        Error::Truncated {
+                            what: "object header",
+                            offset: len
+                        }
+                    );
+                } else {
+                    assert!(
+                        matches!(err, Error::Truncated { .. } | Error::Corrupt { .. }),
+                        "len {len}: {err:?}"
+                    );
+                }
+            }
+            let mut long = e.bytes.clone();
+            long.push(0);
+            assert!(matches!(dec(&long), Err(Error::Corrupt { .. })));
+        }
+    }
+
+    #[test]
+    fn objects_cannot_be_swapped() {
+        for ctx in [plain_ctx(Some(3)), sealed_ctx(Some(3))] {
+            let a = encode_chunk(b"chunk a", &ctx, [1; 24]).unwrap();
+            let b = encode_chunk(b"chunk b", &ctx, [2; 24]).unwrap();
+            assert!(matches!(
+                decode_chunk(&a.bytes, &ctx, &b.id, 100),
+                Err(Error::Corrupt { .. })
+            ));
+            let idx = encode_blob(ObjectKind::Index, b"x", &ctx, [3; 24]).unwrap();
+            assert_eq!(
+                decode_blob(&idx, ObjectKind::Lease, &ctx, 100),
+                Err(Error::WrongKind {
+                    expected: 3,
+                    found: 2
+                })
+            );
+            assert_eq!(
+                decode_chunk(&idx, &ctx, &a.id, 100),
+                Err(Error::WrongKind {
+                    expected: 1,
+                    found: 2
+                })
+            );
+        }
+        // Another repository's keys do not open an object.
+        let other = {
+            let k = MasterKeys::generate([0xee; 64]);
+            let c = RepoConfig::new(
+                [0x11; 16],
+                1 << 16,
+                None,
+                Encryption::KeyFile { check: [0; 32] },
+            )
+            .unwrap();
+            ObjectContext::new(&c, Some(&k)).unwrap()
+        };
+        let a = encode_chunk(b"chunk a", &sealed_ctx(None), [1; 24]).unwrap();
+        assert_eq!(
+            decode_chunk(&a.bytes, &other, &a.id, 100),
+            Err(Error::Corrupt {
+                reason: "authentication tag"
+            })
+        );
+        // An encrypted object handed to an unencrypted context and back.
+        assert_eq!(
+            decode_chunk(&a.bytes, &plain_ctx(None), &a.id, 100),
+            Err(Error::EncryptionMismatch)
+        );
+    }
+
+    #[test]
+    fn chunk_id_is_checked_after_opening() {
+        // A well-formed object whose content does not hash to the id it is
+        // stored under (e.g. written by a buggy writer with the right key).
+        let ctx = plain_ctx(None);
+        let wrong = ctx.chunk_id(b"other");
+        let bytes = ctx
+            .encode(ObjectKind::Chunk, b"content", &wrong.0, [0; 24])
+            .unwrap();
+        assert_eq!(
+            decode_chunk(&bytes, &ctx, &wrong, 100),
+            Err(Error::Corrupt {
+                reason: "chunk id mismatch"
+            })
+        );
+    }
+
+    fn forge_compressed(ctx: &ObjectContext, plain_len: u64, body: &[u8]) -> Vec<u8> {
+        let header = ObjectHeader {
+            kind: ObjectKind::Other as u8,
+            flags: ObjectFlags::COMPRESSED,
+            plain_len,
+        }
+        .to_bytes();
+        let mut out = header.to_vec();
+        out.extend_from_slice(body);
+        out.extend_from_slice(&ctx.checksum(&header, &[], body));
+        out
+    }
+
+    #[test]
+    fn decompression_is_capped() {
+        let ctx = plain_ctx(None);
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 19).unwrap();
+        assert!(bomb.len() < 4096);
+        // Declares 100 bytes, inflates to 8 MiB: refused, not allocated.
+        let obj = forge_compressed(&ctx, 100, &bomb);
+        assert_eq!(
+            decode_blob(&obj, ObjectKind::Other, &ctx, 1 << 20),
+            Err(Error::Corrupt {
+                reason: "zstd stream"
+            })
+        );
+        // Declares more than it inflates to.
+        let obj = forge_compressed(&ctx, 200, &zstd::bulk::compress(&[1u8; 100], 3).unwrap());
+        assert_eq!(
+            decode_blob(&obj, ObjectKind::Other, &ctx, 1 << 20),
+            Err(Error::Corrupt {
+                reason: "decompressed length"
+            })
+        );
+        // Not zstd at all.
+        let obj = forge_compressed(&ctx, 5, b"garbage");
+        assert_eq!(
+            decode_blob(&obj, ObjectKind::Other, &ctx, 1 << 20),
+            Err(Error::Corrupt {
+                reason: "zstd stream"
+            })
+        );
+    }
+
+    #[test]
+    fn context_and_kind_refusals() {
+        let c = RepoConfig::new(
+            [0; 16],
+            1 << 16,
+            None,
+            Encryption::KeyFile { check: [0; 32] },
+        )
+        .unwrap();
+        assert_eq!(
+            ObjectContext::new(&c, None).unwrap_err(),
+            Error::KeysRequired
+        );
+        let ctx = plain_ctx(None);
+        assert!(matches!(
+            encode_blob(ObjectKind::Chunk, b"", &ctx, [0; 24]),
+            Err(Error::InvalidField {
+                field: "object kind",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode_blob(b"", ObjectKind::Chunk, &ctx, 0),
+            Err(Error::InvalidField {
+                field: "object kind",
+                ..
+            })
+        ));
+        assert_eq!(
+            format!("{:?}", sealed_ctx(Some(3))),
+            "ObjectContext { encrypted: true, compression: Some(3), .. }"
+        );
+    }
+}
