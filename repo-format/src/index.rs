@@ -574,3 +574,428 @@ impl<'a> Reader<'a> {
         })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn vm() -> VmIdentity {
+        VmIdentity {
+            server: "vc1".into(),
+            instance_uuid: "5001".into(),
+            moref: "vm-42".into(),
+            name: "db".into(),
+        }
+    }
+
+    fn sample() -> BackupIndex {
+        BackupIndex {
+            backup_id: BackupId::new(0x6000_0000, [0xaa; 16]),
+            vm: vm(),
+            disk_key: 2000,
+            capacity: 3 * 65536 + 512,
+            chunk_size: 65536,
+            chunks: vec![Some(ChunkId([1; 32])), None, None, Some(ChunkId([2; 32]))],
+            change_id: Some("52 1/7".into()),
+            kind: BackupKind::Incremental,
+            time: 0x6000_0010,
+            base: Some(BackupId::new(0x5fff_0000, [0xbb; 16])),
+            vm_config: Some(b"cfg".to_vec()),
+        }
+    }
+
+    const GOLDEN: &str = concat!(
+        "56445249",
+        "01",
+        "01",
+        "07",
+        "00", // magic, version, incremental, flags
+        "0000000060000000",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", // backup id (BE time, random)
+        "1000006000000000",                 // time
+        "d0070000",                         // disk key 2000
+        "00000100",                         // chunk size 64 KiB
+        "0002030000000000",                 // capacity
+        "000000005fff0000",
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", // base
+        "0300",
+        "766331", // "vc1"
+        "0400",
+        "35303031", // "5001"
+        "0500",
+        "766d2d3432", // "vm-42"
+        "0200",
+        "6462", // "db"
+        "0600",
+        "353220312f37", // change id "52 1/7"
+        "03000000",
+        "636667", // VM config "cfg"
+        "09",     // bitmap: chunks 0 and 3
+        "0101010101010101010101010101010101010101010101010101010101010101",
+        "0202020202020202020202020202020202020202020202020202020202020202",
+    );
+
+    #[test]
+    fn golden_encoding() {
+        let bytes = sample().encode().unwrap();
+        assert_eq!(crate::hex::encode(&bytes), GOLDEN);
+        assert_eq!(
+            BackupIndex::decode(&crate::hex::decode(GOLDEN).unwrap()).unwrap(),
+            sample()
+        );
+    }
+
+    #[test]
+    fn minimal_full_index() {
+        let i = BackupIndex {
+            base: None,
+            kind: BackupKind::Full,
+            change_id: None,
+            vm_config: None,
+            capacity: 0,
+            chunks: vec![],
+            ..sample()
+        };
+        let b = i.encode().unwrap();
+        assert_eq!(b.len(), FIXED_LEN + 4 * 2 + 3 + 4 + 5 + 2);
+        assert_eq!(b[6], 0);
+        assert_eq!(BackupIndex::decode(&b).unwrap(), i);
+    }
+
+    #[test]
+    fn every_field_mutated() {
+        let good = sample().encode().unwrap();
+        let m = |i: usize, v: u8| {
+            let mut b = good.clone();
+            b[i] = v;
+            BackupIndex::decode(&b)
+        };
+        assert_eq!(m(0, 0), Err(Error::BadMagic { what: "index" }));
+        assert_eq!(
+            m(4, 2),
+            Err(Error::UnsupportedVersion {
+                what: "index",
+                version: 2
+            })
+        );
+        assert!(matches!(
+            m(5, 3),
+            Err(Error::InvalidField {
+                field: "index kind",
+                ..
+            })
+        ));
+        // Full with a base is refused after parsing.
+        assert!(matches!(
+            m(5, 0),
+            Err(Error::InvalidField { field: "base", .. })
+        ));
+        assert!(matches!(
+            m(6, 0x0f),
+            Err(Error::InvalidField {
+                field: "index flags",
+                ..
+            })
+        ));
+        assert!(matches!(
+            m(7, 1),
+            Err(Error::InvalidField {
+                field: "index reserved byte",
+                ..
+            })
+        ));
+        // chunk size 64 KiB + 1, 0, and 128 MiB.
+        assert!(matches!(
+            m(44, 1),
+            Err(Error::InvalidField {
+                field: "chunk size",
+                ..
+            })
+        ));
+        assert!(matches!(
+            m(46, 0),
+            Err(Error::InvalidField {
+                field: "chunk size",
+                ..
+            })
+        ));
+        assert!(matches!(
+            m(47, 8),
+            Err(Error::InvalidField {
+                field: "chunk size",
+                ..
+            })
+        ));
+        // capacity beyond 64 TiB.
+        assert!(matches!(
+            m(54, 0x40),
+            Err(Error::TooLarge {
+                what: "disk capacity",
+                ..
+            })
+        ));
+        // capacity of 13 chunks: the bitmap then swallows an id byte and
+        // claims a third id.
+        assert!(matches!(m(50, 0x0c), Err(Error::Truncated { .. })));
+        // capacity of 5 chunks: still one bitmap byte, and valid.
+        assert_eq!(m(50, 4).unwrap().chunks.len(), 5);
+        // string length beyond the cap, and a non-UTF-8 string.
+        let s = FIXED_LEN + 24;
+        assert!(matches!(
+            m(s + 1, 0x10),
+            Err(Error::TooLarge {
+                what: "index string",
+                ..
+            })
+        ));
+        assert!(matches!(
+            m(s + 2, 0xff),
+            Err(Error::InvalidField {
+                field: "index string",
+                ..
+            })
+        ));
+        // VM config length beyond the cap.
+        let cfg = good.len() - 64 - 1 - 7;
+        assert_eq!(&good[cfg..cfg + 4], &[3, 0, 0, 0]);
+        assert!(matches!(
+            m(cfg + 3, 0x10),
+            Err(Error::TooLarge {
+                what: "VM configuration",
+                ..
+            })
+        ));
+        // bitmap bits past the last chunk; a bitmap bit cleared leaves an id over.
+        let bm = good.len() - 65;
+        assert!(matches!(
+            m(bm, 0x19),
+            Err(Error::InvalidField {
+                field: "index bitmap",
+                ..
+            })
+        ));
+        assert_eq!(
+            m(bm, 0x01),
+            Err(Error::TrailingData {
+                what: "index",
+                count: 32
+            })
+        );
+        assert!(matches!(m(bm, 0x0b), Err(Error::Truncated { .. })));
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(
+            BackupIndex::decode(&long),
+            Err(Error::TrailingData {
+                what: "index",
+                count: 1
+            })
+        );
+        for len in 0..good.len() {
+            assert!(
+                matches!(
+                    BackupIndex::decode(&good[..len]),
+                    Err(Error::Truncated { .. })
+                ),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_sizes_do_not_allocate() {
+        // 64 TiB of 64 KiB chunks (2^30 entries) declared, no bitmap given.
+        let mut i = sample();
+        i.capacity = 0;
+        i.chunks.clear();
+        let mut b = i.encode().unwrap();
+        b[48..56].copy_from_slice(&MAX_CAPACITY.to_le_bytes());
+        assert!(matches!(
+            BackupIndex::decode(&b),
+            Err(Error::Truncated { .. })
+        ));
+        // A full bitmap claiming ids that are not there.
+        b.extend(std::iter::repeat_n(0xff, 1 << 20));
+        assert!(matches!(
+            BackupIndex::decode(&b),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(BackupIndex::max_encoded_len(1 << 16) > (1usize << 30) * 32);
+        assert!(BackupIndex::max_encoded_len(4 << 20) < 600 << 20);
+    }
+
+    #[test]
+    fn validate_refusals() {
+        let mut i = sample();
+        i.chunks.pop();
+        assert!(matches!(
+            i.encode(),
+            Err(Error::InvalidField {
+                field: "chunks",
+                ..
+            })
+        ));
+        let mut i = sample();
+        i.base = None;
+        assert!(matches!(
+            i.encode(),
+            Err(Error::InvalidField { field: "base", .. })
+        ));
+        let mut i = sample();
+        i.vm.name = "x".repeat(MAX_STRING + 1);
+        assert!(matches!(i.encode(), Err(Error::TooLarge { .. })));
+        let mut i = sample();
+        i.vm_config = Some(vec![0; MAX_VM_CONFIG + 1]);
+        assert!(matches!(i.encode(), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn extents_and_ids() {
+        let i = sample();
+        assert_eq!(i.chunk_extent(0), Some((0, 65536)));
+        assert_eq!(i.chunk_extent(3), Some((3 * 65536, 512)));
+        assert_eq!(i.chunk_extent(4), None);
+        assert_eq!(i.chunk_extent(u64::MAX), None);
+        assert_eq!(i.referenced().count(), 2);
+        let a = BackupId::new(1, [0xff; 16]);
+        let b = BackupId::new(2, [0; 16]);
+        assert!(a < b);
+        assert_eq!(b.time(), 2);
+        assert_eq!(a.to_string().parse::<BackupId>().unwrap(), a);
+        assert!("00".parse::<BackupId>().is_err());
+        let j = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<BackupId>(&j).unwrap(), a);
+        assert!(vm().same_vm(&VmIdentity {
+            moref: "vm-7".into(),
+            name: "renamed".into(),
+            ..vm()
+        }));
+        assert!(!vm().same_vm(&VmIdentity {
+            server: "vc2".into(),
+            ..vm()
+        }));
+        assert_eq!(chunk_count(65537, 65536), Ok(2));
+    }
+
+    #[test]
+    fn next_point() {
+        let prev = sample();
+        let id = BackupId::new(0x6000_1000, [1; 16]);
+        let point = |capacity, kind| NextPoint {
+            backup_id: id,
+            time: 0x6000_1000,
+            kind,
+            change_id: Some("52 1/9".into()),
+            capacity,
+            vm_config: None,
+        };
+        let c = ChunkId([9; 32]);
+        let n = prev
+            .next(
+                point(prev.capacity, BackupKind::Incremental),
+                &[(1, Some(c)), (0, None), (1, Some(c))],
+            )
+            .unwrap();
+        assert_eq!(n.chunks, vec![None, Some(c), None, Some(ChunkId([2; 32]))]);
+        assert_eq!(n.base, Some(prev.backup_id));
+        assert_eq!(n.change_id.as_deref(), Some("52 1/9"));
+        assert_eq!(n.vm, prev.vm);
+        // Growth: new chunks start empty, and may be changed.
+        let g = prev
+            .next(point(6 * 65536, BackupKind::Differential), &[(5, Some(c))])
+            .unwrap();
+        assert_eq!(g.chunks.len(), 6);
+        assert_eq!(g.chunks[4], None);
+        assert_eq!(g.chunks[5], Some(c));
+        // Shrink, and a change beyond the end.
+        let s = prev.next(point(65536, BackupKind::Full), &[]).unwrap();
+        assert_eq!(s.chunks, vec![Some(ChunkId([1; 32]))]);
+        assert_eq!(s.base, None);
+        assert!(matches!(
+            prev.next(point(65536, BackupKind::Incremental), &[(1, None)]),
+            Err(Error::InvalidField {
+                field: "changed chunk index",
+                ..
+            })
+        ));
+        assert!(matches!(
+            prev.next(point(MAX_CAPACITY + 1, BackupKind::Incremental), &[]),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    pub(crate) fn arb_index() -> impl Strategy<Value = BackupIndex> {
+        (
+            prop_oneof![Just(1u32 << 16), Just(1 << 20), Just(4 << 20)],
+            0u64..40,
+            0u64..(1 << 16),
+            any::<[u8; 24]>(),
+            any::<(String, String, String, String)>(),
+            any::<i32>(),
+            prop::option::of(".{0,40}"),
+            0u8..3,
+            any::<u64>(),
+            any::<[u8; 24]>(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+            any::<u64>(),
+        )
+            .prop_flat_map(
+                |(cs, full, tail, id, s, dk, change_id, kind, time, base, cfg, seed)| {
+                    let capacity = (full * u64::from(cs) + tail).min(40 * u64::from(cs));
+                    let n = capacity.div_ceil(u64::from(cs)) as usize;
+                    prop::collection::vec(prop::option::of(any::<[u8; 32]>()), n).prop_map(
+                        move |chunks| {
+                            let kind = [
+                                BackupKind::Full,
+                                BackupKind::Incremental,
+                                BackupKind::Differential,
+                            ][kind as usize];
+                            let _ = seed;
+                            BackupIndex {
+                                backup_id: BackupId(id),
+                                vm: VmIdentity {
+                                    server: s.0.clone(),
+                                    instance_uuid: s.1.clone(),
+                                    moref: s.2.clone(),
+                                    name: s.3.clone(),
+                                },
+                                disk_key: dk,
+                                capacity,
+                                chunk_size: cs,
+                                chunks: chunks.into_iter().map(|c| c.map(ChunkId)).collect(),
+                                change_id: change_id.clone(),
+                                kind,
+                                time,
+                                base: (kind != BackupKind::Full).then_some(BackupId(base)),
+                                vm_config: cfg.clone(),
+                            }
+                        },
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(i in arb_index()) {
+            let b = i.encode().unwrap();
+            prop_assert_eq!(BackupIndex::decode(&b).unwrap(), i);
+        }
+
+        #[test]
+        fn decode_never_panics(i in arb_index(), pos in any::<prop::sample::Index>(), v in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let mut b = i.encode().unwrap();
+            let p = pos.index(b.len());
+            b[p] = v;
+            let _ = BackupIndex::decode(&b);
+            let c = cut.index(b.len());
+            prop_assert!(BackupIndex::decode(&b[..c]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = BackupIndex::decode(&b);
+        }
+    }
+}
