@@ -257,3 +257,173 @@ pub fn plan<'a>(
     plan.stale_leases.sort_unstable();
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    fn stored(n: u8, uploaded: u64) -> StoredChunk {
+        StoredChunk {
+            id: id(n),
+            uploaded,
+        }
+    }
+
+    fn lease(b: u8, expires: u64, chunks: &[u8]) -> Lease {
+        Lease {
+            proxy: format!("proxy{b}"),
+            backup_id: BackupId::new(1, [b; 16]),
+            started: 0,
+            expires,
+            chunks: chunks.iter().map(|&n| id(n)).collect(),
+        }
+    }
+
+    const NOW: u64 = 100_000;
+    const GRACE: u64 = 7200;
+
+    #[test]
+    fn the_four_cases() {
+        let old = NOW - GRACE;
+        let s = [
+            stored(1, 0),        // referenced
+            stored(2, 0),        // declared by a live lease
+            stored(3, NOW - 10), // fresh upload
+            stored(4, old),      // exactly grace old, unreferenced: deleted
+            stored(5, 0),        // declared by an expired lease: deleted
+            stored(6, old + 1),  // just inside the grace period
+            stored(7, NOW + 50), // uploaded "in the future": kept
+            stored(8, old - 1),  // plain garbage
+        ];
+        let leases = [lease(1, NOW + 60, &[2]), lease(2, NOW, &[5])];
+        let p = plan(&[id(1), id(9)], &s, &leases, NOW, GRACE).unwrap();
+        assert_eq!(p.delete, vec![id(4), id(5), id(8)]);
+        assert_eq!(
+            p.keep,
+            vec![
+                (id(1), GcKeep::Referenced),
+                (
+                    id(2),
+                    GcKeep::Leased {
+                        backup_id: BackupId::new(1, [1; 16])
+                    }
+                ),
+                (id(3), GcKeep::Grace { uploaded: NOW - 10 }),
+                (id(6), GcKeep::Grace { uploaded: old + 1 }),
+                (id(7), GcKeep::Grace { uploaded: NOW + 50 }),
+            ]
+        );
+        assert_eq!(p.missing, vec![id(9)]);
+        assert_eq!(p.stale_leases, vec![BackupId::new(1, [2; 16])]);
+    }
+
+    #[test]
+    fn duplicates_judged_by_newest_version() {
+        let p = plan(&[], &[stored(1, 0), stored(1, NOW - 1)], &[], NOW, GRACE).unwrap();
+        assert!(p.delete.is_empty());
+        assert_eq!(p.keep, vec![(id(1), GcKeep::Grace { uploaded: NOW - 1 })]);
+    }
+
+    #[test]
+    fn zero_grace_refused_and_helpers() {
+        assert!(matches!(
+            plan(&[], &[], &[], NOW, 0),
+            Err(Error::InvalidField {
+                field: "gc grace",
+                ..
+            })
+        ));
+        assert!(may_reuse(NOW - GRACE / 2 + 1, NOW, GRACE));
+        assert!(!may_reuse(NOW - GRACE / 2, NOW, GRACE));
+        assert!(may_reuse(NOW + 5, NOW, GRACE));
+        assert_eq!(reuse_wait(GRACE), 1800);
+        assert_eq!(max_pass(GRACE), 1800);
+    }
+
+    #[test]
+    fn lease_round_trip_and_refusals() {
+        let l = lease(3, 500, &[1, 2]);
+        let b = l.encode();
+        assert_eq!(Lease::decode(&b).unwrap(), l);
+        let text = String::from_utf8(b).unwrap();
+        assert!(text.contains(&id(1).to_string()));
+        let bad = text.replace("\"expires\":500", "\"expires\":0");
+        let bad = bad.replace("\"started\":0", "\"started\":10");
+        assert!(matches!(
+            Lease::decode(bad.as_bytes()),
+            Err(Error::InvalidField { .. })
+        ));
+        assert!(matches!(
+            Lease::decode(b"{}"),
+            Err(Error::ConfigSyntax { .. })
+        ));
+        assert!(matches!(
+            Lease::decode(&vec![b' '; MAX_LEASE_LEN + 1]),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(l.is_live(499));
+        assert!(!l.is_live(500));
+    }
+
+    /// Replays the writer/GC protocol of the module doc in virtual time:
+    /// a writer declares and confirms a reused chunk while a GC pass lists
+    /// before the declaration. The pass must not delete it.
+    #[test]
+    fn reuse_after_wait_is_safe_against_a_concurrent_pass() {
+        // An old, unreferenced chunk X.
+        let x = stored(1, 0);
+        // The pass takes now and lists leases before the writer declares X.
+        let pass_now = NOW;
+        let p = plan(&[], &[x], &[], pass_now, GRACE).unwrap();
+        assert_eq!(p.delete, vec![id(1)]); // this pass may delete it …
+                                           // … but only until pass_now + max_pass. The writer declared X at
+                                           // t_d > pass_now and confirms at t_d + reuse_wait, by which time
+                                           // this pass has stopped; X is either gone (re-upload) or stays.
+        let t_d = pass_now + 1;
+        assert!(t_d + reuse_wait(GRACE) >= pass_now + max_pass(GRACE));
+        // A later pass sees the declaration and keeps X.
+        let later = plan(&[], &[x], &[lease(1, t_d + 600, &[1])], t_d + 10, GRACE).unwrap();
+        assert!(later.delete.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn plan_obeys_the_rules(
+            refs in prop::collection::vec(0u8..20, 0..10),
+            chunks in prop::collection::vec((0u8..20, 0u64..20_000), 0..30),
+            leases in prop::collection::vec((0u8..4, 0u64..20_000, prop::collection::vec(0u8..20, 0..5)), 0..4),
+            now in 0u64..20_000,
+            grace in 1u64..10_000,
+        ) {
+            let referenced: Vec<ChunkId> = refs.iter().map(|&n| id(n)).collect();
+            let stored: Vec<StoredChunk> = chunks.iter().map(|&(n, t)| stored(n, t)).collect();
+            let leases: Vec<Lease> = leases.iter().map(|(b, e, c)| lease(*b, *e, c)).collect();
+            let p = plan(&referenced, &stored, &leases, now, grace).unwrap();
+            for d in &p.delete {
+                prop_assert!(!referenced.contains(d));
+                prop_assert!(!leases.iter().any(|l| l.is_live(now) && l.chunks.contains(d)));
+                prop_assert!(stored.iter().filter(|s| s.id == *d).all(|s| s.uploaded + grace <= now));
+            }
+            // Every stored id is decided exactly once.
+            let mut all: Vec<ChunkId> = p.delete.iter().copied().chain(p.keep.iter().map(|k| k.0)).collect();
+            all.sort();
+            let mut ids: Vec<ChunkId> = stored.iter().map(|s| s.id).collect();
+            ids.sort();
+            ids.dedup();
+            prop_assert_eq!(all, ids);
+            // Whatever is kept has a true reason.
+            for (c, why) in &p.keep {
+                match why {
+                    GcKeep::Referenced => prop_assert!(referenced.contains(c)),
+                    GcKeep::Leased { backup_id } => prop_assert!(leases.iter().any(|l| l.backup_id == *backup_id && l.is_live(now) && l.chunks.contains(c))),
+                    GcKeep::Grace { uploaded } => prop_assert!(uploaded + grace > now),
+                }
+            }
+        }
+    }
+}

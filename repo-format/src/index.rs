@@ -480,7 +480,7 @@ impl BackupIndex {
             max: usize::MAX as u64,
         })?;
         let bitmap = r.take(n.div_ceil(8))?;
-        if n % 8 != 0 && bitmap.last().is_some_and(|&b| b >> (n % 8) != 0) {
+        if !n.is_multiple_of(8) && bitmap.last().is_some_and(|&b| b >> (n % 8) != 0) {
             return Err(Error::InvalidField {
                 field: "index bitmap",
                 reason: "bits set past the last chunk",
