@@ -137,7 +137,8 @@ impl RepoConfig {
                 max: MAX_CONFIG_LEN as u64,
             });
         }
-        let c: RepoConfig = serde_json::from_slice(bytes).map_err(|e| Error::ConfigSyntax {
+        let c: RepoConfig = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            what: "configuration",
             message: e.to_string(),
         })?;
         c.validate()?;
@@ -280,16 +281,16 @@ mod tests {
         let bad = text.replace("\"version\": 2,", "\"version\": 2, \"extra\": 1,");
         assert!(matches!(
             RepoConfig::decode(bad.as_bytes()),
-            Err(Error::ConfigSyntax { .. })
+            Err(Error::Json { .. })
         ));
         assert!(matches!(
             RepoConfig::decode(b"{"),
-            Err(Error::ConfigSyntax { .. })
+            Err(Error::Json { .. })
         ));
         let bad = text.replace("11111111111111111111111111111111", "1111");
         assert!(matches!(
             RepoConfig::decode(bad.as_bytes()),
-            Err(Error::ConfigSyntax { .. })
+            Err(Error::Json { .. })
         ));
         assert!(matches!(
             RepoConfig::decode(&vec![b' '; MAX_CONFIG_LEN + 1]),

@@ -53,9 +53,12 @@ pub enum Error {
         /// The cap.
         max: u64,
     },
-    /// The configuration text is not valid JSON of the expected shape.
-    #[error("malformed configuration: {message}")]
-    ConfigSyntax {
+    /// A JSON document (configuration, lease) is malformed or of the
+    /// wrong shape.
+    #[error("malformed {what}: {message}")]
+    Json {
+        /// The document.
+        what: &'static str,
         /// The JSON parser's message.
         message: String,
     },

@@ -126,7 +126,8 @@ impl Lease {
                 max: MAX_LEASE_LEN as u64,
             });
         }
-        let lease: Lease = serde_json::from_slice(bytes).map_err(|e| Error::ConfigSyntax {
+        let lease: Lease = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            what: "lease",
             message: e.to_string(),
         })?;
         if lease.expires < lease.started {
@@ -360,7 +361,7 @@ mod tests {
         ));
         assert!(matches!(
             Lease::decode(b"{}"),
-            Err(Error::ConfigSyntax { .. })
+            Err(Error::Json { .. })
         ));
         assert!(matches!(
             Lease::decode(&vec![b' '; MAX_LEASE_LEN + 1]),
