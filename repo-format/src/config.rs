@@ -283,10 +283,7 @@ mod tests {
             RepoConfig::decode(bad.as_bytes()),
             Err(Error::Json { .. })
         ));
-        assert!(matches!(
-            RepoConfig::decode(b"{"),
-            Err(Error::Json { .. })
-        ));
+        assert!(matches!(RepoConfig::decode(b"{"), Err(Error::Json { .. })));
         let bad = text.replace("11111111111111111111111111111111", "1111");
         assert!(matches!(
             RepoConfig::decode(bad.as_bytes()),

@@ -359,10 +359,7 @@ mod tests {
             Lease::decode(bad.as_bytes()),
             Err(Error::InvalidField { .. })
         ));
-        assert!(matches!(
-            Lease::decode(b"{}"),
-            Err(Error::Json { .. })
-        ));
+        assert!(matches!(Lease::decode(b"{}"), Err(Error::Json { .. })));
         assert!(matches!(
             Lease::decode(&vec![b' '; MAX_LEASE_LEN + 1]),
             Err(Error::TooLarge { .. })
