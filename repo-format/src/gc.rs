@@ -10,6 +10,23 @@
 //!    the fresh uploads of a backup in flight survive even if its lease
 //!    is lost; an upload time in the future keeps the chunk.
 //!
+//! ```
+//! use repo_format::gc::{plan, GcKeep, Lease, StoredChunk};
+//! use repo_format::{BackupId, ChunkId, Error};
+//!
+//! let (a, b, c) = (ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32]));
+//! let stored = [
+//!     StoredChunk { id: a, uploaded: 0 },
+//!     StoredChunk { id: b, uploaded: 0 },
+//!     StoredChunk { id: c, uploaded: 9_000 },
+//! ];
+//! let p = plan(&[a], &stored, &[], 10_000, 3_600)?;
+//! assert_eq!(p.delete, [b]); // c is within the grace period
+//! assert_eq!(p.keep, [(a, GcKeep::Referenced), (c, GcKeep::Grace { uploaded: 9_000 })]);
+//! assert!(plan(&[a], &stored, &[], 10_000, 0).is_err()); // no grace, no plan
+//! # Ok::<(), Error>(())
+//! ```
+//!
 //! # The protocol
 //!
 //! All times (`uploaded`, `started`, `expires`, `now`) are read from one

@@ -5,6 +5,21 @@
 //! Nothing here draws random bytes: salts, nonces and key material are
 //! parameters, so the caller decides where they come from (the OS in
 //! production, fixed bytes in tests).
+//!
+//! ```
+//! use repo_format::keys::{unwrap, wrap, KdfParams};
+//! use repo_format::{Error, MasterKeys};
+//!
+//! let keys = MasterKeys::generate([42; 64]); // use OS randomness
+//! let cheap = KdfParams { m_kib: 8, t: 1, p: 1 }; // tests only; see KdfParams::default()
+//! let blob = wrap(&keys, b"passphrase", cheap, [1; 16], [2; 24])?;
+//! assert_eq!(unwrap(&blob, b"passphrase")?, keys);
+//! assert_eq!(unwrap(&blob, b"guess"), Err(Error::WrongPassphrase));
+//!
+//! let file = keys.to_key_file();
+//! assert_eq!(MasterKeys::from_key_file(&file)?, keys);
+//! # Ok::<(), Error>(())
+//! ```
 
 use core::fmt;
 

@@ -513,6 +513,11 @@ mod tests {
     }
 
     // Golden bytes: the same chunk sealed under keys() with nonce 24 × 0x42.
+    // Checked independently of this crate: OpenSSL's ChaCha20-Poly1305
+    // (Python `cryptography`) under the HChaCha20 subkey of the data key
+    // (bytes 32..64) and nonce[..16], nonce 0000_0000 ‖ nonce[16..], with
+    // associated data = header ‖ chunk id
+    // 6da54495d8152f2bcba87bd7282df70901cdb66b4448ed5f4c7bd2852b8b5532.
     const GOLDEN_SEALED: &str = concat!(
         "5644524f",
         "01",

@@ -204,7 +204,14 @@ fn encrypted_repository_life_cycle() {
         expires: 1_100_300,
         chunks: vec![chunk3],
     };
-    let plan = gc::plan(&referenced, &stored, std::slice::from_ref(&lease), 1_100_000, 3600).unwrap();
+    let plan = gc::plan(
+        &referenced,
+        &stored,
+        std::slice::from_ref(&lease),
+        1_100_000,
+        3600,
+    )
+    .unwrap();
     // Chunks 0 and 5 are shared with the incremental, and chunk 3, which
     // only the pruned full referenced, is declared by the live lease.
     assert!(plan.missing.is_empty());
