@@ -54,7 +54,9 @@
 //!
 //! **A GC pass:**
 //! 1. Takes `now`, then lists the leases, *then* the indexes, *then* the
-//!    chunks with their upload times, and calls [`plan`].
+//!    chunks with their upload times, and calls [`plan`]. If any index or
+//!    lease cannot be read or decoded, the pass deletes nothing: a chunk
+//!    referenced only by an unreadable index would otherwise be lost.
 //! 2. Deletes only [`GcPlan::delete`], each delete conditional on the
 //!    object still being the version it listed (S3: delete by version id
 //!    or `If-Match` on the listed ETag; a file system: rename into a trash

@@ -12,6 +12,11 @@
 //! disk whose capacity is not a multiple of the chunk size is short).
 //! `None` marks a chunk that is all zero or unallocated.
 //!
+//! Index objects are sealed without associated data, so after opening one
+//! the storage layer checks that its `backup_id` and `disk_key` are those
+//! of the name it was read under (an index cannot then be passed off as
+//! another point's).
+//!
 //! ## Encoding (version 1, little endian)
 //!
 //! ```text

@@ -772,6 +772,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn round_trip_and_flip(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            repeat in 1usize..4,
+            sealed in proptest::prelude::any::<bool>(),
+            level in proptest::option::of(1i32..10),
+            nonce in proptest::prelude::any::<[u8; 24]>(),
+            pos in proptest::prelude::any::<proptest::sample::Index>(),
+            bit in 0u32..8,
+        ) {
+            let ctx = if sealed { sealed_ctx(level) } else { plain_ctx(level) };
+            let data = data.repeat(repeat);
+            let e = encode_chunk(&data, &ctx, nonce).unwrap();
+            proptest::prop_assert_eq!(decode_chunk(&e.bytes, &ctx, &e.id, data.len()).unwrap(), data.clone());
+            let mut b = e.bytes.clone();
+            let p = pos.index(b.len());
+            b[p] ^= 1 << bit;
+            proptest::prop_assert!(decode_chunk(&b, &ctx, &e.id, data.len()).is_err());
+        }
+    }
+
     fn forge_compressed(ctx: &ObjectContext, plain_len: u64, body: &[u8]) -> Vec<u8> {
         let header = ObjectHeader {
             kind: ObjectKind::Other as u8,
