@@ -337,14 +337,10 @@ impl BackupIndex {
     /// size, every chunk present, strings and VM configuration at their
     /// caps: the `max_plain` to decode indexes with.
     pub fn max_encoded_len(chunk_size: u32) -> usize {
-        let n = (MAX_CAPACITY / u64::from(chunk_size.max(1))) as usize;
-        FIXED_LEN
-            + 24
-            + 5 * (2 + MAX_STRING)
-            + 4
-            + MAX_VM_CONFIG
-            + n.div_ceil(8)
-            + n.saturating_mul(32)
+        let n = usize::try_from(MAX_CAPACITY / u64::from(chunk_size.max(1))).unwrap_or(usize::MAX);
+        (FIXED_LEN + 24 + 5 * (2 + MAX_STRING) + 4 + MAX_VM_CONFIG)
+            .saturating_add(n.div_ceil(8))
+            .saturating_add(n.saturating_mul(32))
     }
 
     /// The binary form (see the module doc). Validates first.
