@@ -5,8 +5,11 @@
 //! point of each of the N most recent hours, days, weeks (Monday to
 //! Sunday), months or years that have points. Buckets are computed in
 //! UTC from the points' times, so the result depends on nothing else.
-//! A point is kept when any rule keeps it; a policy of all zeros keeps
-//! everything (restic refuses to forget with an empty policy).
+//! As in restic 0.14 and later, when a group has fewer buckets than a
+//! calendar rule asks for, its oldest point is kept as well
+//! ([`KeepReason::Oldest`]). A point is kept when any rule keeps it; a
+//! policy of all zeros keeps everything (restic refuses to forget with an
+//! empty policy).
 
 use std::collections::BTreeMap;
 
@@ -53,6 +56,9 @@ pub enum KeepReason {
     Monthly,
     /// Newest of its year.
     Yearly,
+    /// The oldest point of a group with fewer buckets than a calendar
+    /// rule asks for.
+    Oldest,
     /// The policy is empty: everything is kept.
     NoPolicy,
 }
@@ -167,6 +173,20 @@ pub fn plan(points: &[PrunePoint], policy: &PrunePolicy) -> Vec<PruneDecision> {
                 }
             }
         }
+        let requested = [
+            policy.keep_hourly,
+            policy.keep_daily,
+            policy.keep_weekly,
+            policy.keep_monthly,
+            policy.keep_yearly,
+        ];
+        let short = requested
+            .iter()
+            .zip(left)
+            .any(|(&asked, l)| asked > 0 && l > 0);
+        if let (true, Some(&oldest)) = (short, members.last()) {
+            reasons[oldest].push(KeepReason::Oldest);
+        }
     }
     points
         .iter()
@@ -269,15 +289,27 @@ mod tests {
             keep_daily: 10,
             ..Default::default()
         };
+        // Fewer days than asked for: the oldest point is kept too.
         assert_eq!(
             kept(&p, &policy),
             vec![
+                day1 + 10 * H,
                 day1 + 12 * H,
                 day1 + D + 9 * H,
                 day1 + 3 * D - 1,
                 day1 + 3 * D
             ]
         );
+        assert_eq!(plan(&p, &policy)[0].reasons, vec![KeepReason::Oldest]);
+        assert_eq!(plan(&p, &policy)[1].reasons, vec![KeepReason::Daily]);
+        // keep_last never triggers it.
+        let policy = PrunePolicy {
+            keep_last: 10,
+            ..Default::default()
+        };
+        assert!(plan(&p, &policy)
+            .iter()
+            .all(|d| d.reasons == vec![KeepReason::Last]));
     }
 
     #[test]
@@ -426,7 +458,9 @@ mod tests {
                 let newest_of_day = group.iter()
                     .filter(|q| q.time / D == p.time / D)
                     .all(|q| (q.time, q.id) <= (p.time, p.id));
-                prop_assert_eq!(d[i].keep(), newest_of_day && recent.contains(&(p.time / D)));
+                let oldest = days.len() < n as usize
+                    && group.iter().all(|q| (q.time, q.id) >= (p.time, p.id));
+                prop_assert_eq!(d[i].keep(), oldest || (newest_of_day && recent.contains(&(p.time / D))));
             }
         }
 
@@ -441,7 +475,7 @@ mod tests {
             groups.dedup();
             for g in groups {
                 let k = points.iter().zip(&d).filter(|(p, d)| group_of(p) == g && d.keep()).count();
-                prop_assert!(k <= total as usize);
+                prop_assert!(k <= total as usize + 1);
             }
         }
     }
