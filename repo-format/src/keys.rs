@@ -373,6 +373,39 @@ pub(crate) mod tests {
         ));
     }
 
+    /// Made outside this crate: Python `cryptography` (OpenSSL) Argon2id
+    /// (m = 8 KiB, t = 1, p = 1, salt 16 × 07, passphrase "correct horse")
+    /// gives the key-encryption key; ChaCha20-Poly1305 under its HChaCha20
+    /// subkey for nonce 24 × 09 seals bytes 0..64 with associated data
+    /// "vddk-rs repository 2 key blob".
+    const GOLDEN_SEALED: &str = concat!(
+        "53206cc9cdcad619d61096d9242c767ced839fa940f47bfb7917b082f61b2b4f",
+        "912527520e311a37a8274ddca710b9afff3bc7988f8c8f6220fdeb0afd881921",
+        "38187ce1a93b62e5ccf95b652741750f"
+    );
+
+    #[test]
+    fn golden_key_blob() {
+        let blob = wrap(&keys(), b"correct horse", SMALL, [7; 16], [9; 24]).unwrap();
+        assert_eq!(crate::hex::encode(&blob.sealed), GOLDEN_SEALED);
+        let foreign = KeyBlob {
+            kdf: SMALL,
+            salt: [7; 16],
+            nonce: [9; 24],
+            sealed: crate::hex::decode(GOLDEN_SEALED).unwrap(),
+        };
+        assert_eq!(unwrap(&foreign, b"correct horse").unwrap(), keys());
+        assert_eq!(
+            serde_json::to_string(&foreign).unwrap(),
+            format!(
+                "{{\"kdf\":{{\"m_kib\":8,\"t\":1,\"p\":1}},\"salt\":\"{}\",\"nonce\":\"{}\",\"sealed\":\"{}\"}}",
+                "07".repeat(16),
+                "09".repeat(24),
+                GOLDEN_SEALED
+            )
+        );
+    }
+
     #[test]
     fn hostile_params_refused_before_allocation() {
         let mut blob = wrap(&keys(), b"pw", SMALL, [1; 16], [2; 24]).unwrap();
