@@ -52,6 +52,7 @@ use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::chunk::ChunkId;
 use crate::config::validate_chunk_size;
+use crate::object::{decode_blob, encode_blob, ObjectContext, ObjectKind};
 use crate::Error;
 
 /// Magic of an encoded index.
@@ -341,6 +342,33 @@ impl BackupIndex {
         (FIXED_LEN + 24 + 5 * (2 + MAX_STRING) + 4 + MAX_VM_CONFIG)
             .saturating_add(n.div_ceil(8))
             .saturating_add(n.saturating_mul(32))
+    }
+
+    /// Encodes and seals the index as an [`ObjectKind::Index`] object.
+    pub fn seal(&self, ctx: &ObjectContext, nonce: [u8; 24]) -> Result<Vec<u8>, Error> {
+        encode_blob(ObjectKind::Index, &self.encode()?, ctx, nonce)
+    }
+
+    /// Opens an index object of a repository whose chunk size is
+    /// `chunk_size`: authenticates it, caps its size with
+    /// [`max_encoded_len`](Self::max_encoded_len), decodes it and checks
+    /// that it uses the repository's chunk size.
+    pub fn open(bytes: &[u8], ctx: &ObjectContext, chunk_size: u32) -> Result<BackupIndex, Error> {
+        validate_chunk_size(chunk_size)?;
+        let raw = decode_blob(
+            bytes,
+            ObjectKind::Index,
+            ctx,
+            Self::max_encoded_len(chunk_size),
+        )?;
+        let index = BackupIndex::decode(&raw)?;
+        if index.chunk_size != chunk_size {
+            return Err(Error::InvalidField {
+                field: "index chunk size",
+                reason: "differs from the repository's",
+            });
+        }
+        Ok(index)
     }
 
     /// The binary form (see the module doc). Validates first.
@@ -924,6 +952,30 @@ pub(crate) mod tests {
             prev.next(point(MAX_CAPACITY + 1, BackupKind::Incremental), &[]),
             Err(Error::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn seal_and_open() {
+        let c = crate::RepoConfig::new([3; 16], 65536, Some(3), crate::Encryption::None).unwrap();
+        let ctx = ObjectContext::new(&c, None).unwrap();
+        let sealed = sample().seal(&ctx, [0; 24]).unwrap();
+        assert_eq!(BackupIndex::open(&sealed, &ctx, 65536).unwrap(), sample());
+        assert!(matches!(
+            BackupIndex::open(&sealed, &ctx, 1 << 20),
+            Err(Error::InvalidField {
+                field: "index chunk size",
+                ..
+            })
+        ));
+        let mut bad = sealed.clone();
+        bad[20] ^= 1;
+        assert!(matches!(
+            BackupIndex::open(&bad, &ctx, 65536),
+            Err(Error::Corrupt { .. })
+        ));
+        let mut i = sample();
+        i.chunks.pop();
+        assert!(i.seal(&ctx, [0; 24]).is_err());
     }
 
     pub(crate) fn arb_index() -> impl Strategy<Value = BackupIndex> {

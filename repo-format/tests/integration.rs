@@ -7,9 +7,8 @@ use repo_format::gc::{self, Lease, StoredChunk};
 use repo_format::index::NextPoint;
 use repo_format::prune::{self, PrunePoint};
 use repo_format::{
-    decode_blob, decode_chunk, encode_blob, encode_chunk, is_zero, keys, BackupId, BackupIndex,
-    BackupKind, ChunkId, Encryption, Error, KdfParams, MasterKeys, ObjectContext, ObjectKind,
-    PrunePolicy, RepoConfig, VmIdentity,
+    decode_chunk, encode_chunk, is_zero, keys, BackupId, BackupIndex, BackupKind, ChunkId,
+    Encryption, Error, KdfParams, MasterKeys, ObjectContext, PrunePolicy, RepoConfig, VmIdentity,
 };
 
 const CS: u32 = 1 << 16;
@@ -85,20 +84,14 @@ impl Store {
         };
         let index = base.unwrap_or(&empty).next(point, &changes).unwrap();
         let nonce = self.nonce();
-        let sealed = encode_blob(ObjectKind::Index, &index.encode().unwrap(), ctx, nonce).unwrap();
+        let sealed = index.seal(ctx, nonce).unwrap();
         self.indexes.insert(id, sealed);
         index
     }
 
     fn restore(&self, ctx: &ObjectContext, id: BackupId) -> Vec<u8> {
-        let raw = decode_blob(
-            &self.indexes[&id],
-            ObjectKind::Index,
-            ctx,
-            BackupIndex::max_encoded_len(CS),
-        )
-        .unwrap();
-        let index = BackupIndex::decode(&raw).unwrap();
+        let index = BackupIndex::open(&self.indexes[&id], ctx, CS).unwrap();
+        assert_eq!((index.backup_id, index.disk_key), (id, 2000));
         let mut disk = vec![0u8; index.capacity as usize];
         for (i, c) in index.chunks.iter().enumerate() {
             if let Some(c) = c {
