@@ -93,6 +93,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::index::BackupId;
+use crate::object::{decode_blob, encode_blob, ObjectContext, ObjectKind};
 use crate::Error;
 
 /// Largest lease [`Lease::decode`] reads: 64 MiB (about a million ids).
@@ -134,6 +135,16 @@ impl Lease {
     /// as [`ObjectKind::Lease`](crate::ObjectKind::Lease)).
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Encodes and seals the lease as an [`ObjectKind::Lease`] object.
+    pub fn seal(&self, ctx: &ObjectContext, nonce: [u8; 24]) -> Result<Vec<u8>, Error> {
+        encode_blob(ObjectKind::Lease, &self.encode(), ctx, nonce)
+    }
+
+    /// Opens a lease object.
+    pub fn open(bytes: &[u8], ctx: &ObjectContext) -> Result<Lease, Error> {
+        Lease::decode(&decode_blob(bytes, ObjectKind::Lease, ctx, MAX_LEASE_LEN)?)
     }
 
     /// Parses a lease of at most [`MAX_LEASE_LEN`] bytes.
@@ -382,6 +393,17 @@ mod tests {
         assert!(matches!(
             Lease::decode(&vec![b' '; MAX_LEASE_LEN + 1]),
             Err(Error::TooLarge { .. })
+        ));
+        let c = crate::RepoConfig::new([3; 16], 65536, Some(3), crate::Encryption::None).unwrap();
+        let ctx = ObjectContext::new(&c, None).unwrap();
+        let sealed = l.seal(&ctx, [0; 24]).unwrap();
+        assert_eq!(Lease::open(&sealed, &ctx).unwrap(), l);
+        assert!(matches!(
+            crate::BackupIndex::open(&sealed, &ctx, 65536),
+            Err(Error::WrongKind {
+                expected: 2,
+                found: 3
+            })
         ));
         assert!(l.is_live(499));
         assert!(!l.is_live(500));
