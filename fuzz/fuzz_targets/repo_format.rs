@@ -47,6 +47,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             for ctx in [&plain, &sealed] {
                 let _ = decode_chunk(rest, ctx, &id, 1 << 16);
                 let _ = decode_blob(rest, ObjectKind::Index, ctx, 1 << 16);
+                let _ = BackupIndex::open(rest, ctx, 1 << 16);
+                let _ = Lease::open(rest, ctx);
             }
         }
         3 => {
