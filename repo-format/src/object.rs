@@ -28,7 +28,7 @@ use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroize;
 
 use crate::chunk::ChunkId;
-use crate::config::RepoConfig;
+use crate::config::{Encryption, RepoConfig};
 use crate::keys::{MasterKeys, NONCE_LEN};
 use crate::Error;
 
@@ -171,9 +171,14 @@ impl Drop for ObjectContext {
 
 impl ObjectContext {
     /// The context of a repository; `keys` is required when it is
-    /// encrypted ([`Error::KeysRequired`]) and ignored otherwise.
+    /// encrypted ([`Error::KeysRequired`]) and ignored otherwise. Keys
+    /// for a key-file repository are checked against its check value
+    /// ([`Error::WrongPassphrase`]).
     pub fn new(config: &RepoConfig, keys: Option<&MasterKeys>) -> Result<Self, Error> {
         config.validate()?;
+        if let (Encryption::KeyFile { .. }, Some(k)) = (&config.encryption, keys) {
+            config.check_key_file(k)?;
+        }
         let id_key = config.id_key(keys)?;
         let data_key = if config.is_encrypted() {
             keys.map(|k| k.data_key)
@@ -451,7 +456,6 @@ pub fn decode_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Encryption;
     use crate::keys::tests::keys;
 
     fn plain_ctx(level: Option<i32>) -> ObjectContext {
@@ -736,7 +740,9 @@ mod tests {
                 [0x11; 16],
                 1 << 16,
                 None,
-                Encryption::KeyFile { check: [0; 32] },
+                Encryption::KeyFile {
+                    check: k.check_value(&[0x11; 16]),
+                },
             )
             .unwrap();
             ObjectContext::new(&c, Some(&k)).unwrap()
@@ -850,6 +856,10 @@ mod tests {
         assert_eq!(
             ObjectContext::new(&c, None).unwrap_err(),
             Error::KeysRequired
+        );
+        assert_eq!(
+            ObjectContext::new(&c, Some(&keys())).unwrap_err(),
+            Error::WrongPassphrase
         );
         let ctx = plain_ctx(None);
         assert!(matches!(
