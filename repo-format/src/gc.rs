@@ -131,8 +131,8 @@ impl Lease {
         now < self.expires
     }
 
-    /// JSON form (to be sealed with [`encode_blob`](crate::encode_blob)
-    /// as [`ObjectKind::Lease`](crate::ObjectKind::Lease)).
+    /// JSON form (to be sealed with [`encode_blob`]
+    /// as [`ObjectKind::Lease`]).
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }

@@ -43,7 +43,7 @@
 //! checks that the bitmap and ids are all there before allocating, so it
 //! allocates at most about 264 bytes per input byte; callers cap the input
 //! with [`BackupIndex::max_encoded_len`] (the `max_plain` of
-//! [`decode_blob`](crate::decode_blob)).
+//! [`decode_blob`]).
 
 use core::fmt;
 use core::str::FromStr;

@@ -22,6 +22,29 @@
 //!
 //! Every refusal is one [`Error`].
 //!
+//! ## Choices
+//! - One [`BackupIndex`] per disk per point; the disks of a point share
+//!   its [`BackupId`] (time + 16 random bytes: unique without a shared
+//!   counter, sortable). Every index is complete, so any point restores
+//!   alone; all-zero and unallocated chunks are `None` and stored as
+//!   nothing.
+//! - A [`ChunkId`] is the keyed BLAKE3 hash of the plaintext (the secret
+//!   id key when encrypted, a key derived from the repository id
+//!   otherwise), checked on every read.
+//! - Objects are zstd-compressed when that saves at least 1/16, then
+//!   sealed with XChaCha20-Poly1305 (random 24-byte nonces are safe)
+//!   with the header and chunk id as associated data; unencrypted objects
+//!   carry a keyed BLAKE3 checksum instead.
+//! - Master keys are sealed under Argon2id (capped at 1 GiB) or kept in
+//!   a key file.
+//!
+//! The storage layer typically does: [`RepoConfig::decode`] →
+//! [`RepoConfig::unlock`] → [`ObjectContext::new`]; per chunk
+//! [`is_zero`] / [`encode_chunk`]; per disk [`BackupIndex::next`] →
+//! [`BackupIndex::seal`]; on restore [`BackupIndex::open`] →
+//! [`decode_chunk`]; for maintenance [`prune::plan`] and [`gc::plan`],
+//! following the protocol in [`gc`].
+//!
 //! The crate uses `std` (the zstd bindings need it) but no I/O part of it.
 //!
 //! ## Example
