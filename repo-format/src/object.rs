@@ -513,6 +513,11 @@ mod tests {
             e.id,
             ChunkId::compute(&crate::public_id_key(&[0x11; 16]), b"abc")
         );
+        // The public id of "abc" in repository 11…11 (format-stable).
+        assert_eq!(
+            e.id.to_string(),
+            "d9945ab9a43cb28790897e9b9c393496c78622ba73fe965fefebedb02df6e755"
+        );
         assert_eq!(decode_chunk(&e.bytes, &ctx, &e.id, 3).unwrap(), b"abc");
     }
 
