@@ -495,14 +495,9 @@ fn serve() -> Result {
     sh(Command::new("cat")
         .arg(&ext_vmdk)
         .stdout(std::process::Stdio::null()))?;
-    // Both write into memory (tmpfs when there is one), after a sync, so
-    // the disk's write-back of one run does not land in the next.
-    let shm = Path::new("/dev/shm");
-    let out = if shm.is_dir() {
-        shm.join(format!("vdisk-bench-get-{}", std::process::id()))
-    } else {
-        dir.join("get-out")
-    };
+    // Both write to the disk the repository would be on, each run after
+    // a sync, so one run's write-back does not land in the next.
+    let out = dir.join("get-out");
     let clean = || {
         let _ = std::fs::remove_dir_all(&out);
         let _ = Command::new("sync").status();
