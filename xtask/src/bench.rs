@@ -34,6 +34,18 @@ pub(crate) fn run_bench(args: &[String]) -> Result {
     }
 }
 
+/// Installs the peers of `groups`, makes `target/NAME` and builds the
+/// release `vdisk`: the work directory and the binary.
+fn prepare(groups: &[deps::Group], name: &str) -> Result<(PathBuf, PathBuf)> {
+    deps::ensure(groups)?;
+    let dir = root().join("target").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "vdisk"]);
+    run(c)?;
+    Ok((dir, root().join("target/release/vdisk")))
+}
+
 fn sh(cmd: &mut Command) -> Result {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
@@ -87,13 +99,7 @@ fn make_raw(path: &Path) -> Result {
 }
 
 fn read() -> Result {
-    deps::ensure(&[deps::Group::Bench])?;
-    let dir = root().join("target/bench-read");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut c = cargo();
-    c.args(["build", "--release", "-p", "vdisk"]);
-    run(c)?;
-    let vdisk = root().join("target/release/vdisk");
+    let (dir, vdisk) = prepare(&[deps::Group::Bench], "bench-read")?;
     let raw = dir.join("half.raw");
     make_raw(&raw)?;
     let mut images: Vec<(&str, PathBuf)> = Vec::new();
@@ -232,13 +238,7 @@ fn make_mixed_raw(path: &Path) -> Result {
 }
 
 fn write() -> Result {
-    deps::ensure(&[deps::Group::Bench])?;
-    let dir = root().join("target/bench-read");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut c = cargo();
-    c.args(["build", "--release", "-p", "vdisk"]);
-    run(c)?;
-    let vdisk = root().join("target/release/vdisk");
+    let (dir, vdisk) = prepare(&[deps::Group::Bench], "bench-read")?;
     let raw = dir.join("half.raw");
     make_raw(&raw)?;
     let mixed = dir.join("mixed.raw");
@@ -407,13 +407,7 @@ fn make_tree(root: &Path) -> Result {
 }
 
 fn serve() -> Result {
-    deps::ensure(&[deps::Group::Test, deps::Group::Bench])?;
-    let dir = root().join("target/bench-serve");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut c = cargo();
-    c.args(["build", "--release", "-p", "vdisk"]);
-    run(c)?;
-    let vdisk = root().join("target/release/vdisk");
+    let (dir, vdisk) = prepare(&[deps::Group::Test, deps::Group::Bench], "bench-serve")?;
     let raw = dir.join("half.raw");
     make_raw(&raw)?;
     let mut failures = Vec::new();
