@@ -1,0 +1,18 @@
+//! # repo-store
+//!
+//! Repository format 2 ([`repo_format`]) over real storage: a local
+//! directory or an S3-compatible bucket behind the small [`Store`] trait,
+//! and the repository engine on top of it: many writers at once, backup
+//! points read in place, verify, prune and garbage collection.
+//!
+//! The format crate decides the bytes; this crate does the I/O (through
+//! a [`Store`]), reads clocks and draws random bytes.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod error;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use store::{check_key, MemStore, ObjectInfo, PutOutcome, Store};
