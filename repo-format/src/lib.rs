@@ -86,9 +86,10 @@ pub use chunk::{is_zero, public_id_key, ChunkId};
 pub use config::{Encryption, RepoConfig};
 pub use error::Error;
 pub use gc::{GcPlan, Lease, StoredChunk};
-pub use index::{BackupId, BackupIndex, BackupKind, VmIdentity};
+pub use index::{BackupId, BackupIndex, BackupKind, NextPoint, VmIdentity};
 pub use keys::{KdfParams, KeyBlob, MasterKeys};
 pub use object::{
-    decode_blob, decode_chunk, encode_blob, encode_chunk, EncodedChunk, ObjectContext, ObjectKind,
+    decode_blob, decode_chunk, encode_blob, encode_chunk, encode_chunk_with_id, EncodedChunk,
+    ObjectContext, ObjectKind,
 };
 pub use prune::{KeepReason, PrunePolicy};

@@ -402,6 +402,20 @@ pub fn encode_chunk(
     Ok(EncodedChunk { id, bytes })
 }
 
+/// [`encode_chunk`] for a caller that already hashed the plaintext (to
+/// look the id up before spending time on compression and sealing).
+/// `id` must be `ctx.chunk_id(plain)`; a wrong one yields an object that
+/// [`decode_chunk`] refuses, never wrong data.
+pub fn encode_chunk_with_id(
+    plain: &[u8],
+    id: ChunkId,
+    ctx: &ObjectContext,
+    nonce: [u8; NONCE_LEN],
+) -> Result<EncodedChunk, Error> {
+    let bytes = ctx.encode(ObjectKind::Chunk, plain, &id.0, nonce)?;
+    Ok(EncodedChunk { id, bytes })
+}
+
 /// Decodes a chunk stored under `expected`: authenticates, decompresses
 /// into at most `max_plain` bytes (pass the chunk size) and checks that
 /// the plaintext hashes to `expected` ([`Error::Corrupt`] otherwise).

@@ -44,7 +44,9 @@ pub enum Error {
     #[error("a repository already exists at {0}")]
     AlreadyExists(String),
     /// A passphrase or key file is needed to open the repository.
-    #[error("the repository is encrypted: give a passphrase (--passphrase-file or VDISK_PASSPHRASE)")]
+    #[error(
+        "the repository is encrypted: give a passphrase (--passphrase-file or VDISK_PASSPHRASE)"
+    )]
     PassphraseRequired,
     /// A referenced object is absent.
     #[error("missing {what} {name}")]

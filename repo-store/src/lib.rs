@@ -12,7 +12,15 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod error;
+pub mod maint;
+pub mod reader;
+pub mod repo;
 pub mod store;
+pub mod writer;
 
 pub use error::{Error, Result};
+pub use maint::{BadChunk, GcReport, PruneOutcome, VerifyReport, DEFAULT_GRACE};
+pub use reader::{PointReader, Run};
+pub use repo::{InitEncryption, InitOptions, PointDisk, Repository, Unlock};
 pub use store::{check_key, MemStore, ObjectInfo, PutOutcome, Store};
+pub use writer::{BackupWriter, Finish, WriterOptions};

@@ -79,8 +79,7 @@ pub fn check_key(key: &str) -> Result<()> {
             !c.is_empty()
                 && c != "."
                 && c != ".."
-                && c
-                    .bytes()
+                && c.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         });
     if ok {
