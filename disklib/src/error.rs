@@ -68,6 +68,9 @@ pub enum Error {
     /// The library is not initialised (or was exited).
     #[error("the library is not initialised")]
     NotInitialized,
+    /// A format-2 repository problem (storage, integrity, keys).
+    #[error("repository: {0}")]
+    Store(#[source] repo_store::Error),
     /// A backup repository problem.
     #[error("repository {path}: {what}")]
     Repository {
@@ -180,7 +183,7 @@ impl Error {
             Error::OutOfRange { .. } => vix::E_DISK_OUTOFRANGE,
             Error::NotInitialized => vix::E_FAIL,
             Error::Repository { .. } | Error::BadChecksum { .. } | Error::Cbt(_) => vix::E_FAIL,
-            Error::Guest(_) => vix::E_FAIL,
+            Error::Guest(_) | Error::Store(_) => vix::E_FAIL,
             Error::NoTransport { cause, .. } => cause
                 .as_ref()
                 .map_or(vix::E_NOT_SUPPORTED, |c| c.vix_code()),

@@ -153,14 +153,15 @@ impl PointReader {
         out
     }
 
-    /// Restores the whole disk through `write(offset, bytes)`, called for
-    /// every stored chunk (zero chunks are skipped: the target starts
-    /// zeroed or sparse), from `threads` fetching and checking threads.
-    /// Writes may come in any order.
+    /// Restores the whole disk through `write(offset, bytes)`, called on
+    /// the calling thread for every stored chunk (zero chunks are skipped:
+    /// the target starts zeroed or sparse, or see [`PointReader::runs`]),
+    /// while `threads` threads fetch and check chunks. Writes may come in
+    /// any order.
     pub fn restore(
         &self,
         threads: usize,
-        write: &mut (dyn FnMut(u64, &[u8]) -> Result<()> + Send),
+        write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let present: Vec<(u64, repo_format::ChunkId)> = self
             .index

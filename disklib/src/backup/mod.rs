@@ -29,6 +29,7 @@ const CHUNK: u64 = 1 << 20;
 const READ_CHUNK: u64 = 8 << 20;
 mod point;
 mod restore;
+pub mod v2;
 mod verify;
 
 pub use point::{BackupPoint, PointDelta, PointExtent};
@@ -190,8 +191,10 @@ impl RepoCatalog {
 /// What a backup did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// The backup id.
+    /// The backup id (format 1).
     pub id: u64,
+    /// The point id (format 2).
+    pub point: Option<String>,
     /// Bytes read from the VM.
     pub bytes_read: u64,
     /// Bytes stored (non-zero, or changed).
@@ -271,20 +274,46 @@ pub fn backup_in(
 ) -> Result<Summary> {
     let started = Instant::now();
     create_dir_all(&**storage, repo, true).map_err(|e| Error::io(repo, e))?;
+    let mut summary = Summary::default();
+    snapshot_session(
+        lib,
+        params,
+        transports,
+        &mut summary,
+        &mut |client, vm, snap, summary| {
+            backup_snapshot(
+                storage, lib, params, repo, client, vm, snap, kind, transports, summary, progress,
+            )
+        },
+    )?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// What a backup does inside its snapshot session.
+pub(crate) type SnapshotBody<'a> = dyn FnMut(
+        &Arc<vim_soap::client::Client>,
+        &MoRef,
+        &MoRef,
+        &mut Summary,
+    ) -> Result<()>
+    + 'a;
+
+/// PrepareForAccess, a temporary snapshot, `body`, removal of the
+/// snapshot and EndAccess, the last two also after a failure.
+pub(crate) fn snapshot_session(
+    lib: &Library,
+    params: &ConnectParams,
+    transports: Option<&str>,
+    summary: &mut Summary,
+    body: &mut SnapshotBody<'_>,
+) -> Result<()> {
     let conn = Connection::connect(lib, params, true, None, transports)?;
     let client = Arc::clone(
         conn.client()
             .ok_or_else(|| Error::InvalidArgument("a backup needs a server".into()))?,
     );
-    let vm = MoRef::new(
-        "VirtualMachine",
-        params
-            .vm
-            .as_deref()
-            .unwrap_or_default()
-            .trim_start_matches("moref="),
-    );
-    let mut summary = Summary::default();
+    let vm = vm_moref(params);
     let prepared = match conn.prepare_for_access(IDENTITY) {
         Ok(()) => true,
         Err(Error::Soap(e))
@@ -310,19 +339,7 @@ pub fn backup_in(
         )?
         .result
         .ok_or_else(|| Error::InvalidArgument("snapshot task returned no snapshot".into()))?;
-        let inner = backup_snapshot(
-            storage,
-            lib,
-            params,
-            repo,
-            &client,
-            &vm,
-            &snap,
-            kind,
-            transports,
-            &mut summary,
-            progress,
-        );
+        let inner = body(&client, &vm, &snap, summary);
         // The snapshot goes whatever happened.
         let removed = client
             .call(&codec::remove_snapshot_task(&snap, false, true))
@@ -336,9 +353,19 @@ pub fn backup_in(
         Ok(())
     };
     result?;
-    ended?;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    ended
+}
+
+/// The VM of `params` as a managed object reference.
+pub(crate) fn vm_moref(params: &ConnectParams) -> MoRef {
+    MoRef::new(
+        "VirtualMachine",
+        params
+            .vm
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches("moref="),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -139,6 +139,9 @@ pub struct BackupPoint {
     /// Verified blocks, most recent last.
     cache: Mutex<VecDeque<CachedBlock>>,
     bytes_read: AtomicU64,
+    /// A format-2 point: its id and reader (the fields above are then
+    /// unused but for `repo`, `key` and `capacity`).
+    v2: Option<(String, repo_store::PointReader)>,
 }
 
 impl std::fmt::Debug for BackupPoint {
@@ -214,12 +217,61 @@ impl BackupPoint {
             sources,
             cache: Mutex::new(VecDeque::new()),
             bytes_read: AtomicU64::new(0),
+            v2: None,
         })
     }
 
-    /// The backup id.
+    /// Opens disk `key` (`None`: the point's only disk) of point `point`
+    /// (`latest` or an id prefix) of a format-2 repository found at
+    /// `location`. Every chunk is checked against its id when read.
+    pub fn open_v2(
+        repo: &repo_store::Repository,
+        location: &str,
+        point: &str,
+        key: Option<i32>,
+    ) -> Result<Self> {
+        let (id, keys) = super::v2::resolve(repo, point)?;
+        let key = match (key, keys.as_slice()) {
+            (Some(k), _) if keys.contains(&k) => k,
+            (Some(k), _) => {
+                return Err(Error::InvalidArgument(format!("point {id} has no disk {k}")))
+            }
+            (None, [only]) => *only,
+            (None, several) => {
+                let keys: Vec<String> = several.iter().map(|k| k.to_string()).collect();
+                return Err(Error::InvalidArgument(format!(
+                    "point {id} has several disks ({}): name one (--disk KEY)",
+                    keys.join(", ")
+                )));
+            }
+        };
+        let reader = repo_store::PointReader::open(repo, &id, key)?;
+        Ok(Self {
+            repo: PathBuf::from(location),
+            id: 0,
+            key,
+            capacity: reader.capacity(),
+            reads: BTreeMap::new(),
+            sources: Sources::default(),
+            cache: Mutex::new(VecDeque::new()),
+            bytes_read: AtomicU64::new(0),
+            v2: Some((id.to_string(), reader)),
+        })
+    }
+
+    /// The backup id (format 1; 0 for a format-2 point, see
+    /// [`label`](Self::label)).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The point's id as shown: the number of a format-1 backup, the hex
+    /// id of a format-2 point.
+    pub fn label(&self) -> String {
+        match &self.v2 {
+            Some((id, _)) => id.clone(),
+            None => self.id.to_string(),
+        }
     }
 
     /// The disk's device key.
@@ -235,7 +287,10 @@ impl BackupPoint {
     /// Bytes read from the repository's stored disks so far (whole blocks,
     /// each read once while it stays cached).
     pub fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed)
+        match &self.v2 {
+            Some((_, r)) => r.bytes_read(),
+            None => self.bytes_read.load(Ordering::Relaxed),
+        }
     }
 
     /// The plan entry covering `off`, or the start of the next one.
@@ -283,6 +338,19 @@ impl BackupPoint {
     /// Reads `buf.len()` bytes at `offset`, each stored block checked
     /// against its CRC ([`Error::BadChecksum`] otherwise).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if let Some((_, r)) = &self.v2 {
+            if offset
+                .checked_add(buf.len() as u64)
+                .is_none_or(|e| e > self.capacity)
+            {
+                return Err(Error::OutOfRange {
+                    offset,
+                    len: buf.len() as u64,
+                    capacity: self.capacity,
+                });
+            }
+            return Ok(r.read_at(offset, buf)?);
+        }
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= self.capacity)
@@ -315,6 +383,17 @@ impl BackupPoint {
 
     /// What `[offset, offset + length)` holds, in order and coalesced.
     pub fn extents(&self, offset: u64, length: u64) -> Vec<PointExtent> {
+        if let Some((_, r)) = &self.v2 {
+            return r
+                .runs(offset, length)
+                .into_iter()
+                .map(|run| PointExtent {
+                    start: run.offset,
+                    length: run.length,
+                    stored: run.data,
+                })
+                .collect();
+        }
         let end = offset.saturating_add(length).min(self.capacity);
         let mut out: Vec<PointExtent> = Vec::new();
         let mut off = offset;
@@ -390,7 +469,7 @@ impl PointDelta {
         let owner = format!(
             "{} backup {} disk {}",
             point.repo.display(),
-            point.id,
+            point.label(),
             point.key
         );
         if fresh {

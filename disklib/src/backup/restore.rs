@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vim_soap::codec::{self, MoRef};
+use vim_soap::codec;
 use vmdk_file::create::{CreateOptions, DiskType};
 use vmdk_file::local::{LocalDisk, OpenOptions};
 
@@ -69,11 +69,12 @@ pub fn restore(
     if disks.is_empty() {
         return Err(repo_err(repo, "no such disk in that backup"));
     }
+    let keys: Vec<i32> = disks.iter().map(|d| d.key).collect();
     // Local files are restored under temporary names beside their
     // targets and renamed into place once every disk is restored.
     let local = match target {
-        RestoreTarget::Local(p) => Some(local_targets(p, &disks, false)?),
-        RestoreTarget::LocalReplace(p) => Some(local_targets(p, &disks, true)?),
+        RestoreTarget::Local(p) => Some(local_targets(p, &keys, false)?),
+        RestoreTarget::LocalReplace(p) => Some(local_targets(p, &keys, true)?),
         RestoreTarget::Remote { .. } => None,
     };
     let mut created = Vec::new();
@@ -88,43 +89,50 @@ pub fn restore(
         progress,
         &mut created,
     )
-    .and_then(|n| {
-        for (final_path, tmp) in local.iter().flat_map(|m| m.values()) {
-            if std::fs::symlink_metadata(final_path).is_ok() {
-                // Only LocalReplace gets here with an existing file.
-                if vmdk_file::create::delete(final_path).is_err() {
-                    std::fs::remove_file(final_path).map_err(|e| Error::io(final_path, e))?;
-                }
-            }
-            std::fs::rename(tmp, final_path).map_err(|e| Error::io(final_path, e))?;
-        }
-        Ok(n)
-    });
+    .and_then(|n| place_local(local.as_ref()).map(|()| n));
     if r.is_err() {
-        // Nothing may look like a restored disk.
-        for p in &created {
-            let _ = vmdk_file::create::delete(p);
-        }
+        remove_created(&created);
     }
     r
+}
+
+/// Moves restored local disks from their temporary names into place.
+pub(crate) fn place_local(local: Option<&BTreeMap<i32, (PathBuf, PathBuf)>>) -> Result<()> {
+    for (final_path, tmp) in local.iter().flat_map(|m| m.values()) {
+        if std::fs::symlink_metadata(final_path).is_ok() {
+            // Only LocalReplace gets here with an existing file.
+            if vmdk_file::create::delete(final_path).is_err() {
+                std::fs::remove_file(final_path).map_err(|e| Error::io(final_path, e))?;
+            }
+        }
+        std::fs::rename(tmp, final_path).map_err(|e| Error::io(final_path, e))?;
+    }
+    Ok(())
+}
+
+/// After a failed restore: nothing may look like a restored disk.
+pub(crate) fn remove_created(created: &[PathBuf]) {
+    for p in created {
+        let _ = vmdk_file::create::delete(p);
+    }
 }
 
 /// Where each disk of a local restore goes: key → (final path, temporary
 /// path beside it). Creates the directory; refuses existing files unless
 /// `replace`.
-fn local_targets(
+pub(crate) fn local_targets(
     p: &Path,
-    disks: &[&DiskEntry],
+    keys: &[i32],
     replace: bool,
 ) -> Result<BTreeMap<i32, (PathBuf, PathBuf)>> {
-    let as_dir = disks.len() > 1 || p.is_dir() || p.as_os_str().as_encoded_bytes().ends_with(b"/");
+    let as_dir = keys.len() > 1 || p.is_dir() || p.as_os_str().as_encoded_bytes().ends_with(b"/");
     if as_dir {
         std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
     let mut out = BTreeMap::new();
-    for d in disks {
+    for &key in keys {
         let path = if as_dir {
-            p.join(format!("{}.vmdk", d.key))
+            p.join(format!("{key}.vmdk"))
         } else {
             p.to_path_buf()
         };
@@ -139,7 +147,7 @@ fn local_targets(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.restoring-{}", std::process::id()));
-        out.insert(d.key, (path, tmp));
+        out.insert(key, (path, tmp));
     }
     Ok(out)
 }
@@ -160,87 +168,8 @@ fn restore_disks(
     for d in disks {
         let plan = catalog.disk_catalog(d.key, d.capacity)?.restore_plan(id)?;
         let sources = open_sources(repo, catalog, d.key, plan.reads.iter().map(|r| r.backup))?;
-        let (write_at, zero_holes): (Box<WriteFn>, bool);
-        let mut finish: Box<dyn FnMut() -> Result<()>>;
-        match target {
-            RestoreTarget::Local(_) | RestoreTarget::LocalReplace(_) => {
-                let path = local
-                    .and_then(|m| m.get(&d.key))
-                    .map(|(_, tmp)| tmp.clone())
-                    .ok_or_else(|| repo_err(repo, format!("no local target for disk {}", d.key)))?;
-                create(
-                    &path,
-                    &CreateOptions::new(DiskType::MonolithicSparse, d.capacity),
-                )?;
-                created.push(path.clone());
-                let out = Arc::new(LocalDisk::open(
-                    &path,
-                    &OpenOptions {
-                        writable: true,
-                        ..OpenOptions::default()
-                    },
-                )?);
-                let o2 = Arc::clone(&out);
-                write_at = Box::new(move |off, b| Ok(o2.write_at(off, b)?));
-                zero_holes = false;
-                let mut slot = Some(out);
-                finish = Box::new(move || match slot.take().map(Arc::try_unwrap) {
-                    Some(Ok(d)) => Ok(d.close()?),
-                    _ => Ok(()),
-                });
-            }
-            RestoreTarget::Remote {
-                params,
-                key,
-                transports,
-            } => {
-                let conn = Connection::connect(lib, params, false, None, transports.as_deref())?;
-                let client = conn
-                    .client()
-                    .ok_or_else(|| Error::InvalidArgument("no server".into()))?;
-                let vm = MoRef::new(
-                    "VirtualMachine",
-                    params
-                        .vm
-                        .as_deref()
-                        .unwrap_or_default()
-                        .trim_start_matches("moref="),
-                );
-                let disks_now = codec::virtual_disks(
-                    &client
-                        .property(&vm, "config.hardware.device")?
-                        .ok_or_else(|| Error::InvalidArgument("no devices".into()))?,
-                )?;
-                let cur = disks_now
-                    .iter()
-                    .find(|x| x.key == *key)
-                    .ok_or_else(|| Error::InvalidArgument(format!("the VM has no disk {key}")))?;
-                if cur.capacity < d.capacity {
-                    return Err(Error::InvalidArgument(format!(
-                        "disk {key} is smaller than the backup"
-                    )));
-                }
-                let disk = Arc::new(conn.open(&cur.file_name, OpenFlags::default())?);
-                // SAN writes reach the LUN without passing through the
-                // host, so its changed-block tracking cannot see them.
-                let via_san = disk.transport_mode() == "san";
-                let client = Arc::clone(client);
-                let d2 = Arc::clone(&disk);
-                write_at = Box::new(move |off, b| d2.write_at(off, b));
-                zero_holes = true;
-                let mut slot = Some(disk);
-                finish = Box::new(move || {
-                    if let Some(Ok(d)) = slot.take().map(Arc::try_unwrap) {
-                        d.flush()?;
-                        d.close()?;
-                    }
-                    if via_san {
-                        reset_change_tracking(&client, &vm)?;
-                    }
-                    Ok(())
-                });
-            }
-        }
+        let (write_at, zero_holes, mut finish) =
+            open_target(lib, target, local, d.key, d.capacity, created)?;
         let total = d.capacity;
         // The block last read and checked: (backup, first byte).
         let mut block = Vec::new();
@@ -278,4 +207,95 @@ fn restore_disks(
         finish()?;
     }
     Ok(written)
+}
+
+/// A restore target's writer for one disk: `(write, zero holes, finish)`.
+type Target = (Box<WriteFn>, bool, Box<dyn FnMut() -> Result<()>>);
+
+/// Opens where disk `key` of `capacity` bytes is restored to: a new
+/// monolithicSparse file (its temporary name from `local`, recorded in
+/// `created`) or the VM's disk over a transport.
+pub(crate) fn open_target(
+    lib: &Library,
+    target: &RestoreTarget,
+    local: Option<&BTreeMap<i32, (PathBuf, PathBuf)>>,
+    key: i32,
+    capacity: u64,
+    created: &mut Vec<PathBuf>,
+) -> Result<Target> {
+    let (write_at, zero_holes): (Box<WriteFn>, bool);
+    let finish: Box<dyn FnMut() -> Result<()>>;
+    match target {
+        RestoreTarget::Local(_) | RestoreTarget::LocalReplace(_) => {
+            let path = local
+                .and_then(|m| m.get(&key))
+                .map(|(_, tmp)| tmp.clone())
+                .ok_or_else(|| Error::InvalidArgument(format!("no local target for disk {key}")))?;
+            create(
+                &path,
+                &CreateOptions::new(DiskType::MonolithicSparse, capacity),
+            )?;
+            created.push(path.clone());
+            let out = Arc::new(LocalDisk::open(
+                &path,
+                &OpenOptions {
+                    writable: true,
+                    ..OpenOptions::default()
+                },
+            )?);
+            let o2 = Arc::clone(&out);
+            write_at = Box::new(move |off, b| Ok(o2.write_at(off, b)?));
+            zero_holes = false;
+            let mut slot = Some(out);
+            finish = Box::new(move || match slot.take().map(Arc::try_unwrap) {
+                Some(Ok(d)) => Ok(d.close()?),
+                _ => Ok(()),
+            });
+        }
+        RestoreTarget::Remote {
+            params,
+            key: remote_key,
+            transports,
+        } => {
+            let conn = Connection::connect(lib, params, false, None, transports.as_deref())?;
+            let client = conn
+                .client()
+                .ok_or_else(|| Error::InvalidArgument("no server".into()))?;
+            let vm = vm_moref(params);
+            let disks_now = codec::virtual_disks(
+                &client
+                    .property(&vm, "config.hardware.device")?
+                    .ok_or_else(|| Error::InvalidArgument("no devices".into()))?,
+            )?;
+            let cur = disks_now
+                .iter()
+                .find(|x| x.key == *remote_key)
+                .ok_or_else(|| Error::InvalidArgument(format!("the VM has no disk {remote_key}")))?;
+            if cur.capacity < capacity {
+                return Err(Error::InvalidArgument(format!(
+                    "disk {remote_key} is smaller than the backup"
+                )));
+            }
+            let disk = Arc::new(conn.open(&cur.file_name, OpenFlags::default())?);
+            // SAN writes reach the LUN without passing through the
+            // host, so its changed-block tracking cannot see them.
+            let via_san = disk.transport_mode() == "san";
+            let client = Arc::clone(client);
+            let d2 = Arc::clone(&disk);
+            write_at = Box::new(move |off, b| d2.write_at(off, b));
+            zero_holes = true;
+            let mut slot = Some(disk);
+            finish = Box::new(move || {
+                if let Some(Ok(d)) = slot.take().map(Arc::try_unwrap) {
+                    d.flush()?;
+                    d.close()?;
+                }
+                if via_san {
+                    reset_change_tracking(&client, &vm)?;
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok((write_at, zero_holes, finish))
 }

@@ -45,9 +45,10 @@ impl Shared {
         let devices = devices.replacen("<val xsi:type=\"ArrayOfVirtualDevice\">", "", 1);
         let devices = devices.strip_suffix("</val>").unwrap_or(&devices);
         format!(
-            "<val xsi:type=\"VirtualMachineConfigInfo\"><name>{}</name><uuid>{}</uuid><changeTrackingEnabled>{cbt}</changeTrackingEnabled><hardware><numCPU>1</numCPU><memoryMB>1024</memoryMB>{}</hardware></val>",
+            "<val xsi:type=\"VirtualMachineConfigInfo\"><name>{}</name><uuid>{}</uuid><instanceUuid>{}</instanceUuid><changeTrackingEnabled>{cbt}</changeTrackingEnabled><hardware><numCPU>1</numCPU><memoryMB>1024</memoryMB>{}</hardware></val>",
             escape(&v.name),
             escape(&v.uuid),
+            escape(&instance_uuid(&v.uuid)),
             devices.replace("<VirtualDevice ", "<device ").replace("</VirtualDevice>", "</device>")
         )
     }
@@ -104,6 +105,7 @@ impl Shared {
                         "name" | "config.name" => Some(codec::simple_val("string", &v.name)),
                         "parent" => Some(codec::moref_val(&MoRef::new("Folder", "group-v1"))),
                         "config.uuid" => Some(codec::simple_val("string", &v.uuid)),
+                        "config.instanceUuid" => Some(codec::simple_val("string", &instance_uuid(&v.uuid))),
                         "config.hardware.device" => Some(codec::virtual_devices_xml(&v.controllers, &self.disk_infos(v, None))),
                         "config.changeTrackingEnabled" => Some(codec::simple_val("boolean", &v.disks.iter().any(|d| d.cbt.enabled).to_string())),
                         "config" => Some(self.config_xml(v, None)),
@@ -395,4 +397,11 @@ fn morefs_in(val: &str) -> Vec<MoRef> {
         Some(m) => vec![m],
         None => v.children.iter().filter_map(MoRef::from_element).collect(),
     }
+}
+
+/// The VM's vCenter instance UUID: distinct from its BIOS UUID, as on a
+/// real vCenter (whose instance UUIDs start with `50`), and stable.
+pub(crate) fn instance_uuid(bios: &str) -> String {
+    let rest: String = bios.chars().skip(2).collect();
+    format!("50{rest}")
 }
