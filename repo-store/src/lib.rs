@@ -17,8 +17,8 @@ pub mod s3;
 pub mod store;
 mod url;
 
+pub use crate::url::open_store;
 pub use error::{Error, Result};
 pub use local::LocalDir;
 pub use s3::{S3Config, S3Store};
 pub use store::{check_key, MemStore, ObjectInfo, PutOutcome, Store};
-pub use crate::url::open_store;

@@ -224,7 +224,9 @@ impl LocalDir {
             let mut swept = false;
             for entry in entries {
                 let entry = entry.map_err(|e| store_err("sweep", &shown, e))?;
-                let kind = entry.file_type().map_err(|e| store_err("sweep", &shown, e))?;
+                let kind = entry
+                    .file_type()
+                    .map_err(|e| store_err("sweep", &shown, e))?;
                 let name = entry.file_name();
                 if kind.is_dir() {
                     dirs.push(entry.path());
@@ -291,7 +293,11 @@ impl Store for LocalDir {
             .read_to_end(&mut bytes)
             .map_err(|e| store_err("get", key, e))?;
         if bytes.len() as u64 > max_len {
-            return Err(store_err("get", key, format!("object exceeds {max_len} bytes")));
+            return Err(store_err(
+                "get",
+                key,
+                format!("object exceeds {max_len} bytes"),
+            ));
         }
         Ok(Some(bytes))
     }

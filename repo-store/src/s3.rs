@@ -33,9 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
 use crate::store::{check_key, check_prefix, ObjectInfo, PutOutcome, Store};
@@ -182,7 +180,10 @@ fn check_endpoint(endpoint: &str) -> Result<bool> {
                 ))
             }
         }
-        other => Err(url_err(endpoint, format!("unsupported endpoint scheme {other:?}"))),
+        other => Err(url_err(
+            endpoint,
+            format!("unsupported endpoint scheme {other:?}"),
+        )),
     }
 }
 
@@ -294,7 +295,13 @@ impl S3Store {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_err("get", key, e)),
         };
-        let too_big = |size: u64| store_err("get", key, format!("object of {size} bytes exceeds {max_len}"));
+        let too_big = |size: u64| {
+            store_err(
+                "get",
+                key,
+                format!("object of {size} bytes exceeds {max_len}"),
+            )
+        };
         if result.meta.size > max_len {
             return Err(too_big(result.meta.size));
         }

@@ -77,9 +77,22 @@ mod tests {
         assert_eq!(s.location(), abs);
         let s = open_store(&format!("file://{abs}"), false).unwrap();
         assert_eq!(s.location(), abs);
-        for bad in ["", "http://x/y", "ftp://x/y", "https://x", "file://host/x", "file://rel"] {
-            assert!(matches!(open_store(bad, true), Err(Error::Url { .. })), "{bad}");
+        for bad in [
+            "",
+            "http://x/y",
+            "ftp://x/y",
+            "https://x",
+            "file://host/x",
+            "file://rel",
+        ] {
+            assert!(
+                matches!(open_store(bad, true), Err(Error::Url { .. })),
+                "{bad}"
+            );
         }
-        assert!(matches!(open_store("s3://Bad_Bucket", false), Err(Error::Url { .. })));
+        assert!(matches!(
+            open_store("s3://Bad_Bucket", false),
+            Err(Error::Url { .. })
+        ));
     }
 }

@@ -36,19 +36,31 @@ fn conformance(s: &dyn Store) {
     assert!(s.list("nothing/").unwrap().is_empty(), "{loc}");
 
     // put_if_absent: created, then existed with the content unchanged
-    assert_eq!(s.put_if_absent("a/x", b"first").unwrap(), PutOutcome::Created);
-    assert_eq!(s.put_if_absent("a/x", b"second!").unwrap(), PutOutcome::Existed);
+    assert_eq!(
+        s.put_if_absent("a/x", b"first").unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s.put_if_absent("a/x", b"second!").unwrap(),
+        PutOutcome::Existed
+    );
     assert_eq!(s.get("a/x", 100).unwrap().unwrap(), b"first", "{loc}");
 
     // get refuses what exceeds max_len, exactly at the boundary
-    assert!(matches!(s.get("a/x", 4), Err(Error::Store { op: "get", .. })));
+    assert!(matches!(
+        s.get("a/x", 4),
+        Err(Error::Store { op: "get", .. })
+    ));
     assert_eq!(s.get("a/x", 5).unwrap().unwrap(), b"first");
 
     // head
     let h = s.head("a/x").unwrap().unwrap();
     assert_eq!((h.key.as_str(), h.size), ("a/x", 5));
     let now = s.now().unwrap();
-    assert!(h.modified + 3600 > now && h.modified <= now + 3600, "{loc}: {h:?} vs {now}");
+    assert!(
+        h.modified + 3600 > now && h.modified <= now + 3600,
+        "{loc}: {h:?} vs {now}"
+    );
 
     // put replaces, and changes the version
     s.put("a/x", b"replaced").unwrap();
@@ -73,7 +85,13 @@ fn conformance(s: &dyn Store) {
     assert_eq!(sizes(s, "ab/"), map(&[("ab/z", 2)]), "{loc}");
     assert_eq!(
         sizes(s, ""),
-        map(&[("a/x", 8), ("a/deep/er/y", 0), ("a/b/c", 3), ("ab/z", 2), ("top", 1)]),
+        map(&[
+            ("a/x", 8),
+            ("a/deep/er/y", 0),
+            ("a/b/c", 3),
+            ("ab/z", 2),
+            ("top", 1)
+        ]),
         "{loc}"
     );
     let listed = s.list("a/").unwrap();
@@ -84,7 +102,11 @@ fn conformance(s: &dyn Store) {
     assert!(!s.delete("a/x", Some(&h.version)).unwrap(), "{loc}");
     assert!(!s.delete("a/x", Some("bogus")).unwrap(), "{loc}");
     assert_eq!(s.get("a/x", 100).unwrap().unwrap(), b"replaced");
-    assert_eq!(s.head("a/x").unwrap().unwrap(), h2, "{loc}: the version survives");
+    assert_eq!(
+        s.head("a/x").unwrap().unwrap(),
+        h2,
+        "{loc}: the version survives"
+    );
     assert!(s.delete("a/x", Some(&h2.version)).unwrap(), "{loc}");
     assert_eq!(s.get("a/x", 100).unwrap(), None);
     assert!(!s.delete("a/x", Some(&h2.version)).unwrap());
@@ -98,24 +120,39 @@ fn conformance(s: &dyn Store) {
         "{loc}"
     );
     // a deleted key can be created again
-    assert_eq!(s.put_if_absent("top", b"again").unwrap(), PutOutcome::Created);
+    assert_eq!(
+        s.put_if_absent("top", b"again").unwrap(),
+        PutOutcome::Created
+    );
 
     // invalid keys and prefixes are refused before anything happens
     for bad in ["../x", "/x", "a//b", "", "a/", "a/../b", "a b", "./x"] {
-        assert!(matches!(s.get(bad, 10), Err(Error::InvalidKey(_))), "{loc} get {bad:?}");
-        assert!(matches!(s.put(bad, b"x"), Err(Error::InvalidKey(_))), "{loc} put {bad:?}");
+        assert!(
+            matches!(s.get(bad, 10), Err(Error::InvalidKey(_))),
+            "{loc} get {bad:?}"
+        );
+        assert!(
+            matches!(s.put(bad, b"x"), Err(Error::InvalidKey(_))),
+            "{loc} put {bad:?}"
+        );
         assert!(
             matches!(s.put_if_absent(bad, b"x"), Err(Error::InvalidKey(_))),
             "{loc} put_if_absent {bad:?}"
         );
-        assert!(matches!(s.head(bad), Err(Error::InvalidKey(_))), "{loc} head {bad:?}");
+        assert!(
+            matches!(s.head(bad), Err(Error::InvalidKey(_))),
+            "{loc} head {bad:?}"
+        );
         assert!(
             matches!(s.delete(bad, None), Err(Error::InvalidKey(_))),
             "{loc} delete {bad:?}"
         );
     }
     for bad in ["a", "../", "/", "a//", "/a/"] {
-        assert!(matches!(s.list(bad), Err(Error::InvalidKey(_))), "{loc} list {bad:?}");
+        assert!(
+            matches!(s.list(bad), Err(Error::InvalidKey(_))),
+            "{loc} list {bad:?}"
+        );
     }
 }
 
@@ -133,7 +170,8 @@ fn race(s: Arc<dyn Store>, key: &str) {
             })
         })
         .collect();
-    let outcomes: Vec<(usize, PutOutcome)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let outcomes: Vec<(usize, PutOutcome)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
     let winners: Vec<usize> = outcomes
         .iter()
         .filter(|(_, o)| *o == PutOutcome::Created)
@@ -194,13 +232,19 @@ fn local_dir_ignores_temp_files_and_sweeps_stale_ones() {
     fs::write(dir.path().join(".tmp-del-00"), b"trash").unwrap();
     assert_eq!(sizes(&s, ""), map(&[("a/x", 1)]));
     // keys that would spell a temporary file are refused
-    assert!(matches!(s.get(".tmp-del-00", 100), Err(Error::InvalidKey(_))));
+    assert!(matches!(
+        s.get(".tmp-del-00", 100),
+        Err(Error::InvalidKey(_))
+    ));
     assert!(matches!(s.put("a/.tmp-1", b""), Err(Error::InvalidKey(_))));
     // fresh temporary files may belong to live writers: kept
     assert_eq!(s.sweep_temp().unwrap(), 0);
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
     for p in ["a/.tmp-0123456789abcdef", ".tmp-del-00"] {
-        let f = fs::File::options().write(true).open(dir.path().join(p)).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(dir.path().join(p))
+            .unwrap();
         f.set_modified(old).unwrap();
     }
     assert_eq!(s.sweep_temp().unwrap(), 2);
@@ -235,7 +279,10 @@ fn local_dir_does_not_follow_symlinks() {
     assert_eq!(sizes(&s, ""), map(&[("real", 1)]));
     // put replaces the link itself, never the file it points to
     s.put("file", b"mine").unwrap();
-    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"outside the root");
+    assert_eq!(
+        fs::read(outside.join("secret")).unwrap(),
+        b"outside the root"
+    );
     assert_eq!(s.get("file", 100).unwrap().unwrap(), b"mine");
 }
 
@@ -248,7 +295,10 @@ fn open_store_by_url() {
     let s = open_store(&format!("file://{}", path.display()), false).unwrap();
     assert_eq!(s.get("k", 10).unwrap().unwrap(), b"v");
     for bad in ["http://example.com/r", "ftp://host/r"] {
-        assert!(matches!(open_store(bad, true), Err(Error::Url { .. })), "{bad}");
+        assert!(
+            matches!(open_store(bad, true), Err(Error::Url { .. })),
+            "{bad}"
+        );
     }
 }
 
@@ -315,9 +365,19 @@ fn s3_refuses_plain_http_off_loopback() {
         };
         S3Store::with_config("s3://bucket/p", config).unwrap();
     }
-    for url in ["s3://", "s3://b", "s3://Bucket", "s3://bucket/a//b", "s3://bucket/../x", "gs://bucket"] {
+    for url in [
+        "s3://",
+        "s3://b",
+        "s3://Bucket",
+        "s3://bucket/a//b",
+        "s3://bucket/../x",
+        "gs://bucket",
+    ] {
         assert!(
-            matches!(S3Store::with_config(url, S3Config::default()), Err(Error::Url { .. })),
+            matches!(
+                S3Store::with_config(url, S3Config::default()),
+                Err(Error::Url { .. })
+            ),
             "{url}"
         );
     }
@@ -336,7 +396,11 @@ fn s3_never_shows_the_secret() {
     let moto = Moto::start();
     let s = moto.s3_store_with_secret("secretive/p", SECRET);
     s.put("k", b"v").unwrap();
-    let mut seen = vec![format!("{s:?}"), s.location(), format!("{:?}", moto.config(SECRET))];
+    let mut seen = vec![
+        format!("{s:?}"),
+        s.location(),
+        format!("{:?}", moto.config(SECRET)),
+    ];
     // errors: too large, a bucket that does not exist
     seen.push(s.get("k", 0).unwrap_err().to_string());
     let missing = S3Store::with_config("s3://no-such-bucket", moto.config(SECRET)).unwrap();
