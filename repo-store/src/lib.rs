@@ -12,15 +12,21 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod error;
+pub mod local;
 pub mod maint;
 pub mod reader;
 pub mod repo;
+pub mod s3;
 pub mod store;
+mod url;
 pub mod writer;
 
+pub use crate::url::open_store;
 pub use error::{Error, Result};
+pub use local::LocalDir;
 pub use maint::{BadChunk, GcReport, PruneOutcome, VerifyReport, DEFAULT_GRACE};
 pub use reader::{PointReader, Run};
 pub use repo::{InitEncryption, InitOptions, PointDisk, Repository, Unlock};
+pub use s3::{S3Config, S3Store};
 pub use store::{check_key, MemStore, ObjectInfo, PutOutcome, Store};
 pub use writer::{BackupWriter, Finish, WriterOptions};

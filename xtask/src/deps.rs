@@ -339,6 +339,16 @@ pub(crate) const PEERS: &[Peer] = &[
         },
     },
     Peer {
+        what: "moto",
+        why: "the repository tests (repo-store, vdisk) run against moto's S3-compatible server on \
+              loopback, an object store nobody here wrote",
+        groups: TEST,
+        kind: Kind::Venv {
+            name: "moto",
+            pip: &["moto[server]"],
+        },
+    },
+    Peer {
         what: "fio",
         why: "bench san compares O_DIRECT LUN reads with fio",
         groups: &[Group::Bench],
