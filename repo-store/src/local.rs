@@ -404,7 +404,9 @@ impl Store for LocalDir {
     /// With `if_version`, the file is first renamed to a private name,
     /// then checked: a file rewritten meanwhile is linked back (unless the
     /// key was re-created in between, which then wins). Readers may see
-    /// the object absent during that short window, never a wrong one.
+    /// the object absent during that short window, never a wrong one; a
+    /// crash inside it leaves the object under its `.tmp-del-` name, which
+    /// [`LocalDir::sweep_temp`] later removes.
     fn delete(&self, key: &str, if_version: Option<&str>) -> Result<bool> {
         check_local_key(key)?;
         if !self.parents_present("delete", key)? {

@@ -11,7 +11,10 @@
 //!   ignores the header would silently overwrite: only use such stores
 //!   with a single writer. A 412 or 409 answer is only taken for
 //!   "existed" once a `HEAD` sees the object (AWS answers 409 to
-//!   concurrent conditional writes; the losing side retries).
+//!   concurrent conditional writes, and `object_store` reports a 409 as
+//!   "already exists"; the losing side retries). A write whose answer
+//!   was lost and that `object_store` retried may be reported as
+//!   "existed" although it was ours: the stored bytes are then ours.
 //! - [`Store::delete`] with a version is a `HEAD`, a comparison and a
 //!   `DeleteObject`: S3 offers no conditional delete here, so an object
 //!   rewritten in the short window between the two is deleted anyway.

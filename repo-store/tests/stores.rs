@@ -222,6 +222,76 @@ fn local_dir_conforms() {
     assert_eq!(temp_files(&root), Vec::<String>::new());
 }
 
+/// Set in the child processes of [`local_dir_race_across_processes`]:
+/// `<store root>,<go file>,<writer number>`.
+const RACE_CHILD_ENV: &str = "REPO_STORE_TEST_RACE_CHILD";
+
+/// Eight processes race to create one key in a directory: exactly one
+/// wins and its bytes stay. The test binary runs itself as the children.
+#[test]
+fn local_dir_race_across_processes() {
+    if let Ok(args) = std::env::var(RACE_CHILD_ENV) {
+        let mut parts = args.splitn(3, ',');
+        let (root, go, i) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let s = LocalDir::open(root).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::path::Path::new(go).exists() {
+            assert!(std::time::Instant::now() < deadline, "no start signal");
+            std::thread::yield_now();
+        }
+        let outcome = s
+            .put_if_absent("race/key", format!("process {i}").as_bytes())
+            .unwrap();
+        println!("race-outcome {i} {outcome:?}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let s = LocalDir::create(&root).unwrap();
+    let go = dir.path().join("go");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "local_dir_race_across_processes", "--nocapture"])
+                .env(
+                    RACE_CHILD_ENV,
+                    format!("{},{},{i}", root.display(), go.display()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    fs::write(&go, b"").unwrap();
+    let mut winners = Vec::new();
+    let mut answers = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("race-outcome ") {
+                answers += 1;
+                if let Some(i) = rest.strip_suffix(" Created") {
+                    winners.push(i.to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(answers, 8);
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(
+        s.get("race/key", 100).unwrap().unwrap(),
+        format!("process {}", winners[0]).into_bytes()
+    );
+    assert_eq!(temp_files(&root), Vec::<String>::new());
+}
+
 #[test]
 fn local_dir_ignores_temp_files_and_sweeps_stale_ones() {
     let dir = tempfile::tempdir().unwrap();
