@@ -332,32 +332,47 @@ pub(crate) enum Command {
         #[command(flatten)]
         conn: remote::Connection,
         /// `moref=vm-N`.
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        vm: Option<String>,
+        /// Back up a local disk (VMDK, any variant, with its chain) instead
+        /// of a VM; every allocated area is read and deduplicated.
         #[arg(long)]
-        vm: String,
-        /// Repository directory.
+        file: Option<PathBuf>,
+        /// Disk key recorded for --file.
+        #[arg(long, default_value_t = 2000, requires = "file")]
+        disk_key: i32,
+        /// The repository: a directory or `s3://bucket/prefix` (format 2,
+        /// made by `vdisk repo init`).
         #[arg(long)]
-        to: PathBuf,
+        to: String,
         /// Transports to try, in order (default san:hotadd:nbdssl:nbd).
         #[arg(long)]
         transport: Option<String>,
         /// Full backup (the default).
         #[arg(long, group = "kind")]
         full: bool,
-        /// Changes since the previous backup.
+        /// Changes since the previous point of this VM.
         #[arg(long, group = "kind")]
         incremental: bool,
-        /// Changes since the last full backup.
+        /// Changes since the last full point of this VM.
         #[arg(long, group = "kind")]
         differential: bool,
+        /// The proxy name recorded in the backup's lease (default: host name).
+        #[arg(long)]
+        proxy: Option<String>,
+        #[command(flatten)]
+        secrets: crate::repo::Secrets,
     },
     /// Restore a point in time to local files or onto a VM's disk.
     Restore {
-        /// Repository directory.
+        /// The repository (a format-1 directory, a format-2 directory or
+        /// `s3://bucket/prefix`).
         #[arg(long)]
-        from: PathBuf,
-        /// Backup id.
+        from: String,
+        /// The point: `latest` or a unique prefix of its id (a number in a
+        /// format-1 repository).
         #[arg(long)]
-        backup: u64,
+        backup: String,
         /// Local target: a directory (created when missing; files named
         /// `KEY.vmdk`), or a file for one disk (a path without a trailing
         /// `/` that is not a directory).
@@ -378,15 +393,28 @@ pub(crate) enum Command {
         transport: Option<String>,
         #[command(flatten)]
         conn: remote::Connection,
+        #[command(flatten)]
+        secrets: crate::repo::Secrets,
     },
-    /// Check every CRC of a repository (or one backup).
+    /// Check a repository (or one point): every chunk against its id
+    /// (format 2), every block against its CRC (format 1).
     Verify {
-        /// Repository directory.
+        /// The repository.
         #[arg(long)]
-        from: PathBuf,
-        /// Only this backup.
+        from: String,
+        /// Only this point.
         #[arg(long)]
-        backup: Option<u64>,
+        backup: Option<String>,
+        /// Check only this random fraction of the chunks (format 2), e.g. 0.1.
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+        #[command(flatten)]
+        secrets: crate::repo::Secrets,
+    },
+    /// Repository maintenance: init, list, prune, gc, migrate.
+    Repo {
+        #[command(subcommand)]
+        command: crate::repo::RepoCommand,
     },
     /// Serve a disk over NBD (qemu-nbd's protocol): a local chain, a
     /// remote disk (--transport), a backup point (--from), or one partition.

@@ -21,6 +21,7 @@ mod check;
 mod demo;
 mod guest;
 mod remote;
+mod repo;
 mod serve;
 #[cfg(feature = "sim")]
 mod sim;
@@ -180,11 +181,15 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
         Command::Backup {
             conn,
             vm,
+            file,
+            disk_key,
             to,
             transport,
             full: _,
             incremental,
             differential,
+            proxy,
+            secrets,
         } => {
             let kind = if incremental {
                 cbt::BackupKind::Incremental
@@ -193,17 +198,59 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             } else {
                 cbt::BackupKind::Full
             };
-            let params = conn.params(&vm)?;
-            let lib = conn.library()?;
+            if repo::is_format1(&to) {
+                return Err(format!(
+                    "{to} is a format-1 repository: convert it with `vdisk repo migrate {to} NEW` and back up into NEW"
+                )
+                .into());
+            }
+            let r = repo::open(&to, &secrets)?;
+            let mut opts = disklib::backup::v2::BackupOptions::default();
+            if let Some(p) = proxy {
+                opts.writer.proxy = p;
+            }
             let mut bar = progress_bar(false);
-            let s =
-                disklib::backup::backup(&lib, &params, &to, kind, transport.as_deref(), &mut bar)?;
+            let s = match (vm, file) {
+                (Some(vm), None) => {
+                    let params = conn.params(&vm)?;
+                    let lib = conn.library()?;
+                    disklib::backup::v2::backup(
+                        &lib,
+                        &params,
+                        &r,
+                        kind,
+                        transport.as_deref(),
+                        &opts,
+                        &mut bar,
+                    )?
+                }
+                (None, Some(file)) => {
+                    if kind != cbt::BackupKind::Full {
+                        return Err("a local disk has no changed block tracking: back it up in full (only new chunks are stored)".into());
+                    }
+                    let abs = std::fs::canonicalize(&file)
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    let identity = repo_format::VmIdentity {
+                        server: format!("file:{}", repo_store::writer::hostname()),
+                        instance_uuid: abs.display().to_string(),
+                        moref: String::new(),
+                        name: file
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    };
+                    disklib::backup::v2::backup_local(
+                        &r, &abs, &identity, disk_key, &opts, &mut bar,
+                    )?
+                }
+                _ => return Err("give --vm moref=vm-N or --file DISK".into()),
+            };
             for w in &s.warnings {
                 eprintln!("vdisk: warning: {w}");
             }
             println!(
                 "backup {}: read {} bytes, stored {}, skipped {}, {:.0} MB/s in {:.2} s ({})",
-                s.id,
+                s.point.as_deref().unwrap_or_default(),
                 s.bytes_read,
                 s.bytes_stored,
                 s.bytes_skipped,
@@ -222,6 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             disk,
             transport,
             conn,
+            secrets,
         } => {
             let lib = conn.library()?;
             let target = match (to, vm) {
@@ -235,25 +283,80 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                 _ => return Err("give --to LOCAL_PATH or --vm moref=vm-N --disk KEY".into()),
             };
             let mut bar = progress_bar(false);
-            let n = disklib::backup::restore(&lib, &from, backup, &target, disk, &mut bar)?;
-            println!("restored backup {backup}: {n} bytes written");
+            if repo::is_format1(&from) {
+                let id: u64 = backup.parse().map_err(|_| {
+                    format!("{from} is a format-1 repository: backups are numbered")
+                })?;
+                let n = disklib::backup::restore(
+                    &lib,
+                    std::path::Path::new(&from),
+                    id,
+                    &target,
+                    disk,
+                    &mut bar,
+                )?;
+                println!("restored backup {id}: {n} bytes written");
+            } else {
+                let r = repo::open(&from, &secrets)?;
+                let (id, n) =
+                    disklib::backup::v2::restore(&lib, &r, &backup, &target, disk, &mut bar)?;
+                println!("restored backup {id}: {n} bytes written");
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { from, backup } => {
-            let (checked, bad) = disklib::backup::verify(&from, backup)?;
-            for b in &bad {
-                println!(
-                    "backup {} disk {}: block {}+{} does not match its CRC",
-                    b.backup, b.key, b.offset, b.len
-                );
+        Command::Verify {
+            from,
+            backup,
+            sample,
+            secrets,
+        } => {
+            if repo::is_format1(&from) {
+                let id = backup.map(|b| b.parse::<u64>()).transpose().map_err(|_| {
+                    format!("{from} is a format-1 repository: backups are numbered")
+                })?;
+                let (checked, bad) = disklib::backup::verify(std::path::Path::new(&from), id)?;
+                for b in &bad {
+                    println!(
+                        "backup {} disk {}: block {}+{} does not match its CRC",
+                        b.backup, b.key, b.offset, b.len
+                    );
+                }
+                println!("{checked} blocks checked, {} bad", bad.len());
+                return Ok(if bad.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                });
             }
-            println!("{checked} blocks checked, {} bad", bad.len());
-            Ok(if bad.is_empty() {
+            let r = repo::open(&from, &secrets)?;
+            let v = disklib::backup::v2::verify(&r, backup.as_deref(), sample)?;
+            for (name, e) in &v.bad_indexes {
+                println!("index {name}: {e}");
+            }
+            for b in &v.bad_chunks {
+                let points: Vec<String> = b
+                    .affected
+                    .iter()
+                    .map(|(p, k)| format!("{p} disk {k}"))
+                    .collect();
+                println!("chunk {}: {}; affects {}", b.id, b.error, points.join(", "));
+            }
+            println!(
+                "{} points checked, {} of {} chunks checked ({} bytes), {} bad chunks, {} bad indexes",
+                v.indexes,
+                v.chunks_checked,
+                v.chunks_referenced,
+                v.bytes_checked,
+                v.bad_chunks.len(),
+                v.bad_indexes.len()
+            );
+            Ok(if v.is_clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
             })
         }
+        Command::Repo { command } => repo::repo(command),
         Command::Vm { command } => remote::vm(command),
         Command::Serve(a) => serve::serve(a),
         Command::Volumes(a) => guest::volumes(a),

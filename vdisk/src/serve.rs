@@ -344,7 +344,7 @@ impl BlockExport for PointExport {
         true
     }
     fn description(&self) -> Option<String> {
-        Some(format!("backup {} disk {}", self.0.id(), self.0.key()))
+        Some(format!("backup {} disk {}", self.0.label(), self.0.key()))
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.0.read_at(offset, buf).map_err(io_err)
@@ -384,7 +384,7 @@ impl BlockExport for DeltaExport {
     fn description(&self) -> Option<String> {
         Some(format!(
             "backup {} disk {}, writes in {}",
-            self.0.point().id(),
+            self.0.point().label(),
             self.0.point().key(),
             self.0.delta_path().display()
         ))
@@ -511,20 +511,14 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode, AnyError> {
     // Every disk of a backup point, one export each (named by disk key),
     // when no disk is named and the point holds several.
     let mut opened_all: Vec<(String, Opened)> = Vec::new();
-    if let (Some(repo), Some(id), None) = (&a.source.from, a.source.backup, a.source.disk_key) {
-        let catalog = disklib::backup::RepoCatalog::load(repo)?;
-        let keys: Vec<i32> = catalog
-            .backups
-            .iter()
-            .find(|b| b.id == id)
-            .map(|b| b.disks.iter().map(|d| d.key).collect())
-            .unwrap_or_default();
+    if let (Some(repo), Some(id), None) = (&a.source.from, &a.source.backup, a.source.disk_key) {
+        let keys = crate::repo::point_keys(repo, id, &a.source.secrets)?;
         if keys.len() > 1 {
             if a.writable || a.partition.is_some() {
                 return Err("--writable and --partition need one disk (--disk KEY)".into());
             }
             for key in keys {
-                let p = BackupPoint::open(repo, id, Some(key))?;
+                let p = crate::repo::open_point(repo, id, Some(key), &a.source.secrets)?;
                 opened_all.push((
                     format!("{}{key}", a.export_name),
                     Opened::Point(Arc::new(p)),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use disklib::backup::{BackupPoint, PointDelta};
+
 use disklib::guest::DiskReader;
 use vmdk_file::local::LocalDisk;
 
@@ -16,12 +17,14 @@ use crate::AnyError;
 /// Where a disk comes from (everything but the DISK operand itself).
 #[derive(clap::Args, Debug)]
 pub(crate) struct SourceArgs {
-    /// A backup point instead of DISK: the repository directory.
+    /// A backup point instead of DISK: the repository (a directory or
+    /// `s3://bucket/prefix`).
     #[arg(long, requires = "backup")]
-    pub(crate) from: Option<PathBuf>,
-    /// The backup id (with --from).
+    pub(crate) from: Option<String>,
+    /// The point (with --from): `latest` or a unique prefix of its id (a
+    /// number in a format-1 repository).
     #[arg(long, requires = "from")]
-    pub(crate) backup: Option<u64>,
+    pub(crate) backup: Option<String>,
     /// The disk key inside the backup (with --from; needed when the backup
     /// holds several disks).
     #[arg(long = "disk", requires = "from")]
@@ -48,6 +51,8 @@ pub(crate) struct SourceArgs {
     pub(crate) compression: bool,
     #[command(flatten)]
     pub(crate) conn: remote::Connection,
+    #[command(flatten)]
+    pub(crate) secrets: crate::repo::Secrets,
 }
 
 /// An opened disk of any kind.
@@ -84,8 +89,8 @@ impl SourceArgs {
             if disk.is_some() {
                 return Err("give either DISK or --from, not both".into());
             }
-            let id = self.backup.ok_or("--from needs --backup N")?;
-            let point = BackupPoint::open(repo, id, self.disk_key)?;
+            let id = self.backup.as_deref().ok_or("--from needs --backup N")?;
+            let point = crate::repo::open_point(repo, id, self.disk_key, &self.secrets)?;
             if !writable {
                 if delta.is_some() {
                     return Err("--delta needs --writable".into());
@@ -103,7 +108,7 @@ impl SourceArgs {
                     let p = std::env::temp_dir().join(format!(
                         "vdisk-delta-{}-{nanos:x}-b{}-d{}.vmdk",
                         std::process::id(),
-                        point.id(),
+                        point.label().get(..12).unwrap_or(&point.label()),
                         point.key()
                     ));
                     (PointDelta::create(point, &p)?, TempDelta(Some(p)))

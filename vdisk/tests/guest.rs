@@ -284,6 +284,12 @@ fn volumes_and_files_over_nbdssl_and_from_a_backup_point() {
         );
     }
     let repo = dir.path().join("repo");
+    let out = sim.run(&["repo", "init", s(&repo), "--encryption", "none"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = sim.run(
         &[
             "backup",
@@ -307,7 +313,7 @@ fn volumes_and_files_over_nbdssl_and_from_a_backup_point() {
                 "--from".into(),
                 s(&repo).into(),
                 "--backup".into(),
-                "1".into(),
+                "latest".into(),
                 "--disk".into(),
                 key.into(),
             ],
@@ -322,7 +328,7 @@ fn volumes_and_files_over_nbdssl_and_from_a_backup_point() {
         );
     }
     // A backup of several disks: the disk must be named.
-    let out = vdisk(&["volumes", "--from", s(&repo), "--backup", "1"]);
+    let out = vdisk(&["volumes", "--from", s(&repo), "--backup", "latest"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--disk"));
 }

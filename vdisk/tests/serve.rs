@@ -342,7 +342,13 @@ fn a_backup_point_and_a_writable_delta_over_it() {
     let dir = tempdir();
     let sim = sim_with_disks(dir.path());
     let repo = dir.path().join("repo");
-    let backup = |kind: &str| {
+    let out = sim.run(&["repo", "init", s(&repo), "--encryption", "none"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup = |kind: &str| -> String {
         let out = sim.run(
             &[
                 "backup",
@@ -361,6 +367,13 @@ fn a_backup_point_and_a_writable_delta_over_it() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // "backup POINT: read …"
+        let out = String::from_utf8_lossy(&out.stdout);
+        out.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(':')
+            .to_string()
     };
     backup("--full");
     let out = sim.run(
@@ -385,7 +398,7 @@ fn a_backup_point_and_a_writable_delta_over_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    backup("--incremental");
+    let point_id = backup("--incremental");
     let mut want = std::fs::read(&im.gpt.raw).unwrap();
     want[70 << 20..(70 << 20) + (200 << 10)].fill(0xc3);
     let want_path = write(dir.path(), "want.raw", &want);
@@ -395,7 +408,7 @@ fn a_backup_point_and_a_writable_delta_over_it() {
             "--from",
             s(&repo),
             "--backup",
-            "2",
+            &point_id,
             "--disk",
             "2001",
             "--socket",
@@ -470,7 +483,11 @@ fn a_backup_point_and_a_writable_delta_over_it() {
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("vdisk-delta-"))
-        .filter(|e| e.file_name().to_string_lossy().ends_with("-b2-d2001.vmdk"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-b{}-d2001.vmdk", &point_id[..12]))
+        })
         .collect();
     assert!(leftovers.is_empty(), "a temporary delta was left behind");
 
@@ -481,7 +498,7 @@ fn a_backup_point_and_a_writable_delta_over_it() {
         "--from",
         s(&repo),
         "--backup",
-        "2",
+        "latest",
         "--export-name",
         "disk-",
     ]);

@@ -318,6 +318,7 @@ fn backup_over_san_and_hotadd_from_the_cli() {
     let dir = tempdir();
     let srv = serve(dir.path(), &[]);
     let repo = dir.path().join("repo");
+    ok(&srv, &["repo", "init", s(&repo), "--encryption", "none"]);
     for (disk, offset, pattern) in [("2000", "1048576", "7"), ("2001", "5000192", "9")] {
         guest_write(&srv, disk, offset, pattern, "3000000");
     }
@@ -369,7 +370,7 @@ fn backup_over_san_and_hotadd_from_the_cli() {
             "--from",
             s(&repo),
             "--backup",
-            "2",
+            "latest",
             "--to",
             s(&to),
         ],
@@ -612,11 +613,12 @@ fn sizes_and_bytes_parse_the_same_in_every_verb() {
 /// unless `--force`, and a point with a damaged block fails naming it
 /// without claiming success or touching what was there.
 #[test]
-fn restore_to_a_new_directory_refuses_overwrites_and_checks_crcs() {
+fn restore_to_a_new_directory_refuses_overwrites_and_checks_chunks() {
     let dir = tempdir();
     let srv = serve(dir.path(), &[]);
     guest_write(&srv, "2000", "1M", "0x5a", "1M");
     let repo = dir.path().join("repo");
+    ok(&srv, &["repo", "init", s(&repo), "--encryption", "none"]);
     ok(
         &srv,
         &[
@@ -636,7 +638,7 @@ fn restore_to_a_new_directory_refuses_overwrites_and_checks_crcs() {
             "--from",
             s(&repo),
             "--backup",
-            "1",
+            "latest",
             "--to",
             s(&to),
         ];
@@ -649,7 +651,7 @@ fn restore_to_a_new_directory_refuses_overwrites_and_checks_crcs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("restored backup 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored backup "));
     for (key, file) in [(2000, "demo-vm.vmdk"), (2001, "demo-vm_1.vmdk")] {
         assert!(
             vdisk_raw(&to.join(format!("{key}.vmdk")))
@@ -687,7 +689,7 @@ fn restore_to_a_new_directory_refuses_overwrites_and_checks_crcs() {
             "--from",
             s(&repo),
             "--backup",
-            "1",
+            "latest",
             "--disk",
             "2000",
             "--to",
@@ -696,23 +698,28 @@ fn restore_to_a_new_directory_refuses_overwrites_and_checks_crcs() {
     );
     assert!(dir.path().join("r2/2000.vmdk").is_file());
 
-    // One flipped byte in the stored disk 2000: verify and restore both
-    // name it; the restore claims nothing and leaves r1 as it was.
-    let cat: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo.join("catalog.json")).unwrap()).unwrap();
-    let stored = repo.join(cat["backups"][0]["disks"][0]["file"].as_str().unwrap());
-    assert_eq!(cat["backups"][0]["disks"][0]["key"], 2000);
-    let mut bytes = std::fs::read(&stored).unwrap();
-    let overhead = u64::from_le_bytes(bytes[64..72].try_into().unwrap()) as usize * 512;
-    bytes[overhead + 7] ^= 0x10;
-    std::fs::write(&stored, &bytes).unwrap();
+    // One flipped byte in every stored chunk: verify and restore both
+    // name the damage; the restore claims nothing and leaves r1 as it was.
+    let mut chunks = Vec::new();
+    for sub in std::fs::read_dir(repo.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            chunks.push(f.unwrap().path());
+        }
+    }
+    assert!(!chunks.is_empty());
+    for c in &chunks {
+        let mut bytes = std::fs::read(c).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x10;
+        std::fs::write(c, &bytes).unwrap();
+    }
     let verify = run(&srv, &["verify", "--from", s(&repo)], &[]);
     assert!(!verify.status.success());
     let out = restore(&["--force"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("backup 1, disk 2000: the stored block at byte") && err.contains("CRC-32"),
+        err.contains("chunk") && err.contains("corrupt object"),
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("restored"));

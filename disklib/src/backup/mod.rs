@@ -291,13 +291,8 @@ pub fn backup_in(
 }
 
 /// What a backup does inside its snapshot session.
-pub(crate) type SnapshotBody<'a> = dyn FnMut(
-        &Arc<vim_soap::client::Client>,
-        &MoRef,
-        &MoRef,
-        &mut Summary,
-    ) -> Result<()>
-    + 'a;
+pub(crate) type SnapshotBody<'a> =
+    dyn FnMut(&Arc<vim_soap::client::Client>, &MoRef, &MoRef, &mut Summary) -> Result<()> + 'a;
 
 /// PrepareForAccess, a temporary snapshot, `body`, removal of the
 /// snapshot and EndAccess, the last two also after a failure.

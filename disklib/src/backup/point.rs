@@ -234,7 +234,9 @@ impl BackupPoint {
         let key = match (key, keys.as_slice()) {
             (Some(k), _) if keys.contains(&k) => k,
             (Some(k), _) => {
-                return Err(Error::InvalidArgument(format!("point {id} has no disk {k}")))
+                return Err(Error::InvalidArgument(format!(
+                    "point {id} has no disk {k}"
+                )))
             }
             (None, [only]) => *only,
             (None, several) => {

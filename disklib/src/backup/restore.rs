@@ -270,7 +270,9 @@ pub(crate) fn open_target(
             let cur = disks_now
                 .iter()
                 .find(|x| x.key == *remote_key)
-                .ok_or_else(|| Error::InvalidArgument(format!("the VM has no disk {remote_key}")))?;
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("the VM has no disk {remote_key}"))
+                })?;
             if cur.capacity < capacity {
                 return Err(Error::InvalidArgument(format!(
                     "disk {remote_key} is smaller than the backup"

@@ -71,13 +71,16 @@ fn slot(i: u64, chunk: u64, capacity: u64) -> (u64, u64) {
     (start, chunk.min(capacity - start))
 }
 
+/// Reads `(offset, at in buf, length)` parts into one buffer.
+type ReadScattered<'a> = dyn Fn(&mut [u8], &[(u64, usize, usize)]) -> Result<()> + 'a;
+
 /// Reads the given chunk slots through `read_scattered` in batches and
 /// hands each to `put`.
 fn read_slots(
     slots: &[u64],
     chunk: u64,
     capacity: u64,
-    read_scattered: &dyn Fn(&mut [u8], &[(u64, usize, usize)]) -> Result<()>,
+    read_scattered: &ReadScattered<'_>,
     put: &mut dyn FnMut(u64, Vec<u8>) -> Result<()>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
@@ -124,7 +127,10 @@ fn vm_identity(
     let instance_uuid = match text("config.instanceUuid")? {
         Some(u) => u,
         None => text("config.uuid")?.ok_or_else(|| {
-            Error::InvalidArgument(format!("VM {} has neither an instance nor a BIOS UUID", vm.value))
+            Error::InvalidArgument(format!(
+                "VM {} has neither an instance nor a BIOS UUID",
+                vm.value
+            ))
         })?,
     };
     Ok(VmIdentity {
@@ -309,10 +315,12 @@ fn backup_snapshot(
                 ix.validate().map(|()| ix)
             }
         }
-        .map_err(|e| Error::Store(repo_store::Error::Format {
-            what: format!("index of disk {}", d.key),
-            source: e,
-        }))?;
+        .map_err(|e| {
+            Error::Store(repo_store::Error::Format {
+                what: format!("index of disk {}", d.key),
+                source: e,
+            })
+        })?;
         indexes.push(index);
         opened.push(disk);
         done = done.saturating_add(capacity);
@@ -442,7 +450,10 @@ pub fn backup_local(
         match writer.finish(std::slice::from_ref(&index))? {
             Finish::Published => break,
             Finish::Missing(ids) if round < MISSING_ROUNDS => {
-                let slots: Vec<u64> = ids.iter().filter_map(|id| slots_by_id.get(id).copied()).collect();
+                let slots: Vec<u64> = ids
+                    .iter()
+                    .filter_map(|id| slots_by_id.get(id).copied())
+                    .collect();
                 read_slots(
                     &slots,
                     chunk,
@@ -563,3 +574,164 @@ pub fn verify(
     let only = point.map(|p| resolve(repo, p)).transpose()?;
     Ok(repo.verify(only.as_ref().map(|(id, _)| id), fraction)?)
 }
+
+/// The text of the first `<name>` element in an XML document (no parser
+/// needed for the three fields migration takes from `config.xml`).
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(xml[start..end].trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Converts the format-1 repository at `old` into points of `repo`, oldest
+/// first: each backup becomes one point holding all its disks, with its
+/// time, kind, change ids and VM configuration; each disk's index is
+/// complete (read through the format-1 chain, every block checked against
+/// its CRC). Backups already migrated (same VM, time and disk) are
+/// skipped, so an interrupted migration can be run again. Returns
+/// `(old id, new point)` of the backups converted.
+pub fn migrate(
+    old: &Path,
+    repo: &Repository,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<(u64, BackupId)>> {
+    let catalog = super::RepoCatalog::load(old)?;
+    let chunk = u64::from(repo.chunk_size());
+    let existing: std::collections::HashSet<(String, u64, i32)> = repo
+        .points()?
+        .into_iter()
+        .filter(|p| p.vm.server == FORMAT1_SERVER)
+        .map(|p| (p.vm.moref, p.time, p.disk_key))
+        .collect();
+    let mut ids: HashMap<u64, BackupId> = HashMap::new();
+    let mut out = Vec::new();
+    let total = catalog.backups.len() as u64;
+    for (n, entry) in catalog.backups.iter().enumerate() {
+        progress(n as u64, total);
+        let config =
+            std::fs::read(super::contained(old, &format!("{}/config.xml", entry.dir))?).ok();
+        let xml = config
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let vm = VmIdentity {
+            server: FORMAT1_SERVER.into(),
+            instance_uuid: xml_field(&xml, "instanceUuid")
+                .or_else(|| xml_field(&xml, "uuid"))
+                .unwrap_or_else(|| format!("moref:{}", entry.vm)),
+            moref: entry.vm.clone(),
+            name: xml_field(&xml, "name").unwrap_or_default(),
+        };
+        if entry
+            .disks
+            .iter()
+            .all(|d| existing.contains(&(entry.vm.clone(), entry.time, d.key)))
+        {
+            continue;
+        }
+        let kind = match entry.kind.as_str() {
+            "incremental" => BackupKind::Incremental,
+            "differential" => BackupKind::Differential,
+            _ => BackupKind::Full,
+        };
+        let backup_id = BackupId::new(entry.time, repo_store::repo::random());
+        let mut writer = BackupWriter::begin(repo, backup_id, WriterOptions::default())?;
+        let mut indexes = Vec::new();
+        let mut points = Vec::new();
+        for d in &entry.disks {
+            let point = super::BackupPoint::open(old, entry.id, Some(d.key))?;
+            let mut stored_areas = ExtentList::new();
+            for e in point.extents(0, point.capacity()) {
+                if e.stored {
+                    stored_areas.insert(Extent::new(e.start, e.length));
+                }
+            }
+            let capacity = point.capacity();
+            let slots = chunk_slots(&stored_areas, capacity, chunk);
+            let read = |buf: &mut [u8], parts: &[(u64, usize, usize)]| -> Result<()> {
+                for &(off, at, len) in parts {
+                    point.read_at(off, &mut buf[at..at + len])?;
+                }
+                Ok(())
+            };
+            let stored = writer.store_chunks::<Error>(STORE_THREADS, |put| {
+                read_slots(
+                    &slots,
+                    chunk,
+                    capacity,
+                    &read,
+                    &mut |i, b| put(i, b),
+                    &mut |_| {},
+                )
+                .map(|_| ())
+            })?;
+            let mut chunks: Vec<Option<ChunkId>> = vec![None; capacity.div_ceil(chunk) as usize];
+            for (i, id) in stored {
+                chunks[i as usize] = id;
+            }
+            let base = match kind {
+                BackupKind::Full => None,
+                _ => Some(
+                    d.base
+                        .and_then(|b| ids.get(&b).copied())
+                        // A base that did not migrate (damaged): the point
+                        // is complete anyway; name itself as base.
+                        .unwrap_or(backup_id),
+                ),
+            };
+            let index = BackupIndex {
+                backup_id,
+                vm: vm.clone(),
+                disk_key: d.key,
+                capacity,
+                chunk_size: repo.chunk_size(),
+                chunks,
+                change_id: d.change_id.clone(),
+                kind,
+                time: entry.time,
+                base,
+                vm_config: config.clone(),
+            };
+            index.validate().map_err(|e| {
+                Error::Store(repo_store::Error::Format {
+                    what: format!("index of backup {} disk {}", entry.id, d.key),
+                    source: e,
+                })
+            })?;
+            indexes.push(index);
+            points.push(point);
+        }
+        for round in 0.. {
+            match writer.finish(&indexes)? {
+                Finish::Published => break,
+                Finish::Missing(missing) if round < MISSING_ROUNDS => {
+                    let wanted: std::collections::HashSet<ChunkId> = missing.into_iter().collect();
+                    for (ix, point) in indexes.iter().zip(&points) {
+                        for (i, c) in ix.chunks.iter().enumerate() {
+                            if c.is_some_and(|c| wanted.contains(&c)) {
+                                let (off, len) = slot(i as u64, chunk, ix.capacity);
+                                let mut buf = vec![0u8; len as usize];
+                                point.read_at(off, &mut buf)?;
+                                writer.put_chunk(&buf)?;
+                            }
+                        }
+                    }
+                }
+                Finish::Missing(_) => {
+                    return Err(Error::InvalidArgument(
+                        "chunks kept vanishing while migrating".into(),
+                    ))
+                }
+            }
+        }
+        ids.insert(entry.id, backup_id);
+        out.push((entry.id, backup_id));
+    }
+    progress(total, total);
+    Ok(out)
+}
+
+/// The server recorded for VMs of migrated format-1 backups (format 1 did
+/// not record one).
+pub const FORMAT1_SERVER: &str = "format-1";
