@@ -7,10 +7,18 @@
 //!      5     1  kind: 1 chunk, 2 index, 3 lease, 4 other metadata
 //!      6     1  flags: bit 0 compressed (zstd), bit 1 encrypted; others 0
 //!      7     1  reserved, 0
-//!      8     8  plaintext length, little endian
+//!      8     8  plaintext length, little endian (0 when encrypted)
 //!     16        encrypted:   24-byte XChaCha20 nonce, ciphertext, 16-byte tag
 //!               unencrypted: body, 16-byte keyed BLAKE3 checksum
 //! ```
+//!
+//! An encrypted object hides its sizes: the ciphertext seals
+//! `plaintext length (u64) ‖ body length (u64) ‖ body ‖ zeros`, padded
+//! with Padmé (Nikitin et al., "Reducing Metadata Leakage from Encrypted
+//! Files and Communication with PURBs", 2019) to a length that leaks
+//! O(log log n) bits of the body's size at under 12 % overhead, so the
+//! stored size says little about how well a chunk compressed or how many
+//! chunks an index names. The padding must be zeros.
 //!
 //! The body is the plaintext compressed with zstd when that saves at
 //! least 1/16 of it, else the plaintext itself. The AEAD's associated
@@ -40,6 +48,22 @@ pub const OBJECT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 16;
 /// Length of the AEAD tag or of the checksum.
 pub const TAG_LEN: usize = 16;
+/// Length of the sizes sealed at the start of an encrypted object.
+const SIZES_LEN: usize = 16;
+
+/// Padmé: `len` rounded up so that only O(log log len) bits of it show,
+/// at most about 12 % more.
+pub fn padme(len: u64) -> u64 {
+    if len < 2 {
+        return len;
+    }
+    let e = 63 - u64::from(len.leading_zeros()); // floor(log2 len)
+    let s = 64 - u64::from(e.leading_zeros()); // floor(log2 e) + 1
+    let last_bits = e - s;
+    let mask = (1u64 << last_bits) - 1;
+    (len + mask) & !mask
+}
+
 /// Largest plaintext an object may declare (1 GiB); callers pass a
 /// tighter `max_plain`.
 pub const MAX_OBJECT_PLAIN: u64 = 1 << 30;
@@ -246,7 +270,12 @@ impl ObjectContext {
         let header = ObjectHeader {
             kind: kind as u8,
             flags,
-            plain_len,
+            // Sealed inside instead (see the module doc).
+            plain_len: if self.data_key.is_some() {
+                0
+            } else {
+                plain_len
+            },
         }
         .to_bytes();
         let mut aad = Vec::with_capacity(HEADER_LEN + ad.len());
@@ -256,11 +285,17 @@ impl ObjectContext {
         out.extend_from_slice(&header);
         match &self.data_key {
             Some(key) => {
+                let inner_len = padme(SIZES_LEN as u64 + body.len() as u64) as usize;
+                let mut inner = Vec::with_capacity(inner_len);
+                inner.extend_from_slice(&plain_len.to_le_bytes());
+                inner.extend_from_slice(&(body.len() as u64).to_le_bytes());
+                inner.extend_from_slice(body);
+                inner.resize(inner_len, 0);
                 let sealed = XChaCha20Poly1305::new(Key::from_slice(key))
                     .encrypt(
                         XNonce::from_slice(&nonce),
                         Payload {
-                            msg: body,
+                            msg: &inner,
                             aad: &aad,
                         },
                     )
@@ -303,11 +338,18 @@ impl ObjectContext {
                 max,
             });
         }
+        if self.is_encrypted() && header.plain_len != 0 {
+            return Err(Error::InvalidField {
+                field: "object plaintext length",
+                reason: "must be 0 in the header of an encrypted object",
+            });
+        }
         let (head, rest) = bytes.split_at(HEADER_LEN);
         let mut aad = Vec::with_capacity(HEADER_LEN + ad.len());
         aad.extend_from_slice(head);
         aad.extend_from_slice(ad);
         let opened;
+        let mut sealed_plain_len = header.plain_len;
         let body: &[u8] = match &self.data_key {
             Some(key) => {
                 let (nonce, sealed) = rest
@@ -328,7 +370,32 @@ impl ObjectContext {
                     .map_err(|_| Error::Corrupt {
                         reason: "authentication tag",
                     })?;
-                &opened
+                let (sizes, rest) = opened.split_at_checked(SIZES_LEN).ok_or(Error::Corrupt {
+                    reason: "sealed sizes",
+                })?;
+                let plain = u64::from_le_bytes(sizes[..8].try_into().unwrap_or_default());
+                let body_len = u64::from_le_bytes(sizes[8..].try_into().unwrap_or_default());
+                if plain > max {
+                    return Err(Error::TooLarge {
+                        what: "object plaintext",
+                        size: plain,
+                        max,
+                    });
+                }
+                let body_len = usize::try_from(body_len)
+                    .ok()
+                    .filter(|&n| n <= rest.len())
+                    .ok_or(Error::Corrupt {
+                        reason: "sealed body length",
+                    })?;
+                let (body, pad) = rest.split_at(body_len);
+                if opened.len() as u64 != padme(SIZES_LEN as u64 + body_len as u64)
+                    || pad.iter().any(|&b| b != 0)
+                {
+                    return Err(Error::Corrupt { reason: "padding" });
+                }
+                sealed_plain_len = plain;
+                body
             }
             None => {
                 let split = rest.len().checked_sub(TAG_LEN).ok_or(Error::Truncated {
@@ -344,7 +411,7 @@ impl ObjectContext {
         };
         // plain_len <= max_plain: usize, so the conversion cannot fail.
         let plain_len =
-            usize::try_from(header.plain_len).map_err(|_| Error::Corrupt { reason: "length" })?;
+            usize::try_from(sealed_plain_len).map_err(|_| Error::Corrupt { reason: "length" })?;
         if header.flags.contains(ObjectFlags::COMPRESSED) {
             let out = zstd::bulk::decompress(body, plain_len).map_err(|_| Error::Corrupt {
                 reason: "zstd stream",
@@ -519,6 +586,68 @@ mod tests {
     );
 
     #[test]
+    fn padme_rounds_as_published_and_costs_little() {
+        for (len, want) in [
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (9, 10),
+            (100, 104),
+            (1000, 1024),
+            (4_194_320, 4_325_376),
+        ] {
+            assert_eq!(padme(len), want, "{len}");
+        }
+        let mut prev = 0;
+        for len in (1..200_000u64).step_by(37) {
+            let p = padme(len);
+            assert!(
+                p >= len && p >= prev && (p - len) * 100 <= len * 12 + 100,
+                "{len} -> {p}"
+            );
+            prev = p;
+        }
+    }
+
+    #[test]
+    fn sealed_objects_hide_their_sizes() {
+        let k = keys();
+        let config = RepoConfig::new(
+            [1; 16],
+            1 << 16,
+            Some(3),
+            Encryption::KeyFile {
+                check: k.check_value(&[1; 16]),
+            },
+        )
+        .unwrap();
+        let ctx = ObjectContext::new(&config, Some(&k)).unwrap();
+        // Chunks that compress to nearby sizes seal to one size.
+        let noise = noise(1 << 16, 9);
+        let mut a_plain = vec![0u8; 1 << 16];
+        a_plain[..30_000].copy_from_slice(&noise[..30_000]);
+        let mut b_plain = vec![0u8; 1 << 16];
+        b_plain[..30_400].copy_from_slice(&noise[..30_400]);
+        let a = encode_chunk(&a_plain, &ctx, [1; 24]).unwrap();
+        let b = encode_chunk(&b_plain, &ctx, [2; 24]).unwrap();
+        assert_eq!(a.bytes.len(), b.bytes.len());
+        assert_eq!(
+            &a.bytes[8..16],
+            &[0; 8],
+            "no plaintext length in the header"
+        );
+        assert_eq!(
+            decode_chunk(&b.bytes, &ctx, &b.id, 1 << 16).unwrap(),
+            b_plain
+        );
+        // The length cap still holds, from inside.
+        assert!(matches!(
+            decode_chunk(&a.bytes, &ctx, &a.id, 100),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn golden_unencrypted_chunk() {
         let ctx = plain_ctx(Some(3));
         let e = encode_chunk(b"abc", &ctx, [0; 24]).unwrap();
@@ -540,17 +669,20 @@ mod tests {
     // (Python `cryptography`) under the HChaCha20 subkey of the data key
     // (bytes 32..64) and nonce[..16], nonce 0000_0000 ‖ nonce[16..], with
     // associated data = header ‖ chunk id
-    // 6da54495d8152f2bcba87bd7282df70901cdb66b4448ed5f4c7bd2852b8b5532.
+    // 6da54495d8152f2bcba87bd7282df70901cdb66b4448ed5f4c7bd2852b8b5532,
+    // sealing plain length 3 ‖ body length 3 ‖ "abc" ‖ one zero (Padmé
+    // of 19 is 20). HChaCha20 written out in Python from RFC draft
+    // irtf-cfrg-xchacha; recomputed when the sealed layout changed.
     const GOLDEN_SEALED: &str = concat!(
         "5644524f",
         "01",
         "01",
         "02",
         "00",
-        "0300000000000000", // header, flag encrypted
+        "0000000000000000", // header: flag encrypted, length sealed inside
         "424242424242424242424242424242424242424242424242", // nonce
-        "5dacab",           // ciphertext
-        "d13d2ace11d0ef8310ee3e8a64c79ee2"  // Poly1305 tag
+        "3fcec8097eaf8d2667d559a416541cd0ac062aa2", // ciphertext (20 bytes)
+        "4c2a3c43f45115eecf7c973d6392d316"  // Poly1305 tag
     );
 
     #[test]
@@ -575,7 +707,12 @@ mod tests {
             for data in [&b""[..], b"x", &compressible, &random] {
                 let e = encode_chunk(data, &ctx, [7; 24]).unwrap();
                 let h = ObjectHeader::parse(&e.bytes).unwrap();
-                assert_eq!(h.plain_len, data.len() as u64);
+                let shown = if ctx.is_encrypted() {
+                    0
+                } else {
+                    data.len() as u64
+                };
+                assert_eq!(h.plain_len, shown);
                 assert_eq!(h.flags.contains(ObjectFlags::ENCRYPTED), ctx.is_encrypted());
                 let compressed = h.flags.contains(ObjectFlags::COMPRESSED);
                 // Only worthwhile compression is kept: never for noise.
@@ -682,11 +819,22 @@ mod tests {
                     ..
                 })
             ));
-            assert!(matches!(dec(&mutate(8, 10)), Err(Error::Corrupt { .. })));
-            assert!(matches!(
-                dec(&mutate(10, 1)),
-                Err(Error::TooLarge { size: 65547, .. })
-            ));
+            if ctx.is_encrypted() {
+                // The sizes are sealed inside; the header's must be 0.
+                assert!(matches!(
+                    dec(&mutate(8, 10)),
+                    Err(Error::InvalidField {
+                        field: "object plaintext length",
+                        ..
+                    })
+                ));
+            } else {
+                assert!(matches!(dec(&mutate(8, 10)), Err(Error::Corrupt { .. })));
+                assert!(matches!(
+                    dec(&mutate(10, 1)),
+                    Err(Error::TooLarge { size: 65547, .. })
+                ));
+            }
             assert!(matches!(
                 dec(&mutate(15, 0x80)),
                 Err(Error::TooLarge {

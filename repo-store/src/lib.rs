@@ -1,7 +1,8 @@
 //! # repo-store
 //!
 //! Repository format 2 ([`repo_format`]) over real storage: a local
-//! directory or an S3-compatible bucket behind the small [`Store`] trait,
+//! directory (or an S3-compatible bucket, in `repo-s3`) behind the small
+//! [`Store`] trait,
 //! and the repository engine on top of it: many writers at once, backup
 //! points read in place, verify, prune and garbage collection.
 //!
@@ -16,17 +17,13 @@ pub mod local;
 pub mod maint;
 pub mod reader;
 pub mod repo;
-pub mod s3;
 pub mod store;
-mod url;
 pub mod writer;
 
-pub use crate::url::open_store;
 pub use error::{Error, Result};
 pub use local::LocalDir;
 pub use maint::{BadChunk, GcReport, PruneOutcome, VerifyReport, DEFAULT_GRACE};
 pub use reader::{PointReader, Run};
 pub use repo::{InitEncryption, InitOptions, PointDisk, Repository, Unlock};
-pub use s3::{S3Config, S3Store};
 pub use store::{check_key, MemStore, ObjectInfo, PutOutcome, Store};
 pub use writer::{BackupWriter, Finish, WriterOptions};

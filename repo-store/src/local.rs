@@ -459,4 +459,8 @@ impl Store for LocalDir {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn sweep(&self) -> Result<u64> {
+        self.sweep_temp()
+    }
 }

@@ -35,6 +35,8 @@ pub struct GcReport {
     pub stale_leases: Vec<BackupId>,
     /// The pass ran out of time before deleting everything it could.
     pub stopped_early: bool,
+    /// Stale temporary files of interrupted writes removed.
+    pub temp_swept: u64,
 }
 
 /// One bad chunk found by verify and the points it breaks.
@@ -294,6 +296,9 @@ impl Repository {
                 report.chunks_deleted += 1;
                 report.bytes_deleted += size;
             }
+        }
+        if !dry_run {
+            report.temp_swept = store.sweep()?;
         }
         for id in &plan.stale_leases {
             if let Some((key, version)) = lease_versions.get(id) {

@@ -3,7 +3,7 @@
 //! Everything above this module speaks in object keys (`config`,
 //! `chunks/ab/ab12…`, `indexes/…`); a [`Store`] maps them to files in a
 //! directory ([`crate::local::LocalDir`]), objects in an S3-compatible
-//! bucket ([`crate::s3::S3Store`]) or memory ([`MemStore`], for tests).
+//! bucket (`repo_s3::S3Store`, in its own crate) or memory ([`MemStore`], for tests).
 //!
 //! What every implementation promises:
 //! - an object is written whole or not at all, and is durable when the
@@ -67,6 +67,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn now(&self) -> Result<u64>;
     /// Where the store is, for messages (never with credentials).
     fn location(&self) -> String;
+    /// Removes debris of interrupted writes (a directory's stale
+    /// temporary files); GC calls it. Returns how many were removed.
+    fn sweep(&self) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Checks an object key: non-empty `/`-separated components of

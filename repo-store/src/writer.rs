@@ -366,7 +366,12 @@ impl BackupWriter {
                 .map_err(|e| Error::format("index", e))?;
             let key = index_key(&ix.backup_id, ix.disk_key);
             if repo.store.put_if_absent(&key, &sealed)? == PutOutcome::Existed {
-                return Err(Error::InvalidArgument(format!("{key} already exists")));
+                // Point ids are random: only our own write, retried after
+                // a lost answer, can be there already.
+                let there = repo.store.get(&key, sealed.len() as u64)?;
+                if there.as_deref() != Some(&sealed[..]) {
+                    return Err(Error::InvalidArgument(format!("{key} already exists")));
+                }
             }
         }
         self.stop_heartbeat();

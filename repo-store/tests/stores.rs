@@ -9,7 +9,8 @@ use std::fs;
 use std::sync::{Arc, Barrier};
 
 use moto::Moto;
-use repo_store::{open_store, Error, LocalDir, MemStore, PutOutcome, S3Config, S3Store, Store};
+use repo_s3::{open_store, S3Config, S3Store};
+use repo_store::{Error, LocalDir, MemStore, PutOutcome, Store};
 
 fn sizes(store: &dyn Store, prefix: &str) -> BTreeMap<String, u64> {
     store

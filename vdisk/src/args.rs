@@ -360,6 +360,10 @@ pub(crate) enum Command {
         /// The proxy name recorded in the backup's lease (default: host name).
         #[arg(long)]
         proxy: Option<String>,
+        /// Seconds between renewals of the backup's lease (default 30);
+        /// must stay well below the GC grace period.
+        #[arg(long)]
+        lease_renew: Option<f64>,
         #[command(flatten)]
         secrets: crate::repo::Secrets,
     },

@@ -107,7 +107,7 @@ fn demo(dir: &Path) -> Result<bool, AnyError> {
         sim_b.addr()
     );
     println!("VM demo-vm (vm-100) on each: thin sparse disk 2000 (64 MiB), thick disk 2001 (32 MiB) on the SAN LUN, CBT on; proxy VM backup-proxy (vm-101) on A");
-    let store = repo_store::open_store(&location, true)?;
+    let store = repo_s3::open_store(&location, true)?;
     let (repo, _) = Repository::init(
         store,
         &InitOptions {

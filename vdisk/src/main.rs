@@ -189,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             incremental,
             differential,
             proxy,
+            lease_renew,
             secrets,
         } => {
             let kind = if incremental {
@@ -208,6 +209,12 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             let mut opts = disklib::backup::v2::BackupOptions::default();
             if let Some(p) = proxy {
                 opts.writer.proxy = p;
+            }
+            if let Some(r) = lease_renew {
+                if !(0.01..=3600.0).contains(&r) {
+                    return Err("--lease-renew must be within 0.01..=3600 seconds".into());
+                }
+                opts.writer.renew_every = std::time::Duration::from_secs_f64(r);
             }
             let mut bar = progress_bar(false);
             let s = match (vm, file) {

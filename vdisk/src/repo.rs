@@ -54,7 +54,7 @@ pub(crate) fn is_format1(location: &str) -> bool {
 
 /// Opens the format-2 repository at `location`.
 pub(crate) fn open(location: &str, secrets: &Secrets) -> Result<Repository, AnyError> {
-    let store = repo_store::open_store(location, false)?;
+    let store = repo_s3::open_store(location, false)?;
     Ok(Repository::open(store, &secrets.unlock()?)?)
 }
 
@@ -217,7 +217,7 @@ pub(crate) fn repo(cmd: RepoCommand) -> Result<ExitCode, AnyError> {
                 ),
             };
             let chunk_size = u32::try_from(chunk_size).map_err(|_| "chunk size too large")?;
-            let store = repo_store::open_store(&repo, true)?;
+            let store = repo_s3::open_store(&repo, true)?;
             let (r, key_file) = Repository::init(
                 store,
                 &InitOptions {

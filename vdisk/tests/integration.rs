@@ -12,5 +12,6 @@ mod guest;
 mod malformed;
 mod oracle;
 mod peers;
+mod repo;
 mod serve;
 mod sim_cli;

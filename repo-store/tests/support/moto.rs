@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use repo_store::{S3Config, S3Store};
+use repo_s3::{S3Config, S3Store};
 
 /// The access key tests use (moto accepts any).
 pub const ACCESS_KEY_ID: &str = "testing-access-key";

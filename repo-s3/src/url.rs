@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::local::LocalDir;
+use repo_store::{Error, LocalDir, Result, Store};
+
 use crate::s3::S3Store;
-use crate::store::Store;
 
 /// Opens the store a repository URL names:
 /// - `s3://bucket[/prefix]`: an [`S3Store`] configured from the standard

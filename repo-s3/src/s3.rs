@@ -34,12 +34,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
+use md5::Digest;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::error::{Error, Result};
-use crate::store::{check_key, check_prefix, ObjectInfo, PutOutcome, Store};
+use repo_store::store::{check_key, check_prefix, ObjectInfo, PutOutcome, Store};
+use repo_store::{Error, Result};
 
 /// How often an ambiguous conditional put (409, or 412 for an object
 /// that a `HEAD` then does not find) is tried again.
@@ -338,8 +339,20 @@ impl S3Store {
                     | object_store::Error::NotModified { .. },
                 ) => {
                     // 409 (a concurrent conditional write) also lands here:
-                    // only an object we can see makes it "existed"
-                    if self.head_async(key).await?.is_some() {
+                    // only an object we can see makes it "existed". A
+                    // write of ours whose answer was lost and that the
+                    // client retried also ends here: an object whose ETag
+                    // (the MD5 of a single-part upload) is that of our
+                    // bytes is ours, or byte for byte what ours would be.
+                    if let Some(meta) = self.head_async(key).await? {
+                        let digest: String = md5::Md5::digest(bytes)
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect();
+                        let ours = format!("\"{digest}\"");
+                        if meta.e_tag.as_deref() == Some(ours.as_str()) {
+                            return Ok(PutOutcome::Created);
+                        }
                         return Ok(PutOutcome::Existed);
                     }
                 }
