@@ -40,7 +40,7 @@ const CS: u64 = 64 << 10;
 const GRACE: u64 = 3600;
 const T0: u64 = 1_750_000_000;
 const DISK: i32 = 2000;
-const MAX_CHUNKS: u64 = 8;
+const MAX_CHUNKS: u64 = 6;
 /// The lease of an ordinary backup.
 const TTL: u64 = 600;
 /// The lease of a backup with a GC pass beside it: far beyond the grace.
@@ -121,7 +121,7 @@ struct Setup {
 }
 
 fn capacity() -> impl Strategy<Value = u64> {
-    (3..=MAX_CHUNKS, prop_oneof![2 => Just(0u64), 1 => 1..CS]).prop_map(|(n, shave)| n * CS - shave)
+    (2..=MAX_CHUNKS, prop_oneof![2 => Just(0u64), 1 => 1..CS]).prop_map(|(n, shave)| n * CS - shave)
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -129,7 +129,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         [capacity(), capacity()],
         any::<[u64; 2]>(),
         prop::bool::weighted(0.25),
-        prop_oneof![Just(None), Just(Some(1)), Just(Some(3))],
+        prop_oneof![2 => Just(None), 1 => Just(Some(1)), 1 => Just(Some(3))],
     )
         .prop_map(|(capacities, seeds, encrypted, compression)| Setup {
             capacities,
@@ -916,8 +916,94 @@ proptest! {
     #[test]
     fn the_engine_keeps_what_the_model_believes(
         setup in setup(),
-        ops in prop::collection::vec(op(), 1..24),
+        ops in prop::collection::vec(op(), 1..20),
     ) {
         run(&setup, &ops)?;
     }
 }
+
+// Engine bugs this test finds, each reduced to a fixed sequence. They
+// are kept here as comments (the property test above fails on both).
+//
+// 1. A writer's own uploads are never confirmed. `finish` confirms only
+//    the chunks it reused; the chunks it stored itself are protected by
+//    the grace alone until the heartbeat declares them. With a lease
+//    longer than the GC grace (nothing forbids it; `engine.rs` uses one),
+//    a writer whose heartbeat is late while the clock passes the grace
+//    loses its uploads to a GC pass, and `finish` then publishes an index
+//    naming the deleted chunks: verify reports them missing and the point
+//    no longer reads (`Missing { what: "chunk", .. }`). `put_chunk` would
+//    not store them again either (it returns early for an uploaded id).
+//    Shrunk from the property test: one `GcBeside { kind: Full,
+//    renewed: false, advance: Some(1), .. }`.
+//
+// #[test]
+// fn a_writers_own_uploads_survive_a_gc_pass_while_its_heartbeat_is_late() {
+//     let store = Arc::new(MemStore::new(T0));
+//     let (repo, _) = Repository::init(
+//         Arc::clone(&store) as Arc<dyn Store>,
+//         &InitOptions { chunk_size: CS as u32, compression: None, ..InitOptions::default() },
+//     )
+//     .unwrap();
+//     let mut disk = vec![0u8; 2 * CS as usize];
+//     noise(1, &mut disk);
+//     let id = Repository::new_backup_id(T0);
+//     let opts = WriterOptions { lease_ttl: LONG_TTL, renew_every: NEVER, ..WriterOptions::default() };
+//     let mut w = BackupWriter::begin(&repo, id, opts).unwrap();
+//     let chunks = vec![w.put_chunk(slot(&disk, 0)).unwrap(), w.put_chunk(slot(&disk, 1)).unwrap()];
+//     let index = BackupIndex {
+//         backup_id: id,
+//         vm: VmIdentity { server: "vc1".into(), instance_uuid: "u1".into(), moref: "vm-1".into(), name: "web".into() },
+//         disk_key: DISK,
+//         capacity: disk.len() as u64,
+//         chunk_size: CS as u32,
+//         chunks,
+//         change_id: None,
+//         kind: BackupKind::Full,
+//         time: T0,
+//         base: None,
+//         vm_config: None,
+//     };
+//     // The writer stalls past the grace (far from its lease's end).
+//     store.advance(GRACE + 1);
+//     let gc = repo.gc(GRACE, false).unwrap();
+//     assert_eq!(gc.chunks_deleted, 0, "{gc:?}"); // fails: 2 deleted
+//     // Were the assert gone: finish says Published, verify is not clean,
+//     // and reading the point fails with a missing chunk.
+//     assert_eq!(w.finish(std::slice::from_ref(&index)).unwrap(), Finish::Published);
+//     assert!(repo.verify(None, 1.0).unwrap().is_clean());
+// }
+//
+// 2. `store_chunks` can hang for ever after a storage error. The chunk
+//    channel holds `2 * threads` items and the receiver outlives the
+//    workers: once every worker has returned its error, a producer
+//    already blocked in `send` (it checked `failed` before the worker
+//    failed) is never woken. The property test sees it as a backup
+//    killed by `fail_after` that does not return (the watchdog fails the
+//    case); a stack shows the producer in `SyncSender::send` from
+//    `store_chunks` and no worker left. Racy: it hung in 5 runs of 10.
+//
+// #[test]
+// fn store_chunks_fails_instead_of_hanging_when_the_store_dies() {
+//     let store = Arc::new(MemStore::new(T0));
+//     let (repo, _) = Repository::init(
+//         Arc::clone(&store) as Arc<dyn Store>,
+//         &InitOptions { chunk_size: CS as u32, compression: None, ..InitOptions::default() },
+//     )
+//     .unwrap();
+//     store.fail_after(3); // the lease and two chunks, then the process is dead
+//     let w = BackupWriter::begin(&repo, Repository::new_backup_id(T0), WriterOptions::default()).unwrap();
+//     let mut disk = vec![0u8; 8 * CS as usize];
+//     noise(1, &mut disk);
+//     let (tx, rx) = std::sync::mpsc::channel();
+//     std::thread::spawn(move || {
+//         let r = w.store_chunks::<Error>(1, |put| {
+//             for i in 0..8 {
+//                 put(i, slot(&disk, i).to_vec())?;
+//             }
+//             Ok(())
+//         });
+//         let _ = tx.send(r.is_err());
+//     });
+//     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true), "store_chunks never returned");
+// }
