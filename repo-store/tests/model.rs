@@ -604,11 +604,31 @@ impl World {
 
     fn gc(&mut self, crash: Option<u64>) -> Result<(), TestCaseError> {
         let now = self.now();
+        let markers = |store: &MemStore| -> Result<BTreeMap<String, u64>, TestCaseError> {
+            let mut out = BTreeMap::new();
+            for o in engine("list gc/", store.list("gc/"))? {
+                let bytes = engine("marker", store.get(&o.key, 1 << 16))?;
+                let expires = bytes
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["expires"].as_u64())
+                    .unwrap_or(o.modified + 24 * 3600);
+                out.insert(o.key, expires);
+            }
+            Ok(out)
+        };
+        let before = markers(&self.store)?;
         if let Some(k) = crash {
             self.store.fail_after(k);
         }
         let r = self.repo.gc(GRACE, false);
         self.store.heal();
+        // A killed pass leaves its marker (even one killed when only the
+        // marker's deletion was left, which still returns its report).
+        let after = markers(&self.store)?;
+        if crash.is_none() {
+            prop_assert_eq!(&after, &before, "a GC pass left its marker");
+        }
+        self.markers_until = after.values().fold(self.markers_until, |a, &b| a.max(b));
         match r {
             Ok(report) => {
                 prop_assert!(report.missing.is_empty(), "GC found damage: {report:?}");
@@ -621,17 +641,7 @@ impl World {
                 left_only_justified(&self.store, &self.repo, &referenced, now)
                     .map_err(TestCaseError::fail)?;
             }
-            Err(e) => {
-                prop_assert!(crash.is_some(), "GC failed with no fault: {}", e);
-                for o in engine("list gc/", self.store.list("gc/"))? {
-                    let bytes = engine("marker", self.store.get(&o.key, 1 << 16))?;
-                    let expires = bytes
-                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                        .and_then(|v| v["expires"].as_u64())
-                        .unwrap_or(o.modified + 24 * 3600);
-                    self.markers_until = self.markers_until.max(expires);
-                }
-            }
+            Err(e) => prop_assert!(crash.is_some(), "GC failed with no fault: {}", e),
         }
         Ok(())
     }
