@@ -19,7 +19,9 @@
 //! [`MemStore::heal`] is the next process. A killed operation may leave
 //! chunks no index names, stale leases and GC markers, nothing worse.
 //!
-//! `PROPTEST_CASES` sets the number of cases (64 by default).
+//! `PROPTEST_CASES` sets the number of cases (64 by default). Against
+//! the engine as it stands the test fails: the two engine bugs it finds
+//! are reduced to fixed sequences in the comments at the end.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
