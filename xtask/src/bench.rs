@@ -322,6 +322,36 @@ fn write() -> Result {
     Ok(())
 }
 
+/// A contender of [`interleaved`]: a `prepare` run outside the timing,
+/// then the timed command.
+type Contender<'a> = (&'a dyn Fn() -> Result, &'a dyn Fn() -> Command);
+
+/// The sorted wall times, in seconds, of `runs` interleaved rounds in
+/// which every contender runs once: load from other processes on the
+/// machine falls on all of them alike.
+fn interleaved(runs: usize, contenders: &[Contender<'_>]) -> Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(runs); contenders.len()];
+    for _ in 0..runs {
+        for ((prepare, make), v) in contenders.iter().zip(&mut times) {
+            prepare()?;
+            let mut c = make();
+            let t = Instant::now();
+            sh(&mut c)?;
+            v.push(t.elapsed().as_secs_f64());
+        }
+    }
+    for v in &mut times {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(times)
+}
+
+/// `1.23 s (1.20 / 1.23 / 1.31)`: a median and the runs it came from.
+fn runs_text(v: &[f64]) -> String {
+    let all: Vec<String> = v.iter().map(|t| format!("{t:.2}")).collect();
+    format!("{:.2} s ({})", v[v.len() / 2], all.join(" / "))
+}
+
 /// Like [`time`], running `prepare` before each run (outside the timing).
 fn time_with(prepare: &dyn Fn() -> Result, make: impl FnMut() -> Command) -> Result<f64> {
     median(RUNS, prepare, make)
@@ -551,8 +581,8 @@ fn serve() -> Result {
 const MIB: u64 = 1 << 20;
 /// `bench repo`'s disk: 2 GiB virtual.
 const REPO_DISK: u64 = 2 * GIB;
-/// `bench repo` takes medians of 3 runs (each backup into a fresh
-/// repository takes seconds).
+/// `bench repo` takes medians of 3 interleaved rounds (each backup into a
+/// fresh repository takes seconds).
 const REPO_RUNS: usize = 3;
 /// The passphrase of both repositories (`VDISK_PASSPHRASE`,
 /// `RESTIC_PASSWORD`).
@@ -768,16 +798,6 @@ fn repo_in(dir: &Path, vdisk: &Path) -> Result {
                 "3",
             ]))
     };
-    let ours = median(REPO_RUNS, &fresh_vdisk, || {
-        let mut c = Command::new(vdisk);
-        c.env("VDISK_PASSPHRASE", REPO_PASSPHRASE)
-            .arg("backup")
-            .arg("--file")
-            .arg(&disk)
-            .arg("--to")
-            .arg(&repo);
-        c
-    })?;
     let restic_env = |c: &mut Command| {
         c.env("RESTIC_REPOSITORY", &restic_repo)
             .env("RESTIC_PASSWORD", REPO_PASSPHRASE)
@@ -789,7 +809,17 @@ fn repo_in(dir: &Path, vdisk: &Path) -> Result {
         restic_env(&mut c);
         sh(c.args(["init", "--no-cache", "-q"]))
     };
-    let theirs = median(REPO_RUNS, &fresh_restic, || {
+    let backup_vdisk = || {
+        let mut c = Command::new(vdisk);
+        c.env("VDISK_PASSPHRASE", REPO_PASSPHRASE)
+            .arg("backup")
+            .arg("--file")
+            .arg(&disk)
+            .arg("--to")
+            .arg(&repo);
+        c
+    };
+    let backup_restic = || {
         let mut c = Command::new("sh");
         restic_env(&mut c);
         c.arg("-c")
@@ -797,7 +827,20 @@ fn repo_in(dir: &Path, vdisk: &Path) -> Result {
             .arg("sh")
             .arg(&raw);
         c
-    })?;
+    };
+    let t = interleaved(
+        REPO_RUNS,
+        &[
+            (&fresh_vdisk, &backup_vdisk),
+            (&fresh_restic, &backup_restic),
+        ],
+    )?;
+    let (ours, theirs) = (t[0][REPO_RUNS / 2], t[1][REPO_RUNS / 2]);
+    println!(
+        "  vdisk {}, restic {} (interleaved rounds)",
+        runs_text(&t[0]),
+        runs_text(&t[1])
+    );
     // The last vdisk run's repository holds the full backup the
     // incrementals below build on.
     let full_repo = du(&repo);
@@ -842,7 +885,7 @@ fn repo_in(dir: &Path, vdisk: &Path) -> Result {
         let _ = std::fs::remove_file(&out_raw);
         sh(&mut Command::new("sync"))
     };
-    let ours = median(REPO_RUNS, &clean, || {
+    let restore = || {
         let mut c = Command::new(vdisk);
         c.env("VDISK_PASSPHRASE", REPO_PASSPHRASE)
             .arg("restore")
@@ -851,12 +894,19 @@ fn repo_in(dir: &Path, vdisk: &Path) -> Result {
             .args(["--backup", "latest", "--to"])
             .arg(&out_vmdk);
         c
-    })?;
-    let theirs = median(REPO_RUNS, &clean, || {
+    };
+    let cat = || {
         let mut c = Command::new(vdisk);
         c.args(["cat", "-o"]).arg(&out_raw).arg(&disk);
         c
-    })?;
+    };
+    let t = interleaved(REPO_RUNS, &[(&clean, &restore), (&clean, &cat)])?;
+    let (ours, theirs) = (t[0][REPO_RUNS / 2], t[1][REPO_RUNS / 2]);
+    println!(
+        "  restore {}, cat {} (interleaved rounds)",
+        runs_text(&t[0]),
+        runs_text(&t[1])
+    );
     clean()?;
     println!(
         "  vdisk restore {:>6.0} MB/s   vdisk cat {:>6.0} MB/s (of the 2 GiB disk)",
