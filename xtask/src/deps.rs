@@ -35,7 +35,7 @@ pub(crate) enum Group {
     /// `cargo xtask test` and `cargo xtask integration`.
     Test,
     /// The benches that compare with other programs (`cargo xtask bench
-    /// read|write|san`); `cargo xtask deps --bench` adds them.
+    /// read|write|san|serve|repo`); `cargo xtask deps --bench` adds them.
     Bench,
 }
 
@@ -355,6 +355,16 @@ pub(crate) const PEERS: &[Peer] = &[
         kind: Kind::Apt(Apt {
             present: Probe::Command("fio"),
             packages: &["fio"],
+        }),
+    },
+    Peer {
+        what: "restic",
+        why: "bench repo compares full backups into repository format 2 with `restic backup \
+              --stdin`",
+        groups: &[Group::Bench],
+        kind: Kind::Apt(Apt {
+            present: Probe::Command("restic"),
+            packages: &["restic"],
         }),
     },
 ];
@@ -1009,7 +1019,7 @@ mod tests {
             ]
         );
         let (bench, _) = plan_with(PEERS, &[Group::Bench], &[]);
-        assert_eq!(packages(&bench), ["qemu-utils", "fio"]);
+        assert_eq!(packages(&bench), ["qemu-utils", "fio", "restic"]);
         for p in PEERS {
             assert!(!p.groups.is_empty() && !p.why.is_empty(), "{}", p.what);
         }

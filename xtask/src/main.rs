@@ -64,6 +64,10 @@ const TASKS: &[(&str, &str)] = &[
         "bench serve",
         "nbdcopy from vdisk serve vs qemu-nbd and nbdkit; vdisk get of 1 GiB vs debugfs rdump",
     ),
+    (
+        "bench repo",
+        "2 GiB disk into a repository (format 2) vs restic; 5 % incremental; restore vs cat",
+    ),
     ("doc", "build the docs with warnings denied"),
     (
         "dist",
