@@ -405,8 +405,21 @@ impl Repository {
         self.store.delete(&index_key(id, disk_key), None)
     }
 
-    /// A fresh point id for `time`.
+    /// A fresh point id for `time`: the time, then this machine's
+    /// sub-second clock (so that points of one second still sort in the
+    /// order they were taken, on one machine), then random bytes.
     pub fn new_backup_id(time: u64) -> BackupId {
-        BackupId::new(time, random())
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self::backup_id_with_sequence(time, nanos)
+    }
+
+    /// A point id for `time` whose first four random bytes are
+    /// `sequence` (big endian), so ids of the same second sort by it.
+    pub fn backup_id_with_sequence(time: u64, sequence: u32) -> BackupId {
+        let mut r: [u8; 16] = random();
+        r[..4].copy_from_slice(&sequence.to_be_bytes());
+        BackupId::new(time, r)
     }
 }

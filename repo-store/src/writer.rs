@@ -13,7 +13,8 @@
 //! lists the leases after the declaration sees it. Fresh uploads are
 //! declared by the heartbeat within [`WriterOptions::renew_every`] of
 //! being stored, far within the GC grace, so rule 3 of the plan keeps
-//! them meanwhile.
+//! them meanwhile; and since a stalled process can outlive the grace,
+//! `finish` confirms the writer's own uploads as well.
 //!
 //! Publication: each index is written once under its final name (create
 //! if absent) after every chunk it names is stored and confirmed, and
@@ -96,6 +97,8 @@ struct State {
     uploaded: HashSet<ChunkId>,
     /// Chunks it references without having stored them.
     reused: HashSet<ChunkId>,
+    /// Chunks `finish` found gone, to be stored again.
+    missing: HashSet<ChunkId>,
     /// Declared in the lease as last written.
     declared: usize,
     expired: bool,
@@ -201,6 +204,7 @@ impl BackupWriter {
                 lease,
                 uploaded: HashSet::new(),
                 reused: HashSet::new(),
+                missing: HashSet::new(),
                 declared: 0,
                 expired: false,
             }),
@@ -268,12 +272,14 @@ impl BackupWriter {
         let id = repo.ctx.chunk_id(plain);
         let missing_before = {
             let st = self.shared.lock();
-            if st.uploaded.contains(&id) {
+            // A chunk found missing at finish comes back here to be
+            // stored again; any other known chunk is settled (stored by
+            // us, or declared and confirmed at finish).
+            let missing = st.missing.contains(&id);
+            if !missing && (st.uploaded.contains(&id) || st.reused.contains(&id)) {
                 return Ok(Some(id));
             }
-            // A reused chunk found missing at finish comes back here to
-            // be stored again.
-            st.reused.contains(&id)
+            missing
         };
         let key = chunk_key(&id);
         if !missing_before && repo.store.head(&key)?.is_some() {
@@ -291,6 +297,7 @@ impl BackupWriter {
         };
         let mut st = self.shared.lock();
         if created {
+            st.missing.remove(&id);
             st.reused.remove(&id);
             st.uploaded.insert(id);
             drop(st);
@@ -338,17 +345,19 @@ impl BackupWriter {
         shared.renew()?;
         // 2. Wait out any GC pass that may have missed the declaration.
         self.wait_for_gc()?;
-        // 3. Confirm what this writer did not store itself.
-        let to_confirm: Vec<ChunkId> = {
-            let st = shared.lock();
-            named
-                .iter()
-                .filter(|id| st.reused.contains(id))
-                .copied()
-                .collect()
-        };
+        // 3. Confirm every chunk named: those reused, and also those this
+        // writer stored, which only the grace protected until the
+        // heartbeat declared them (a stalled process can outlive it).
+        let to_confirm: Vec<ChunkId> = named.iter().copied().collect();
         let missing = self.missing(&to_confirm)?;
         if !missing.is_empty() {
+            // put_chunk stores these again (unconditionally).
+            let mut st = shared.lock();
+            for id in &missing {
+                st.uploaded.remove(id);
+                st.reused.insert(*id);
+                st.missing.insert(*id);
+            }
             return Ok(Finish::Missing(missing));
         }
         // 4. Publish, each index only while the lease is live.
@@ -503,16 +512,23 @@ impl BackupWriter {
                     let failed = &failed;
                     s.spawn(move || -> Result<Vec<(u64, Option<ChunkId>)>, Error> {
                         let mut out = Vec::new();
+                        let mut error = None;
                         loop {
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok((i, data)) = next else {
-                                return Ok(out);
+                                return error.map_or(Ok(out), Err);
                             };
+                            // After a failure keep draining, so that a
+                            // producer blocked in `send` is never left
+                            // waiting on a channel nobody reads.
+                            if error.is_some() || failed.load(Ordering::SeqCst) {
+                                continue;
+                            }
                             match self.put_chunk(&data) {
                                 Ok(id) => out.push((i, id)),
                                 Err(e) => {
                                     failed.store(true, Ordering::SeqCst);
-                                    return Err(e);
+                                    error = Some(e);
                                 }
                             }
                         }

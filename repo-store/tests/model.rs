@@ -934,10 +934,10 @@ proptest! {
     }
 }
 
-// Engine bugs this test finds, each reduced to a fixed sequence. They
-// are kept here as comments (the property test above fails on both).
-//
-// 1. A writer's own uploads are never confirmed. `finish` confirms only
+// Engine bugs this test found, each reduced to a fixed sequence and
+// kept as a regression test.
+
+// 1. (Fixed.) A writer's own uploads were never confirmed. `finish` confirms only
 //    the chunks it reused; the chunks it stored itself are protected by
 //    the grace alone until the heartbeat declares them. With a lease
 //    longer than the GC grace (nothing forbids it; `engine.rs` uses one),
@@ -948,45 +948,76 @@ proptest! {
 //    not store them again either (it returns early for an uploaded id).
 //    Shrunk from the property test: one `GcBeside { kind: Full,
 //    renewed: false, advance: Some(1), .. }`.
-//
-// #[test]
-// fn a_writers_own_uploads_survive_a_gc_pass_while_its_heartbeat_is_late() {
-//     let store = Arc::new(MemStore::new(T0));
-//     let (repo, _) = Repository::init(
-//         Arc::clone(&store) as Arc<dyn Store>,
-//         &InitOptions { chunk_size: CS as u32, compression: None, ..InitOptions::default() },
-//     )
-//     .unwrap();
-//     let mut disk = vec![0u8; 2 * CS as usize];
-//     noise(1, &mut disk);
-//     let id = Repository::new_backup_id(T0);
-//     let opts = WriterOptions { lease_ttl: LONG_TTL, renew_every: NEVER, ..WriterOptions::default() };
-//     let mut w = BackupWriter::begin(&repo, id, opts).unwrap();
-//     let chunks = vec![w.put_chunk(slot(&disk, 0)).unwrap(), w.put_chunk(slot(&disk, 1)).unwrap()];
-//     let index = BackupIndex {
-//         backup_id: id,
-//         vm: VmIdentity { server: "vc1".into(), instance_uuid: "u1".into(), moref: "vm-1".into(), name: "web".into() },
-//         disk_key: DISK,
-//         capacity: disk.len() as u64,
-//         chunk_size: CS as u32,
-//         chunks,
-//         change_id: None,
-//         kind: BackupKind::Full,
-//         time: T0,
-//         base: None,
-//         vm_config: None,
-//     };
-//     // The writer stalls past the grace (far from its lease's end).
-//     store.advance(GRACE + 1);
-//     let gc = repo.gc(GRACE, false).unwrap();
-//     assert_eq!(gc.chunks_deleted, 0, "{gc:?}"); // fails: 2 deleted
-//     // Were the assert gone: finish says Published, verify is not clean,
-//     // and reading the point fails with a missing chunk.
-//     assert_eq!(w.finish(std::slice::from_ref(&index)).unwrap(), Finish::Published);
-//     assert!(repo.verify(None, 1.0).unwrap().is_clean());
-// }
-//
-// 2. `store_chunks` can hang for ever after a storage error. The chunk
+
+#[test]
+fn a_writers_own_uploads_survive_a_gc_pass_while_its_heartbeat_is_late() {
+    let store = Arc::new(MemStore::new(T0));
+    let (repo, _) = Repository::init(
+        Arc::clone(&store) as Arc<dyn Store>,
+        &InitOptions {
+            chunk_size: CS as u32,
+            compression: None,
+            ..InitOptions::default()
+        },
+    )
+    .unwrap();
+    let mut disk = vec![0u8; 2 * CS as usize];
+    noise(1, &mut disk);
+    let id = Repository::new_backup_id(T0);
+    let opts = WriterOptions {
+        lease_ttl: LONG_TTL,
+        renew_every: NEVER,
+        ..WriterOptions::default()
+    };
+    let mut w = BackupWriter::begin(&repo, id, opts).unwrap();
+    let chunks = vec![
+        w.put_chunk(slot(&disk, 0)).unwrap(),
+        w.put_chunk(slot(&disk, 1)).unwrap(),
+    ];
+    let index = BackupIndex {
+        backup_id: id,
+        vm: VmIdentity {
+            server: "vc1".into(),
+            instance_uuid: "u1".into(),
+            moref: "vm-1".into(),
+            name: "web".into(),
+        },
+        disk_key: DISK,
+        capacity: disk.len() as u64,
+        chunk_size: CS as u32,
+        chunks,
+        change_id: None,
+        kind: BackupKind::Full,
+        time: T0,
+        base: None,
+        vm_config: None,
+    };
+    // The writer stalls past the grace (far from its lease's end): a GC
+    // pass takes its undeclared uploads, and `finish` notices, stores
+    // them again, then publishes a point that reads back.
+    store.advance(GRACE + 1);
+    let gc = repo.gc(GRACE, false).unwrap();
+    assert_eq!(gc.chunks_deleted, 2, "{gc:?}");
+    let Finish::Missing(missing) = w.finish(std::slice::from_ref(&index)).unwrap() else {
+        panic!("published a point whose chunks are gone");
+    };
+    assert_eq!(missing.len(), 2);
+    assert!(repo.index_names().unwrap().is_empty());
+    for i in 0..2 {
+        w.put_chunk(slot(&disk, i)).unwrap();
+    }
+    assert_eq!(
+        w.finish(std::slice::from_ref(&index)).unwrap(),
+        Finish::Published
+    );
+    assert!(repo.verify(None, 1.0).unwrap().is_clean());
+    let r = PointReader::open(&repo, &id, DISK).unwrap();
+    let mut back = vec![0u8; disk.len()];
+    r.read_at(0, &mut back).unwrap();
+    assert!(back == disk);
+}
+
+// 2. (Fixed.) `store_chunks` could hang for ever after a storage error. The chunk
 //    channel holds `2 * threads` items and the receiver outlives the
 //    workers: once every worker has returned its error, a producer
 //    already blocked in `send` (it checked `failed` before the worker
@@ -994,28 +1025,41 @@ proptest! {
 //    killed by `fail_after` that does not return (the watchdog fails the
 //    case); a stack shows the producer in `SyncSender::send` from
 //    `store_chunks` and no worker left. Racy: it hung in 5 runs of 10.
-//
-// #[test]
-// fn store_chunks_fails_instead_of_hanging_when_the_store_dies() {
-//     let store = Arc::new(MemStore::new(T0));
-//     let (repo, _) = Repository::init(
-//         Arc::clone(&store) as Arc<dyn Store>,
-//         &InitOptions { chunk_size: CS as u32, compression: None, ..InitOptions::default() },
-//     )
-//     .unwrap();
-//     store.fail_after(3); // the lease and two chunks, then the process is dead
-//     let w = BackupWriter::begin(&repo, Repository::new_backup_id(T0), WriterOptions::default()).unwrap();
-//     let mut disk = vec![0u8; 8 * CS as usize];
-//     noise(1, &mut disk);
-//     let (tx, rx) = std::sync::mpsc::channel();
-//     std::thread::spawn(move || {
-//         let r = w.store_chunks::<Error>(1, |put| {
-//             for i in 0..8 {
-//                 put(i, slot(&disk, i).to_vec())?;
-//             }
-//             Ok(())
-//         });
-//         let _ = tx.send(r.is_err());
-//     });
-//     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true), "store_chunks never returned");
-// }
+
+#[test]
+fn store_chunks_fails_instead_of_hanging_when_the_store_dies() {
+    let store = Arc::new(MemStore::new(T0));
+    let (repo, _) = Repository::init(
+        Arc::clone(&store) as Arc<dyn Store>,
+        &InitOptions {
+            chunk_size: CS as u32,
+            compression: None,
+            ..InitOptions::default()
+        },
+    )
+    .unwrap();
+    store.fail_after(3); // the lease and two chunks, then the process is dead
+    let w = BackupWriter::begin(
+        &repo,
+        Repository::new_backup_id(T0),
+        WriterOptions::default(),
+    )
+    .unwrap();
+    let mut disk = vec![0u8; 8 * CS as usize];
+    noise(1, &mut disk);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = w.store_chunks::<Error>(1, |put| {
+            for i in 0..8 {
+                put(i, slot(&disk, i).to_vec())?;
+            }
+            Ok(())
+        });
+        let _ = tx.send(r.is_err());
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "store_chunks never returned"
+    );
+}

@@ -635,7 +635,8 @@ pub fn migrate(
             "differential" => BackupKind::Differential,
             _ => BackupKind::Full,
         };
-        let backup_id = BackupId::new(entry.time, repo_store::repo::random());
+        // Backups of one second keep their catalog order.
+        let backup_id = Repository::backup_id_with_sequence(entry.time, n as u32);
         let mut writer = BackupWriter::begin(repo, backup_id, WriterOptions::default())?;
         let mut indexes = Vec::new();
         let mut points = Vec::new();
