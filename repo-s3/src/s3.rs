@@ -209,7 +209,7 @@ impl S3Store {
     /// Opens `s3://bucket[/prefix]` with an explicit configuration.
     ///
     /// ```
-    /// use repo_store::s3::{S3Config, S3Store};
+    /// use repo_s3::{S3Config, S3Store};
     /// use repo_store::Error;
     /// let config = S3Config {
     ///     endpoint: Some("http://example.com:9000".into()),

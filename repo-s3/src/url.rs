@@ -16,7 +16,8 @@ use crate::s3::S3Store;
 /// Any other scheme (`http://`, `ftp://`…) is refused.
 ///
 /// ```
-/// use repo_store::{open_store, Error};
+/// use repo_s3::open_store;
+/// use repo_store::Error;
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = open_store(dir.path().join("r").to_str().unwrap(), true).unwrap();
 /// assert!(store.head("config").unwrap().is_none());

@@ -67,6 +67,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn now(&self) -> Result<u64>;
     /// Where the store is, for messages (never with credentials).
     fn location(&self) -> String;
+    /// [`Store::put_if_absent`], except that the object's *name* may
+    /// become durable only at [`Store::make_durable`]; its content is
+    /// durable before the name can appear at all. For the many chunks of
+    /// a backup, whose names need to be durable only before an index
+    /// names them.
+    fn put_if_absent_lazy(&self, key: &str, bytes: &[u8]) -> Result<PutOutcome> {
+        self.put_if_absent(key, bytes)
+    }
+    /// Makes the names of these existing objects durable (a directory
+    /// syncs the directories holding them; an object store has nothing to
+    /// do). Called before anything durable names them.
+    fn make_durable(&self, keys: &[String]) -> Result<()> {
+        let _ = keys;
+        Ok(())
+    }
     /// Removes debris of interrupted writes (a directory's stale
     /// temporary files); GC calls it. Returns how many were removed.
     fn sweep(&self) -> Result<u64> {

@@ -293,7 +293,7 @@ impl BackupWriter {
             repo.store.put(&key, &sealed.bytes)?;
             true
         } else {
-            repo.store.put_if_absent(&key, &sealed.bytes)? == PutOutcome::Created
+            repo.store.put_if_absent_lazy(&key, &sealed.bytes)? == PutOutcome::Created
         };
         let mut st = self.shared.lock();
         if created {
@@ -360,7 +360,11 @@ impl BackupWriter {
             }
             return Ok(Finish::Missing(missing));
         }
-        // 4. Publish, each index only while the lease is live.
+        // 4. Every chunk's name durable (ours, and those reused from
+        // writers that may not have synced theirs yet), then publish,
+        // each index only while the lease is live.
+        let keys: Vec<String> = named.iter().map(chunk_key).collect();
+        repo.store.make_durable(&keys)?;
         for ix in indexes {
             let now = repo.store.now()?;
             let live = {

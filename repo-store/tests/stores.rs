@@ -155,6 +155,23 @@ fn conformance(s: &dyn Store) {
             "{loc} list {bad:?}"
         );
     }
+    // Lazily named objects behave like the others once written.
+    assert_eq!(
+        s.put_if_absent_lazy("lazy/ab/one", b"first").unwrap(),
+        PutOutcome::Created,
+        "{loc}"
+    );
+    assert_eq!(
+        s.put_if_absent_lazy("lazy/ab/one", b"second").unwrap(),
+        PutOutcome::Existed,
+        "{loc}"
+    );
+    assert_eq!(
+        s.get("lazy/ab/one", 10).unwrap().unwrap(),
+        b"first",
+        "{loc}"
+    );
+    s.make_durable(&["lazy/ab/one".to_string()]).unwrap();
 }
 
 /// Writers racing to create one key: exactly one wins and its bytes stay.
@@ -391,12 +408,13 @@ fn s3_store_conforms_on_moto() {
             ("outside", 1),
             ("where/a/deep/er/y", 0),
             ("where/a/b/c", 3),
+            ("where/lazy/ab/one", 5),
             ("where/ab/z", 2),
             ("where/top", 5)
         ])
     );
     assert!(p.head("outside").unwrap().is_none());
-    assert_eq!(p.list("").unwrap().len(), 4);
+    assert_eq!(p.list("").unwrap().len(), 5);
 }
 
 #[test]

@@ -24,8 +24,9 @@ use crate::error::{Error, Result};
 
 use super::{now, snapshot_session, Summary};
 
-/// Threads hashing, compressing, sealing and uploading chunks.
-const STORE_THREADS: usize = 2;
+/// Threads hashing, compressing, sealing and uploading chunks (more than
+/// the cores: each also waits on the store).
+const STORE_THREADS: usize = 3;
 /// Largest read handed to the transport at once.
 const READ_BATCH: u64 = 8 << 20;
 /// How often a backup stores again the chunks a GC pass removed under it.
