@@ -153,15 +153,17 @@ impl PointReader {
         out
     }
 
-    /// Restores the whole disk through `write(offset, bytes)`, called on
-    /// the calling thread for every stored chunk (zero chunks are skipped:
-    /// the target starts zeroed or sparse, or see [`PointReader::runs`]),
-    /// while `threads` threads fetch and check chunks. Writes may come in
-    /// any order.
+    /// Restores the whole disk: `threads` threads fetch and check chunks
+    /// and hand each stored chunk to `write(offset, bytes)` themselves
+    /// (so `write` runs on several threads at once, in any order); zero
+    /// chunks are skipped (the target starts zeroed or sparse, or see
+    /// [`PointReader::runs`]). `progress` is called on the calling thread
+    /// with the bytes of each chunk written.
     pub fn restore(
         &self,
         threads: usize,
-        write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+        write: &(dyn Fn(u64, &[u8]) -> Result<()> + Sync),
+        progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let present: Vec<(u64, repo_format::ChunkId)> = self
             .index
@@ -173,7 +175,7 @@ impl PointReader {
         let next = AtomicU64::new(0);
         let cs = u64::from(self.index.chunk_size);
         std::thread::scope(|s| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(threads * 2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<u64>>(threads.max(1) * 2);
             for _ in 0..threads.max(1) {
                 let tx = tx.clone();
                 let present = &present;
@@ -185,17 +187,17 @@ impl PointReader {
                     };
                     let r = self.repo.read_chunk(id).and_then(|d| {
                         let want = self.index.chunk_extent(*i).map_or(0, |e| e.1);
-                        if d.len() as u64 == want {
-                            Ok((*i * cs, d))
-                        } else {
-                            Err(Error::format(
+                        if d.len() as u64 != want {
+                            return Err(Error::format(
                                 format!("chunk {id}"),
                                 repo_format::Error::InvalidField {
                                     field: "chunk length",
                                     reason: "differs from its slot in the index",
                                 },
-                            ))
+                            ));
                         }
+                        write(*i * cs, &d)?;
+                        Ok(d.len() as u64)
                     });
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
@@ -207,10 +209,9 @@ impl PointReader {
             }
             drop(tx);
             for r in rx {
-                let (off, data) = r?;
-                self.bytes_read
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                write(off, &data)?;
+                let n = r?;
+                self.bytes_read.fetch_add(n, Ordering::Relaxed);
+                progress(n);
             }
             Ok(())
         })

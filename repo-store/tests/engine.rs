@@ -127,13 +127,17 @@ fn read_all(repo: &Repository, ix: &BackupIndex) -> Vec<u8> {
     let r = PointReader::open(repo, &ix.backup_id, ix.disk_key).unwrap();
     let mut out = vec![0u8; r.capacity() as usize];
     r.read_at(0, &mut out).unwrap();
-    let mut restored = vec![0u8; r.capacity() as usize];
-    r.restore(2, &mut |off, d| {
-        restored[off as usize..][..d.len()].copy_from_slice(d);
-        Ok(())
-    })
+    let restored = std::sync::Mutex::new(vec![0u8; r.capacity() as usize]);
+    r.restore(
+        2,
+        &|off, d| {
+            restored.lock().unwrap()[off as usize..][..d.len()].copy_from_slice(d);
+            Ok(())
+        },
+        &mut |_| {},
+    )
     .unwrap();
-    assert_eq!(out, restored);
+    assert_eq!(out, restored.into_inner().unwrap());
     out
 }
 

@@ -677,14 +677,19 @@ impl World {
                 read == p.bytes,
                 "{id} reads back other bytes after step {step}"
             );
-            let mut restored = vec![0u8; p.bytes.len()];
+            let restored = std::sync::Mutex::new(vec![0u8; p.bytes.len()]);
             engine(
                 &format!("restoring {id} after step {step}"),
-                r.restore(2, &mut |off, d| {
-                    restored[off as usize..][..d.len()].copy_from_slice(d);
-                    Ok(())
-                }),
+                r.restore(
+                    2,
+                    &|off, d| {
+                        restored.lock().unwrap()[off as usize..][..d.len()].copy_from_slice(d);
+                        Ok(())
+                    },
+                    &mut |_| {},
+                ),
             )?;
+            let restored = restored.into_inner().unwrap();
             prop_assert!(
                 restored == p.bytes,
                 "{id} restores to other bytes after step {step}"

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use super::point::{block_at, open_sources, read_block};
 use super::*;
 
-type WriteFn = dyn Fn(u64, &[u8]) -> Result<()>;
+type WriteFn = dyn Fn(u64, &[u8]) -> Result<()> + Send + Sync;
 
 /// Where a restore writes.
 #[derive(Clone, Debug)]

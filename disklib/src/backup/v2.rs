@@ -534,14 +534,18 @@ pub fn restore(
             let (write_at, zero_holes, mut finish) =
                 open_target(lib, target, local.as_ref(), key, capacity, &mut created)?;
             let mut done = 0u64;
-            reader.restore(STORE_THREADS, &mut |off, data| {
-                write_at(off, data).map_err(|e| {
-                    repo_store::Error::InvalidArgument(format!("writing disk {key}: {e}"))
-                })?;
-                done += data.len() as u64;
-                progress(done, capacity);
-                Ok(())
-            })?;
+            reader.restore(
+                STORE_THREADS,
+                &|off, data| {
+                    write_at(off, data).map_err(|e| {
+                        repo_store::Error::InvalidArgument(format!("writing disk {key}: {e}"))
+                    })
+                },
+                &mut |n| {
+                    done += n;
+                    progress(done, capacity);
+                },
+            )?;
             written += done;
             if zero_holes {
                 let zeros = vec![0u8; 1 << 20];
