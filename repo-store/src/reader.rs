@@ -72,6 +72,22 @@ impl PointReader {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
+    /// Reads chunk `id` of slot `i`, checked against its id and against
+    /// the slot's length.
+    fn read_slot(&self, i: u64, id: &repo_format::ChunkId) -> Result<Vec<u8>> {
+        let data = self.repo.read_chunk(id)?;
+        if Some(data.len() as u64) != self.index.chunk_extent(i).map(|e| e.1) {
+            return Err(Error::format(
+                format!("chunk {id}"),
+                repo_format::Error::InvalidField {
+                    field: "chunk length",
+                    reason: "differs from its slot in the index",
+                },
+            ));
+        }
+        Ok(data)
+    }
+
     fn chunk(&self, i: u64) -> Result<Option<Arc<Vec<u8>>>> {
         let Some(Some(id)) = usize::try_from(i)
             .ok()
@@ -85,18 +101,7 @@ impl PointReader {
                 return Ok(Some(Arc::clone(d)));
             }
         }
-        let data = self.repo.read_chunk(id)?;
-        let (start, len) = self.index.chunk_extent(i).unwrap_or((0, 0));
-        let _ = start;
-        if data.len() as u64 != len {
-            return Err(Error::format(
-                format!("chunk {id}"),
-                repo_format::Error::InvalidField {
-                    field: "chunk length",
-                    reason: "differs from its slot in the index",
-                },
-            ));
-        }
+        let data = self.read_slot(i, id)?;
         self.bytes_read
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let data = Arc::new(data);
@@ -185,17 +190,7 @@ impl PointReader {
                     let Some((i, id)) = present.get(k) else {
                         return;
                     };
-                    let r = self.repo.read_chunk(id).and_then(|d| {
-                        let want = self.index.chunk_extent(*i).map_or(0, |e| e.1);
-                        if d.len() as u64 != want {
-                            return Err(Error::format(
-                                format!("chunk {id}"),
-                                repo_format::Error::InvalidField {
-                                    field: "chunk length",
-                                    reason: "differs from its slot in the index",
-                                },
-                            ));
-                        }
+                    let r = self.read_slot(*i, id).and_then(|d| {
                         write(*i * cs, &d)?;
                         Ok(d.len() as u64)
                     });

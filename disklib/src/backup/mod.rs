@@ -351,6 +351,29 @@ pub(crate) fn snapshot_session(
     ended
 }
 
+/// A warning for each independent disk of the VM (its current disk list:
+/// independent disks are not part of snapshots, so a backup skips them).
+pub(crate) fn independent_disk_warnings(
+    client: &vim_soap::client::Client,
+    vm: &MoRef,
+) -> Result<Vec<String>> {
+    let current = codec::virtual_disks(
+        &client
+            .property(vm, "config.hardware.device")?
+            .ok_or_else(|| Error::InvalidArgument("the VM has no devices".into()))?,
+    )?;
+    Ok(current
+        .iter()
+        .filter(|d| d.is_independent())
+        .map(|d| {
+            format!(
+                "disk {} ({}) is independent: not part of snapshots, skipped",
+                d.key, d.file_name
+            )
+        })
+        .collect())
+}
+
 /// The VM of `params` as a managed object reference.
 pub(crate) fn vm_moref(params: &ConnectParams) -> MoRef {
     MoRef::new(
@@ -410,17 +433,7 @@ fn backup_snapshot(
             disks: Vec::new(),
             skipped: Vec::new(),
         };
-        // The VM's current disk list tells independent disks too.
-        let current = codec::virtual_disks(
-            &client
-                .property(vm, "config.hardware.device")?
-                .ok_or_else(|| Error::InvalidArgument("the VM has no devices".into()))?,
-        )?;
-        for d in current.iter().filter(|d| d.is_independent()) {
-            let w = format!(
-                "disk {} ({}) is independent: not part of snapshots, skipped",
-                d.key, d.file_name
-            );
+        for w in independent_disk_warnings(client, vm)? {
             summary.warnings.push(w.clone());
             entry.skipped.push(w);
         }

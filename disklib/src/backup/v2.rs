@@ -112,6 +112,46 @@ fn read_slots(
     Ok(read)
 }
 
+/// What [`publish`] asks to be read again and stored: the slots of
+/// `indexes[n]` whose chunks vanished.
+type Reread<'a> = dyn FnMut(&BackupWriter, usize, &[u64]) -> Result<()> + 'a;
+
+/// Publishes `indexes`. Chunks a GC pass removed meanwhile (see
+/// [`Finish::Missing`]) are read again through `reread` and stored, up to
+/// [`MISSING_ROUNDS`] times.
+fn publish(
+    writer: &mut BackupWriter,
+    indexes: &[BackupIndex],
+    reread: &mut Reread<'_>,
+) -> Result<()> {
+    let mut round = 0;
+    loop {
+        let Finish::Missing(ids) = writer.finish(indexes)? else {
+            return Ok(());
+        };
+        if round == MISSING_ROUNDS {
+            return Err(Error::InvalidArgument(format!(
+                "{} chunks kept vanishing while the point was published (a GC pass with a too short grace?)",
+                ids.len()
+            )));
+        }
+        round += 1;
+        let wanted: std::collections::HashSet<ChunkId> = ids.into_iter().collect();
+        for (n, ix) in indexes.iter().enumerate() {
+            let slots: Vec<u64> = ix
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_some_and(|c| wanted.contains(&c)))
+                .map(|(i, _)| i as u64)
+                .collect();
+            if !slots.is_empty() {
+                reread(writer, n, &slots)?;
+            }
+        }
+    }
+}
+
 /// The VM's identity: the server as given, its instance UUID (the BIOS
 /// UUID where the server has none, e.g. a standalone host), moref, name.
 fn vm_identity(
@@ -200,17 +240,9 @@ fn backup_snapshot(
             .property(snap, "config.hardware.device")?
             .ok_or_else(|| Error::InvalidArgument("the snapshot has no devices".into()))?,
     )?;
-    let current = codec::virtual_disks(
-        &client
-            .property(vm, "config.hardware.device")?
-            .ok_or_else(|| Error::InvalidArgument("the VM has no devices".into()))?,
-    )?;
-    for d in current.iter().filter(|d| d.is_independent()) {
-        summary.warnings.push(format!(
-            "disk {} ({}) is independent: not part of snapshots, skipped",
-            d.key, d.file_name
-        ));
-    }
+    summary
+        .warnings
+        .extend(super::independent_disk_warnings(client, vm)?);
     let time = now();
     let backup_id = Repository::new_backup_id(time);
     summary.point = Some(backup_id.to_string());
@@ -326,38 +358,18 @@ fn backup_snapshot(
         opened.push(disk);
         done = done.saturating_add(capacity);
     }
-    // Publish; chunks a GC pass removed meanwhile are read again.
-    for round in 0.. {
-        match writer.finish(&indexes)? {
-            Finish::Published => break,
-            Finish::Missing(ids) if round < MISSING_ROUNDS => {
-                let wanted: std::collections::HashSet<ChunkId> = ids.into_iter().collect();
-                for (ix, disk) in indexes.iter().zip(&opened) {
-                    let slots: Vec<u64> = ix
-                        .chunks
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| c.is_some_and(|c| wanted.contains(&c)))
-                        .map(|(i, _)| i as u64)
-                        .collect();
-                    read_slots(
-                        &slots,
-                        chunk,
-                        ix.capacity,
-                        &|buf, parts| disk.read_scattered(buf, parts),
-                        &mut |_, data| writer.put_chunk(&data).map(|_| ()).map_err(Error::from),
-                        &mut |_| {},
-                    )?;
-                }
-            }
-            Finish::Missing(ids) => {
-                return Err(Error::InvalidArgument(format!(
-                    "{} chunks kept vanishing while the backup was published (a GC pass with a too short grace?)",
-                    ids.len()
-                )))
-            }
-        }
-    }
+    publish(&mut writer, &indexes, &mut |writer, n, slots| {
+        let (ix, disk) = (&indexes[n], &opened[n]);
+        read_slots(
+            slots,
+            chunk,
+            ix.capacity,
+            &|buf, parts| disk.read_scattered(buf, parts),
+            &mut |_, data| writer.put_chunk(&data).map(|_| ()).map_err(Error::from),
+            &mut |_| {},
+        )
+        .map(|_| ())
+    })?;
     let stats = writer.stats();
     summary.bytes_stored = stats
         .bytes_uploaded
@@ -441,36 +453,21 @@ pub fn backup_local(
             source: e,
         })
     })?;
-    let slots_by_id: HashMap<ChunkId, u64> = index
-        .chunks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| c.map(|c| (c, i as u64)))
-        .collect();
-    for round in 0.. {
-        match writer.finish(std::slice::from_ref(&index))? {
-            Finish::Published => break,
-            Finish::Missing(ids) if round < MISSING_ROUNDS => {
-                let slots: Vec<u64> = ids
-                    .iter()
-                    .filter_map(|id| slots_by_id.get(id).copied())
-                    .collect();
-                read_slots(
-                    &slots,
-                    chunk,
-                    capacity,
-                    &read_scattered,
-                    &mut |_, data| writer.put_chunk(&data).map(|_| ()).map_err(Error::from),
-                    &mut |_| {},
-                )?;
-            }
-            Finish::Missing(_) => {
-                return Err(Error::InvalidArgument(
-                    "chunks kept vanishing while the backup was published".into(),
-                ))
-            }
-        }
-    }
+    publish(
+        &mut writer,
+        std::slice::from_ref(&index),
+        &mut |writer, _, slots| {
+            read_slots(
+                slots,
+                chunk,
+                capacity,
+                &read_scattered,
+                &mut |_, data| writer.put_chunk(&data).map(|_| ()).map_err(Error::from),
+                &mut |_| {},
+            )
+            .map(|_| ())
+        },
+    )?;
     summary.bytes_read = read;
     summary.bytes_skipped = capacity - read;
     summary.bytes_stored = writer
@@ -708,29 +705,16 @@ pub fn migrate(
             indexes.push(index);
             points.push(point);
         }
-        for round in 0.. {
-            match writer.finish(&indexes)? {
-                Finish::Published => break,
-                Finish::Missing(missing) if round < MISSING_ROUNDS => {
-                    let wanted: std::collections::HashSet<ChunkId> = missing.into_iter().collect();
-                    for (ix, point) in indexes.iter().zip(&points) {
-                        for (i, c) in ix.chunks.iter().enumerate() {
-                            if c.is_some_and(|c| wanted.contains(&c)) {
-                                let (off, len) = slot(i as u64, chunk, ix.capacity);
-                                let mut buf = vec![0u8; len as usize];
-                                point.read_at(off, &mut buf)?;
-                                writer.put_chunk(&buf)?;
-                            }
-                        }
-                    }
-                }
-                Finish::Missing(_) => {
-                    return Err(Error::InvalidArgument(
-                        "chunks kept vanishing while migrating".into(),
-                    ))
-                }
+        publish(&mut writer, &indexes, &mut |writer, n, slots| {
+            let (ix, point) = (&indexes[n], &points[n]);
+            for &i in slots {
+                let (off, len) = slot(i, chunk, ix.capacity);
+                let mut buf = vec![0u8; len as usize];
+                point.read_at(off, &mut buf)?;
+                writer.put_chunk(&buf)?;
             }
-        }
+            Ok(())
+        })?;
         ids.insert(entry.id, backup_id);
         out.push((entry.id, backup_id));
     }
