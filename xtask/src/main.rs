@@ -180,6 +180,11 @@ fn integration() -> Result {
         "vsphere-sim",
         "--test",
         "soap",
+        // The repository's stores, S3 on moto's server among them.
+        "-p",
+        "repo-store",
+        "--test",
+        "stores",
     ]);
     run(c)?;
     let mut c = cargo();
@@ -193,6 +198,7 @@ fn integration() -> Result {
         "--",
         "sim_cli",
         "peers",
+        "repo::",
     ]);
     run(c)?;
     // The C library against simulator disks over nbd / nbdssl.
